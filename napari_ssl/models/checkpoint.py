@@ -1,0 +1,105 @@
+"""Weights on disk: ``NAME.safetensors`` + ``model.json`` in one folder.
+
+Loading never unpickles: safetensors holds tensors only, and the sidecar is JSON.
+Writes go to a temporary folder that is renamed into place, so a crash never
+leaves a half-written model folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from ..errors import NapariSSLError
+
+FORMAT_VERSION = 1
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_weights(folder: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any], name: str = "encoder") -> None:
+    """Write ``folder/NAME.safetensors`` and ``folder/model.json`` (each file atomically)."""
+    from safetensors.torch import save
+
+    os.makedirs(folder, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    meta = dict(meta)
+    meta.setdefault("format_version", FORMAT_VERSION)
+    meta.setdefault("weights_file", f"{name}.safetensors")
+    meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _atomic_write_bytes(os.path.join(folder, f"{name}.safetensors"), save(tensors))
+    _atomic_write_bytes(os.path.join(folder, "model.json"), json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_meta(folder: str) -> dict[str, Any]:
+    path = os.path.join(folder, "model.json")
+    if not os.path.isfile(path):
+        raise NapariSSLError(f"{folder} is not a napari-ssl model folder (no model.json)")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise NapariSSLError(f"{path} is not valid JSON: {exc}") from None
+
+
+def load_weights(folder_or_file: str, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, meta) from a model folder, or from a bare .safetensors file (meta = {})."""
+    from safetensors.torch import load_file
+
+    if os.path.isfile(folder_or_file):
+        if not folder_or_file.endswith(".safetensors"):
+            raise NapariSSLError(f"{folder_or_file}: weights must be a .safetensors file or a napari-ssl model folder (pickled checkpoints are not loaded)")
+        return load_file(folder_or_file), {}
+    meta = read_meta(folder_or_file)
+    fname = f"{name}.safetensors" if name else meta.get("weights_file", "encoder.safetensors")
+    path = os.path.join(folder_or_file, fname)
+    if not os.path.isfile(path):
+        raise NapariSSLError(f"{folder_or_file} has no {fname}")
+    return load_file(path), meta
+
+
+def atomic_output_dir(final: str):
+    """Context manager: a temporary sibling folder that becomes `final` only on success."""
+    return _AtomicDir(final)
+
+
+class _AtomicDir:
+    def __init__(self, final: str):
+        self.final = os.path.abspath(final)
+
+    def __enter__(self) -> str:
+        parent = os.path.dirname(self.final)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(self.final)}.partial-")
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            if os.path.isdir(self.final):
+                old = self.final + f".old-{os.getpid()}"
+                os.replace(self.final, old)
+                os.replace(self.tmp, self.final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.final)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
