@@ -1,0 +1,307 @@
+"""Run a training job in a child process and stream its events back (no UI code here).
+
+Why a child process and not a thread: a torch loop in a thread of the viewer's process holds the
+GIL and freezes the event loop, and a crash or an out-of-memory kill would take the viewer down.
+
+The job is named by import path (``"napari_ssl.train.jobs:pretrain_job"``) and called in the child as
+``job(config, events, stop_event)``; ``events(dict)`` puts plain picklable dicts on a queue that the
+parent drains with :meth:`JobRunner.poll` (the Qt side polls it from a timer). Every run ends with
+exactly one terminal event, ``{"type": "done", ...}`` or ``{"type": "error", "message": ...}``: if the
+child dies without sending one (segfault, out-of-memory kill, SIGKILL), :meth:`poll` makes one from
+its exit code.
+
+Stopping: :meth:`request_stop` sets the stop event (the job stops at its next step and saves its last
+weights); if the child is still alive after a grace period it is terminated, then killed.
+
+No orphans: the child holds one end of a pipe whose other end only the parent holds; a watcher thread in
+the child also checks ``os.getppid()``. When the parent dies the child sets the stop event, gives the job a
+few seconds to save, and exits.
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+TERMINAL = ("done", "error")
+_CTX = mp.get_context("spawn")
+
+
+def resolve_target(target: str | Callable) -> Callable:
+    """``"package.module:function"`` (or a dotted path) -> the function."""
+    if callable(target):
+        return target
+    mod, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def target_path(target: str | Callable) -> str:
+    if isinstance(target, str):
+        return target
+    return f"{target.__module__}:{target.__qualname__}"
+
+
+def describe_exit(exitcode: int | None, label: str = "the job") -> str:
+    """A readable sentence for a child that ended without reporting done or error."""
+    if exitcode is None:
+        return f"{label} stopped responding"
+    if exitcode < 0:
+        sig = -exitcode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        if sig == signal.SIGKILL:
+            return (f"{label} was killed ({name}); this is usually the system running out of memory: "
+                    "try a smaller batch size, image size or encoder")
+        if sig == signal.SIGSEGV:
+            return f"{label} crashed (segmentation fault, {name}); the viewer is unaffected"
+        if sig == signal.SIGTERM:
+            return f"{label} was terminated ({name})"
+        return f"{label} died from {name}"
+    if exitcode == 0:
+        return f"{label} ended without reporting a result"
+    return f"{label} exited with code {exitcode} without reporting an error"
+
+
+def _one_line(exc: BaseException) -> str:
+    from ..errors import NapariSSLError
+
+    if isinstance(exc, NapariSSLError):
+        msg = str(exc)
+    elif isinstance(exc, MemoryError):
+        msg = "out of memory: try a smaller batch size, image size or encoder"
+    elif type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+        msg = "GPU out of memory: try a smaller batch size, image size or encoder, or the CPU"
+    else:
+        msg = f"{type(exc).__name__}: {exc}"
+    return " ".join(msg.split()) or type(exc).__name__
+
+
+# ----------------------------------------------------------------------------- child side
+def _watch_parent(parent_pid: int, conn, stop_event, exit_after_s: float) -> None:
+    """Exit when the parent goes away: its pipe end closes, or we are re-parented."""
+    while True:
+        gone = os.getppid() != parent_pid
+        if not gone:
+            try:
+                if conn.poll(0.5):
+                    conn.recv()  # the parent never sends; EOF means it closed or died
+            except (EOFError, OSError):
+                gone = True
+        if gone:
+            stop_event.set()
+            deadline = time.monotonic() + exit_after_s
+            while time.monotonic() < deadline:
+                time.sleep(0.1)
+            os._exit(3)
+
+
+def _child_main(target: str, config: Any, q, stop_event, parent_pid: int, conn, exit_after_s: float, nice: int) -> None:
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
+    threading.Thread(target=_watch_parent, args=(parent_pid, conn, stop_event, exit_after_s),
+                     name="napari-ssl-parent-watch", daemon=True).start()
+    state = {"terminal": False}
+
+    def events(ev: dict) -> None:
+        if ev.get("type") in TERMINAL:
+            if state["terminal"]:
+                return
+            state["terminal"] = True
+        q.put(ev)
+
+    try:
+        fn = resolve_target(target)
+        result = fn(config, events, stop_event)
+        if not state["terminal"]:
+            events({"type": "done", "out": result if isinstance(result, (str, type(None))) else str(result),
+                    "stopped": bool(stop_event.is_set())})
+    except BaseException as exc:  # noqa: BLE001 - everything becomes an error event
+        events({"type": "error", "message": _one_line(exc), "traceback": traceback.format_exc()})
+    finally:
+        q.close()
+        q.join_thread()  # flush what we sent (the parent is alive, or the watcher exits us)
+
+
+# ----------------------------------------------------------------------------- parent side
+class JobRunner:
+    """One job in one child process. Not thread-safe: use it from one thread (the Qt main thread)."""
+
+    def __init__(self, target: str | Callable, config: Any, *, label: str = "the job",
+                 stop_grace_s: float = 30.0, kill_after_s: float = 5.0, nice: int = 0,
+                 orphan_exit_after_s: float = 10.0):
+        self.target = target_path(target)
+        self.config = config
+        self.label = label
+        self.stop_grace_s = stop_grace_s
+        self.kill_after_s = kill_after_s
+        self.nice = nice
+        self.orphan_exit_after_s = orphan_exit_after_s
+        self.process: mp.process.BaseProcess | None = None
+        self.finished = False          # a terminal event was delivered by poll()
+        self.result: dict | None = None  # that terminal event
+        self._q = None
+        self._stop = None
+        self._conn = None
+        self._stop_requested_at: float | None = None
+        self._terminated_at: float | None = None
+
+    # -- lifecycle
+    def start(self) -> "JobRunner":
+        if self.process is not None:
+            raise RuntimeError("a JobRunner runs once; make a new one")
+        self._q = _CTX.Queue()
+        self._stop = _CTX.Event()
+        reader, writer = _CTX.Pipe(duplex=False)  # the child reads; only we hold the write end
+        self.process = _CTX.Process(
+            target=_child_main, name=f"napari-ssl:{self.target.rsplit(':', 1)[-1]}",
+            args=(self.target, self.config, self._q, self._stop, os.getpid(), reader,
+                  self.orphan_exit_after_s, self.nice),
+            daemon=False)  # a daemon child could not spawn DataLoader workers
+        self.process.start()
+        reader.close()
+        self._conn = writer
+        self._pid = self.process.pid
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return getattr(self, "_pid", None)
+
+    def is_alive(self) -> bool:
+        return bool(self.process and self.process.is_alive())
+
+    @property
+    def running(self) -> bool:
+        """Started and no terminal event delivered yet."""
+        return self.process is not None and not self.finished
+
+    def request_stop(self) -> None:
+        """Ask the job to stop at its next step and save; poll() enforces the grace period."""
+        if self._stop is not None and self._stop_requested_at is None:
+            self._stop.set()
+            self._stop_requested_at = time.monotonic()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested_at is not None
+
+    # -- events
+    def poll(self, max_events: int = 1000) -> list[dict]:
+        """Events that arrived since the last call (non-blocking), plus a made-up error if the child died."""
+        out: list[dict] = []
+        if self.process is None or self.finished:
+            return out
+        if self._drain(out, max_events):
+            return out
+        self._enforce_stop_deadline()
+        if len(out) < max_events and not self.process.is_alive():
+            # It may have sent its last events just before exiting: drain once more.
+            if self._drain(out, max_events) or len(out) >= max_events:
+                return out
+            # Dead, drained, and no terminal event: it crashed or was killed.
+            ev = self._death_event()
+            out.append(ev)
+            self._finish(ev)
+        return out
+
+    def _drain(self, out: list[dict], max_events: int) -> bool:
+        """Append queued events to `out`; True once a terminal event was seen."""
+        while len(out) < max_events:
+            try:
+                ev = self._q.get_nowait()
+            except queue_mod.Empty:
+                return False
+            except Exception as exc:  # a message cut short by a dying child
+                out.append({"type": "log", "message": f"lost an event: {_one_line(exc)}"})
+                return False
+            out.append(ev)
+            if ev.get("type") in TERMINAL:
+                self._finish(ev)
+                return True
+        return False
+
+    def _death_event(self) -> dict:
+        self.process.join(0.1)
+        code = self.process.exitcode
+        if self._terminated_at is not None:
+            msg = f"{self.label} did not stop within {self.stop_grace_s:g} s and was terminated; the last saved weights are kept"
+            return {"type": "error", "message": msg, "exitcode": code, "stopped": True}
+        return {"type": "error", "message": describe_exit(code, self.label), "exitcode": code}
+
+    def _finish(self, ev: dict) -> None:
+        self.finished = True
+        self.result = ev
+        if self.process is not None:
+            self.process.join(2.0)
+            if self.process.is_alive():  # reported done but lingers (e.g. stuck in teardown)
+                self.process.terminate()
+                self.process.join(self.kill_after_s)
+                if self.process.is_alive():
+                    self.process.kill()
+                    self.process.join(1.0)
+        self._close()
+
+    def _enforce_stop_deadline(self) -> None:
+        if self._stop_requested_at is None or not self.process.is_alive():
+            return
+        now = time.monotonic()
+        if self._terminated_at is None and now - self._stop_requested_at > self.stop_grace_s:
+            self._terminated_at = now
+            self.process.terminate()
+        elif self._terminated_at is not None and now - self._terminated_at > self.kill_after_s:
+            self.process.kill()
+
+    def wait(self, timeout: float | None = None, on_event: Callable[[dict], None] | None = None,
+             interval: float = 0.05) -> dict | None:
+        """Block, polling, until the terminal event (returned) or the timeout (None)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished:
+            for ev in self.poll():
+                if on_event:
+                    on_event(ev)
+            if self.finished:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(interval)
+        return self.result
+
+    def stop(self, grace_s: float | None = None, on_event: Callable[[dict], None] | None = None) -> dict | None:
+        """Blocking stop: ask, wait up to the grace period, then terminate / kill. Returns the terminal event."""
+        if self.process is None:
+            return None
+        if grace_s is not None:
+            self.stop_grace_s = grace_s
+        self.request_stop()
+        res = self.wait(self.stop_grace_s + self.kill_after_s + 5.0, on_event=on_event)
+        if res is None:
+            self.kill()
+            res = self.wait(5.0, on_event=on_event)
+        return res
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+
+    def _close(self) -> None:
+        for obj in (self._conn,):
+            try:
+                obj.close()
+            except Exception:
+                pass
+        try:
+            self._q.close()
+            self._q.cancel_join_thread()
+        except Exception:
+            pass
