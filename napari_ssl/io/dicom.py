@@ -1,0 +1,218 @@
+"""DICOM series -> Volume: discovery, grouping, geometry and pixels.
+
+``load_dicom_volumes(path)`` takes one file, a series folder or a tree of patients /
+studies / series. The work is split over small modules:
+
+* :mod:`.dicom_discovery` finds files and reads headers only (pixel data left on disk);
+* :mod:`.dicom_frames` turns each file into 2-D frame records (Enhanced objects: one per frame);
+* :mod:`.dicom_geometry` splits a series into regular stacks and orders them along the normal;
+* :mod:`.dicom_pixels` decodes the pixels into one preallocated array and applies the rescale.
+
+``plan_dicom_series`` stops before the pixels (used by ``napari-ssl info``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import NoImageFound
+from .dicom_discovery import Header, Scan, is_enhanced, scan_path
+from .dicom_frames import Frame, frames_of
+from .dicom_geometry import Stack, build_stack, split_stacks
+from .dicom_pixels import read_raw, rescale, stored_dtype
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_dicom_volumes", "plan_dicom_series", "SeriesPlan"]
+
+
+@dataclass
+class SeriesPlan:
+    """A stack ready to be read: ordered frames, affine and what was noticed on the way."""
+
+    stack: Stack
+    path: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ds(self) -> Any:
+        return self.stack.frames[0].header.ds
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.stack.shape
+
+    @property
+    def num_files(self) -> int:
+        return len({f.header.path for f in self.stack.frames})
+
+    @property
+    def modality(self) -> str:
+        return str(self.ds.get("Modality", "") or "")
+
+    @property
+    def series_instance_uid(self) -> Optional[str]:
+        uid = self.ds.get("SeriesInstanceUID")
+        return str(uid) if uid else None
+
+
+def _series_key(h: Header) -> tuple[str, str]:
+    ds = h.ds
+    uid = str(ds.get("SeriesInstanceUID", "") or f"(no series UID) {os.path.dirname(h.path)}")
+    # Each multi-frame object is its own volume: frames of two objects are never interleaved.
+    inst = str(ds.get("SOPInstanceUID", h.path)) if int(ds.get("NumberOfFrames", 1) or 1) > 1 or is_enhanced(ds) else ""
+    return uid, inst
+
+
+def _common_path(paths: list[str]) -> str:
+    uniq = sorted(set(paths))
+    if len(uniq) == 1:
+        return uniq[0]
+    try:
+        return os.path.commonpath([os.path.dirname(p) for p in uniq])
+    except ValueError:
+        return os.path.dirname(uniq[0])
+
+
+def _problem_notes(problems: list[tuple[str, str]], plans: list[SeriesPlan]) -> None:
+    """Attach file problems to the volumes read from the same folder (all volumes if none)."""
+    for bad, msg in problems:
+        log.warning("%s", msg)
+        folder = os.path.dirname(os.path.abspath(bad))
+        near = [p for p in plans if any(os.path.dirname(os.path.abspath(f.header.path)) == folder for f in p.stack.frames)]
+        for p in near or plans:
+            if msg not in p.warnings:
+                p.warnings.append(msg)
+
+
+def _plans_from_scan(scan: Scan) -> list[SeriesPlan]:
+    series: dict[tuple[str, str], list[Header]] = defaultdict(list)
+    for h in scan.headers:
+        series[_series_key(h)].append(h)
+    plans: list[SeriesPlan] = []
+    for key in sorted(series, key=lambda k: (min(h.path for h in series[k]))):
+        headers = series[key]
+        frames: list[Frame] = []
+        notes: list[str] = []
+        for h in headers:
+            if int(h.ds.get("SamplesPerPixel", 1) or 1) != 1:
+                note = f"{h.path}: colour image (SamplesPerPixel {h.ds.get('SamplesPerPixel')}); only greyscale volumes are read"
+                if note not in notes:
+                    notes.append(note)
+                continue
+            try:
+                stored_dtype(h.ds)
+                frames.extend(frames_of(h))
+            except Exception as exc:
+                notes.append(f"{h.path}: cannot interpret the image header ({type(exc).__name__}); left out")
+        for n in notes:
+            log.warning("%s", n)
+        if not frames:
+            continue
+        groups, split_notes = split_stacks(frames)
+        for g in groups:
+            stack = build_stack(g)
+            path = _common_path([f.header.path for f in stack.frames])
+            plans.append(SeriesPlan(stack=stack, path=path, warnings=notes + split_notes + stack.warnings))
+    _problem_notes(scan.problems, plans)
+    return plans
+
+
+def plan_dicom_series(path: str | os.PathLike) -> tuple[list[SeriesPlan], Scan]:
+    """Headers only: every image stack under `path`, ordered and with its geometry."""
+    path = os.fspath(path)
+    scan = scan_path(path)
+    return _plans_from_scan(scan), scan
+
+
+def _no_image_message(path: str, scan: Scan) -> str:
+    bits = []
+    if scan.non_image:
+        bits.append(f"{scan.non_image} DICOM object(s) without an image (SEG, SR, RTSTRUCT, DICOMDIR, ...)")
+    if scan.problems:
+        bits.append(f"{len(scan.problems)} unreadable or truncated DICOM file(s), e.g. {os.path.basename(scan.problems[0][0])}")
+    found = f"; found {' and '.join(bits)}" if bits else ""
+    return f"no DICOM image found under {path}{found}"
+
+
+def _units(ds: Any) -> str:
+    if str(ds.get("Modality", "")).upper() == "CT":
+        return "HU"
+    rt = str(ds.get("RescaleType", "") or "")
+    return "" if rt.upper() in ("", "US") else rt
+
+
+def _header_only(ds: Any) -> Any:
+    for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+        if tag in ds:
+            del ds[tag]
+    return ds
+
+
+def read_plan(plan: SeriesPlan, workers: Optional[int] = None) -> Optional[Volume]:
+    """Decode the pixels of a planned stack into a Volume (None if no slice could be decoded)."""
+    stack = plan.stack
+    warnings = list(plan.warnings)
+    raw, failed, messages = read_raw(stack.frames, workers=workers)
+    if failed:
+        for m in messages:
+            log.warning("%s", m)
+        keep = [f for i, f in enumerate(stack.frames) if i not in set(failed)]
+        if not keep:
+            log.warning("no slice of the series at %s could be decoded", plan.path)
+            return None
+        raw = raw[np.setdiff1d(np.arange(len(stack.frames)), failed)]
+        stack = build_stack(keep)  # geometry again, with the gap the failed slices leave
+        warnings = [w for w in warnings if w not in plan.stack.warnings] + [m + "; left out" for m in messages] + stack.warnings
+    frames = stack.frames
+    array = rescale(raw, np.array([f.slope for f in frames]), np.array([f.intercept for f in frames]))
+    ds0 = frames[0].header.ds
+    enhanced = is_enhanced(ds0) or int(ds0.get("NumberOfFrames", 1) or 1) > 1
+    unique: dict[int, Header] = {}
+    for f in frames:
+        unique.setdefault(id(f.header), f.header)
+    headers = list(unique.values())
+    for h in headers:
+        _header_only(h.ds)
+    frame_uid = ds0.get("FrameOfReferenceUID")
+    return Volume(
+        array=array,
+        affine=stack.affine.copy(),
+        native_affine=stack.affine.copy(),
+        modality=str(ds0.get("Modality", "") or ""),
+        path=plan.path,
+        patient_id=str(ds0.get("PatientID", "") or ""),
+        study_instance_uid=str(ds0.get("StudyInstanceUID")) if ds0.get("StudyInstanceUID") else None,
+        series_instance_uid=str(ds0.get("SeriesInstanceUID")) if ds0.get("SeriesInstanceUID") else "",
+        frame_of_reference_uid=str(frame_uid) if frame_uid else None,
+        series_description=str(ds0.get("SeriesDescription", "") or ""),
+        num_files=len({f.header.path for f in frames}),
+        warnings=warnings,
+        source_paths=[h.path for h in headers],
+        source_datasets=[h.ds for h in headers],
+        source_frames=[f.index + 1 for f in frames] if enhanced else [],
+        units=_units(ds0),
+    )
+
+
+def load_dicom_volumes(path: str | os.PathLike, workers: Optional[int] = None) -> list[Volume]:
+    """Every DICOM image stack under `path` (a file, a series folder or a whole tree).
+
+    Non-DICOM files are skipped quietly; unreadable or truncated DICOM files are named in
+    the warnings of the volumes beside them; SEG/SR/RTSTRUCT and other non-image objects
+    are skipped. Raises :class:`NoImageFound` when no DICOM image is there -- unless the
+    path holds NIfTI/NRRD/MHA files, which :func:`napari_ssl.io.load_volumes` reads itself
+    (then the result is an empty list).
+    """
+    path = os.fspath(path)
+    plans, scan = plan_dicom_series(path)
+    volumes = [v for v in (read_plan(p, workers=workers) for p in plans) if v is not None]
+    if not volumes and not scan.itk_files:
+        raise NoImageFound(_no_image_message(path, scan))
+    return volumes

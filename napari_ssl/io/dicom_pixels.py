@@ -1,0 +1,186 @@
+"""Decoding the pixels of a stack into one preallocated array, then Modality rescale.
+
+Uncompressed frames are read with ``os.preadv`` straight from the file into their slot of
+the output array (no intermediate copy); compressed ones (JPEG, JPEG-LS, JPEG 2000, RLE,
+deflate) go through pydicom and its pylibjpeg plugins. Files are read on a thread pool:
+file reads and the decoders release the GIL.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .dicom_frames import Frame
+
+NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2": "<",      # implicit VR little endian
+    "1.2.840.10008.1.2.1": "<",    # explicit VR little endian
+    "1.2.840.10008.1.2.2": ">",    # explicit VR big endian (retired)
+}
+INT16 = np.iinfo(np.int16)
+INT32 = np.iinfo(np.int32)
+
+
+def max_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def stored_dtype(ds) -> np.dtype:
+    """Numpy dtype of the stored (pre-rescale) values of a monochrome image."""
+    if "FloatPixelData" in ds:
+        return np.dtype(np.float32)
+    if "DoubleFloatPixelData" in ds:
+        return np.dtype(np.float64)
+    bits = int(ds.get("BitsAllocated", 16))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    if bits == 1:
+        return np.dtype(np.uint8)
+    if bits not in (8, 16, 32):
+        raise ValueError(f"BitsAllocated {bits} is not supported")
+    return np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
+
+
+@dataclass
+class _FileJob:
+    path: str
+    direct: bool
+    byteorder: str
+    offset: int
+    frame_bytes: int
+    items: list[tuple[int, int]]  # (frame index in file, z in output)
+
+
+def _jobs(frames: list[Frame], dtype: np.dtype) -> list[_FileJob]:
+    by_file: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    first: dict[str, Frame] = {}
+    for z, f in enumerate(frames):
+        by_file[f.header.path].append((f.index, z))
+        first.setdefault(f.header.path, f)
+    jobs = []
+    for path, items in by_file.items():
+        h = first[path].header
+        ds = h.ds
+        frame_bytes = first[path].rows * first[path].cols * dtype.itemsize
+        nframes = int(ds.get("NumberOfFrames", 1) or 1)
+        direct = (
+            h.transfer_syntax in NATIVE_SYNTAXES
+            and h.pixel_length != 0xFFFFFFFF
+            and int(ds.get("SamplesPerPixel", 1)) == 1
+            and int(ds.get("BitsAllocated", 16)) in (8, 16, 32)
+            and h.pixel_offset >= 0
+            and h.pixel_length >= nframes * frame_bytes
+        )
+        jobs.append(_FileJob(path, direct, NATIVE_SYNTAXES.get(h.transfer_syntax, "<"), h.pixel_offset, frame_bytes, sorted(items)))
+    return jobs
+
+
+def _unused_bits_fix(arr: np.ndarray, ds) -> None:
+    """Sign-extend (signed) or clear (unsigned) the bits above BitsStored, in place."""
+    alloc = int(ds.get("BitsAllocated", 16))
+    stored = int(ds.get("BitsStored", alloc))
+    if arr.dtype.kind in "iu" and 0 < stored < alloc and alloc == arr.dtype.itemsize * 8:
+        shift = alloc - stored
+        np.left_shift(arr, shift, out=arr)
+        np.right_shift(arr, shift, out=arr)
+
+
+def _read_file(job: _FileJob, out: np.ndarray, ds) -> Optional[str]:
+    """Fill the output slices of one file; return an error message instead of raising."""
+    try:
+        if job.direct:
+            fd = os.open(job.path, os.O_RDONLY)
+            try:
+                for idx, z in job.items:
+                    buf = memoryview(out[z]).cast("B")
+                    n = os.preadv(fd, [buf], job.offset + idx * job.frame_bytes)
+                    if n != job.frame_bytes:
+                        return f"{job.path}: pixel data cut short"
+                    if job.byteorder == ">" and out.dtype.itemsize > 1:
+                        out[z].byteswap(inplace=True)
+                    _unused_bits_fix(out[z], ds)
+            finally:
+                os.close(fd)
+        else:
+            from pydicom.pixels import iter_pixels
+
+            zs = dict(job.items)
+            indices = [i for i, _ in job.items]
+            nframes = int(ds.get("NumberOfFrames", 1) or 1)
+            kwargs = {"indices": indices} if nframes > 1 else {}
+            for idx, arr in zip(indices, iter_pixels(job.path, **kwargs)):
+                if arr.ndim != 2:
+                    return f"{job.path}: not a single-channel image"
+                out[zs[idx]] = arr
+    except Exception as exc:  # corrupt / truncated compressed streams raise many kinds
+        return f"{job.path}: cannot decode pixel data ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+    return None
+
+
+def read_raw(frames: list[Frame], workers: Optional[int] = None) -> tuple[np.ndarray, list[int], list[str]]:
+    """Stored values of `frames` as one (z, y, x) array; z indices that failed, with messages."""
+    ds0 = frames[0].header.ds
+    dtype = stored_dtype(ds0)
+    out = np.empty((len(frames), frames[0].rows, frames[0].cols), dtype=dtype)
+    jobs = _jobs(frames, dtype)
+    ds_of = {f.header.path: f.header.ds for f in frames}
+    workers = workers or max_workers()
+    if workers > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            errors = list(pool.map(lambda j: _read_file(j, out, ds_of[j.path]), jobs))
+    else:
+        errors = [_read_file(j, out, ds_of[j.path]) for j in jobs]
+    failed: list[int] = []
+    messages: list[str] = []
+    for job, err in zip(jobs, errors):
+        if err:
+            failed.extend(z for _, z in job.items)
+            messages.append(err)
+    return out, sorted(failed), messages
+
+
+def _integral(v: np.ndarray) -> bool:
+    return bool(np.all(np.abs(v - np.round(v)) < 1e-6))
+
+
+def rescale(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+    """Apply value = stored * slope + intercept per slice.
+
+    Keeps the stored dtype when the rescale is the identity; an integer dtype (int16, else int32)
+    when slope and intercept are integers and the actual range fits, converting in place when
+    the item size allows; float32 otherwise.
+    """
+    slopes = np.asarray(slopes, float)
+    intercepts = np.asarray(intercepts, float)
+    if np.all(slopes == 1) and np.all(intercepts == 0):
+        return raw
+    target: np.dtype = np.dtype(np.float32)
+    if raw.dtype.kind in "iu" and _integral(slopes) and _integral(intercepts):
+        lo = hi = None
+        for s in np.unique(np.stack([slopes, intercepts], 1), axis=0):
+            sel = (slopes == s[0]) & (intercepts == s[1])
+            part = raw[sel]
+            ends = np.array([part.min(), part.max()], dtype=np.int64) * int(s[0]) + int(s[1])
+            lo = ends.min() if lo is None else min(lo, ends.min())
+            hi = ends.max() if hi is None else max(hi, ends.max())
+        if INT16.min <= lo and hi <= INT16.max:
+            target = np.dtype(np.int16)
+        elif INT32.min <= lo and hi <= INT32.max:
+            target = np.dtype(np.int32)
+    if target.itemsize == raw.dtype.itemsize and target.kind == "i":
+        out = raw.view(target)   # same memory: convert slice by slice in place
+    else:
+        out = np.empty(raw.shape, dtype=target)
+    work = np.int64 if target.kind == "i" else np.float64 if raw.dtype == np.float64 else np.float32
+    for z in range(raw.shape[0]):
+        tmp = raw[z].astype(work)
+        if slopes[z] != 1:
+            tmp *= work(slopes[z]) if target.kind == "i" else slopes[z]
+        if intercepts[z] != 0:
+            tmp += work(intercepts[z]) if target.kind == "i" else intercepts[z]
+        out[z] = tmp
+    return out
