@@ -1,0 +1,214 @@
+"""npe2 reader: DICOM files/folders/DICOMDIR, DICOM-SEG, NIfTI/NRRD/MHA -> napari layers.
+
+``napari_get_reader`` only says whether a path looks like something this plugin reads (cheap:
+suffix, DICM magic, a bounded look into folders) and returns None otherwise, so napari can try
+other readers. The reader function turns user-caused errors (NapariSSLError) into one-line
+notifications and returns napari's "handled, nothing to add" sentinel ``[(None,)]`` instead of
+raising, so the user never sees a traceback for bad input. Layer conventions: see ``layers.py``.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Any, Callable, Optional, Sequence, Union
+
+from ..errors import NapariSSLError
+from ..io.nifti import is_itk_image_path
+from .layers import image_layer_data, labels_layer_data, layer_name, resample_labels_to
+
+log = logging.getLogger(__name__)
+
+PathOrPaths = Union[str, Sequence[str]]
+LayerData = tuple
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+SEG_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
+}
+# Files that napari's own reader handles; a folder holding only these (and no scan) is not ours.
+_OTHER_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".npy", ".npz", ".zarr",
+                         ".zarray", ".zattrs", ".zgroup", ".csv", ".h5", ".hdf5", ".czi", ".lif", ".nd2")
+_MAX_FILES_LOOKED_AT = 2000
+_MAX_WARNINGS_SHOWN = 5
+NULL_LAYER = [(None,)]
+
+
+# --- what is ours --------------------------------------------------------------------------
+def _has_dicom_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _is_dicomdir(path: str) -> bool:
+    return os.path.basename(path).upper() == "DICOMDIR"
+
+
+def _is_scan_file(path: str) -> bool:
+    if is_itk_image_path(path) or _is_dicomdir(path):
+        return True
+    return path.lower().endswith(DICOM_SUFFIXES) or _has_dicom_magic(path)
+
+
+def _folder_is_ours(folder: str) -> bool:
+    """A folder holding a scan, or holding nothing napari's own reader would want (so that an
+    empty or irrelevant folder gets this plugin's clear "no image found" message)."""
+    if folder.rstrip(os.sep).lower().endswith(".zarr"):
+        return False
+    seen, other = 0, False
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if f.startswith("."):
+                continue
+            p = os.path.join(root, f)
+            if _is_scan_file(p):
+                return True
+            other = other or f.lower().endswith(_OTHER_IMAGE_SUFFIXES)
+            seen += 1
+            if seen >= _MAX_FILES_LOOKED_AT:
+                return not other
+    return not other
+
+
+def _is_ours(path: str) -> bool:
+    if os.path.isdir(path):
+        return _folder_is_ours(path)
+    return os.path.isfile(path) and _is_scan_file(path)
+
+
+def napari_get_reader(path: PathOrPaths) -> Optional[Callable[[PathOrPaths], list[LayerData]]]:
+    """npe2 ``get_reader``: the reader function if every path is something we read, else None."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        return None
+    paths = [os.fspath(p) for p in paths]
+    if not all(_is_ours(p) for p in paths):
+        return None
+    return read_scans
+
+
+# --- reading -------------------------------------------------------------------------------
+def _sop_class(path: str) -> str:
+    """SOP Class UID of a DICOM file from its meta header only ('' if none)."""
+    if not _has_dicom_magic(path):
+        return ""
+    try:
+        from pydicom.filereader import read_file_meta_info
+
+        return str(read_file_meta_info(path).get("MediaStorageSOPClassUID", "") or "")
+    except Exception:  # not parseable: let the image reader name the problem
+        return ""
+
+
+def _seg_files_under(path: str) -> list[str]:
+    if os.path.isfile(path):
+        return [path] if _sop_class(path) in SEG_SOP_CLASSES else []
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            p = os.path.join(root, f)
+            if not f.startswith(".") and not is_itk_image_path(f) and _sop_class(p) in SEG_SOP_CLASSES:
+                found.append(p)
+    return found
+
+
+def seg_reader() -> Optional[Callable[[str], list]]:
+    """``napari_ssl.io.seg.read_segmentation`` if that module is installed, else None."""
+    try:
+        mod = importlib.import_module("napari_ssl.io.seg")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("napari_ssl.io.seg",):
+            return None
+        raise
+    return getattr(mod, "read_segmentation", None)
+
+
+def read_segmentation_layers(seg_path: str, images: Sequence[Any] = ()) -> list[LayerData]:
+    """Labels layers for one DICOM-SEG file, each placed on the grid of the image it belongs to
+    (same frame of reference and grid) when that image is among `images`."""
+    from ..io.orientation import canonicalize
+
+    read_segmentation = seg_reader()
+    if read_segmentation is None:
+        raise NapariSSLError(f"DICOM-SEG reading not available in this installation; cannot open {os.path.basename(seg_path)}")
+    layers = []
+    for labels, names in read_segmentation(seg_path):
+        labels = canonicalize(labels)
+        placed = None
+        for image in images:
+            same_for = not labels.frame_of_reference_uid or not image.frame_of_reference_uid \
+                or labels.frame_of_reference_uid == image.frame_of_reference_uid
+            if same_for:
+                placed = resample_labels_to(labels, image)
+                if placed is not None:
+                    break
+        target = placed if placed is not None else labels
+        data, kwargs, kind = labels_layer_data(target, names)
+        kwargs["metadata"]["napari_ssl"]["seg_path"] = seg_path
+        if labels.series_description and not names:
+            kwargs["name"] = labels.series_description
+        layers.append((data, kwargs, kind))
+    return layers
+
+
+def _notify(kind: str, message: str) -> None:
+    from napari.utils import notifications
+
+    getattr(notifications, f"show_{kind}")(message)
+
+
+def _show_volume_warnings(volumes: Sequence[Any]) -> None:
+    for v in volumes:
+        ws = list(dict.fromkeys(v.warnings))
+        for w in ws[:_MAX_WARNINGS_SHOWN]:
+            _notify("warning", f"{layer_name(v)}: {w}")
+        if len(ws) > _MAX_WARNINGS_SHOWN:
+            _notify("warning", f"{layer_name(v)}: {len(ws) - _MAX_WARNINGS_SHOWN} more warnings (run `napari-ssl info` on the path to see all)")
+
+
+def layers_from_paths(paths: Sequence[str]) -> list[LayerData]:
+    """Image layers for every volume under `paths` and Labels layers for every DICOM-SEG there.
+
+    Raises NapariSSLError for user-caused problems (no image found, unreadable file ...).
+    """
+    from ..io import load_volumes
+
+    paths = [os.path.dirname(os.path.abspath(p)) if _is_dicomdir(p) else p for p in paths]
+    seg_paths = [s for p in paths for s in _seg_files_under(p)]
+    image_paths = [p for p in paths if p not in seg_paths]
+    volumes = []
+    if image_paths:
+        try:
+            volumes = load_volumes(image_paths)
+        except NapariSSLError:
+            if not seg_paths:  # a folder holding only SEGs is fine; anything else is not
+                raise
+    layers: list[LayerData] = [image_layer_data(v) for v in volumes]
+    _show_volume_warnings(volumes)
+    for s in seg_paths:
+        try:
+            layers.extend(read_segmentation_layers(s, volumes))
+        except NapariSSLError as exc:
+            if len(seg_paths) == 1 and not layers:
+                raise
+            _notify("warning", str(exc))  # the images still open
+    if not layers:
+        raise NapariSSLError(f"no image found under {', '.join(paths)}")
+    return layers
+
+
+def read_scans(path: PathOrPaths) -> list[LayerData]:
+    """npe2 reader function: layers, or ``[(None,)]`` after a notification when the input is bad."""
+    paths = [os.fspath(path)] if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path]
+    try:
+        return layers_from_paths(paths)
+    except NapariSSLError as exc:
+        _notify("error", str(exc))
+        return NULL_LAYER
