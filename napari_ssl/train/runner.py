@@ -19,6 +19,7 @@ few seconds to save, and exits.
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import multiprocessing as mp
 import os
@@ -31,6 +32,7 @@ from typing import Any, Callable
 
 TERMINAL = ("done", "error")
 _CTX = mp.get_context("spawn")
+_LIVE: "set[JobRunner]" = set()  # started and not finished: stopped cleanly when this process exits
 
 
 def resolve_target(target: str | Callable) -> Callable:
@@ -169,6 +171,7 @@ class JobRunner:
                   self.orphan_exit_after_s, self.nice),
             daemon=False)  # a daemon child could not spawn DataLoader workers
         self.process.start()
+        _LIVE.add(self)
         reader.close()
         self._conn = writer
         self._pid = self.process.pid
@@ -240,6 +243,7 @@ class JobRunner:
         return {"type": "error", "message": describe_exit(code, self.label), "exitcode": code}
 
     def _finish(self, ev: dict) -> None:
+        _LIVE.discard(self)
         self.finished = True
         self.result = ev
         if self.process is not None:
@@ -305,3 +309,20 @@ class JobRunner:
             self._q.cancel_join_thread()
         except Exception:
             pass
+
+
+def live_runners() -> list[JobRunner]:
+    return list(_LIVE)
+
+
+def stop_all(grace_s: float = 15.0) -> None:
+    """Stop every running job of this process (each saves its weights), then make sure each child is gone."""
+    runners = list(_LIVE)
+    for r in runners:
+        r.stop_grace_s = min(r.stop_grace_s, grace_s)
+        r.request_stop()
+    for r in runners:
+        r.stop()
+
+
+atexit.register(stop_all)

@@ -1,0 +1,181 @@
+"""The Qt side of a child-process job: poll its event queue from the event loop, show progress in
+napari's activity dock, and hand events to widgets as Qt signals.
+
+Nothing here blocks the event loop: a QTimer drains at most a bounded number of events per tick.
+Closing napari (the window's close, or the app quitting) stops running jobs, which save their last
+weights, and makes sure no child process is left behind.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QApplication
+
+from ..train.runner import JobRunner
+
+_JOBS: "weakref.WeakSet[QtJob]" = weakref.WeakSet()
+_HOOKED_QUIT = False
+
+
+def _stop_all_on_quit() -> None:
+    for job in list(_JOBS):
+        job.stop_and_wait(grace_s=15.0)
+
+
+class QtJob(QObject):
+    """One job in a child process, driven from the Qt event loop.
+
+    Signals: ``event(dict)`` for every event (in order), ``finished(dict)`` once, with the terminal
+    event (``{"type": "done", ...}`` or ``{"type": "error", "message": ...}``).
+    """
+
+    event = Signal(dict)
+    finished = Signal(dict)
+
+    def __init__(self, target: str | Callable, config: Any, *, label: str, viewer=None,
+                 interval_ms: int = 50, stop_grace_s: float = 60.0, parent: QObject | None = None):
+        super().__init__(parent)
+        self.label = label
+        self.runner = JobRunner(target, config, label=label, stop_grace_s=stop_grace_s)
+        self._viewer = weakref.ref(viewer) if viewer is not None else None
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._tick)
+        self._progress = None
+        self._last_step = 0
+        self._task_id = None
+        self.last_event: dict | None = None
+
+    # -- lifecycle
+    def start(self) -> "QtJob":
+        global _HOOKED_QUIT
+        self.runner.start()
+        _JOBS.add(self)
+        app = QApplication.instance()
+        if app is not None and not _HOOKED_QUIT:
+            app.aboutToQuit.connect(_stop_all_on_quit)
+            _HOOKED_QUIT = True
+        self._open_progress()
+        self._register_with_window()
+        self._timer.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.runner.running
+
+    @property
+    def pid(self) -> int | None:
+        return self.runner.pid
+
+    def request_stop(self) -> None:
+        """Ask the job to stop and save; the event loop keeps running and the done event follows."""
+        self.runner.request_stop()
+        if self._progress is not None:
+            self._progress.set_description(f"{self.label}: stopping (saving weights)")
+
+    def stop_and_wait(self, grace_s: float = 15.0) -> dict | None:
+        """Blocking stop, for shutdown: the job saves, or is terminated after `grace_s`."""
+        if not self.runner.running:
+            return self.runner.result
+        res = self.runner.stop(grace_s=grace_s, on_event=self._deliver)
+        if res is not None and not getattr(self, "_finished_sent", False):
+            self._finish(res)
+        return res
+
+    # -- event loop
+    def _tick(self) -> None:
+        for ev in self.runner.poll(max_events=200):
+            self._deliver(ev)
+        if self.runner.finished and self.runner.result is not None:
+            self._finish(self.runner.result)
+
+    def _deliver(self, ev: dict) -> None:
+        t = ev.get("type")
+        if t in ("done", "error"):
+            return  # delivered once, by _finish
+        self.last_event = ev
+        self._update_progress(ev)
+        self.event.emit(ev)
+
+    def _finish(self, ev: dict) -> None:
+        if getattr(self, "_finished_sent", False):
+            return
+        self._finished_sent = True
+        self._timer.stop()
+        _JOBS.discard(self)
+        self._close_progress()
+        self._unregister_with_window(ev)
+        self.last_event = ev
+        self.event.emit(ev)
+        self.finished.emit(ev)
+
+    # -- napari activity dock
+    def _open_progress(self) -> None:
+        try:
+            from napari.utils import cancelable_progress
+
+            self._progress = cancelable_progress(total=0, desc=f"{self.label}: starting",
+                                                 cancel_callback=self.request_stop)
+        except Exception:  # the activity dock is a convenience; the job runs without it
+            self._progress = None
+
+    def _update_progress(self, ev: dict) -> None:
+        p = self._progress
+        if p is None:
+            return
+        t = ev.get("type")
+        total = ev.get("total_steps")
+        if t in ("started", "progress") and total and p.total != total:
+            p.total = int(total)
+        if t == "progress" and ev.get("step") is not None:
+            step = int(ev["step"])
+            if step > self._last_step:
+                p.update(step - self._last_step)
+                self._last_step = step
+            if not self.runner.stop_requested:
+                epoch = ev.get("epoch")
+                p.set_description(f"{self.label}" + (f" (epoch {epoch})" if epoch is not None else ""))
+        elif t == "started" and not self.runner.stop_requested:
+            p.set_description(self.label)
+        elif t == "status" and ev.get("message"):
+            p.set_description(f"{self.label}: {ev['message']}")
+
+    def _close_progress(self) -> None:
+        if self._progress is not None:
+            try:
+                self._progress.close()
+            except Exception:
+                pass
+            self._progress = None
+
+    # -- napari's task registry: the close dialog names the job, and closing the window stops it
+    def _register_with_window(self) -> None:
+        viewer = self._viewer() if self._viewer else None
+        window = getattr(viewer, "window", None)
+        if window is None or not hasattr(window, "_register_task_status"):
+            return
+        try:
+            from napari.utils.task_status import Status
+
+            self._task_id = window._register_task_status(
+                "napari-ssl", Status.BUSY, self.label, cancel_callback=lambda: bool(self.stop_and_wait())
+            )
+        except Exception:
+            self._task_id = None
+
+    def _unregister_with_window(self, ev: dict) -> None:
+        viewer = self._viewer() if self._viewer else None
+        window = getattr(viewer, "window", None)
+        if self._task_id is None or window is None:
+            return
+        try:
+            from napari.utils.task_status import Status
+
+            status = Status.COMPLETED if ev.get("type") == "done" else Status.FAILED
+            window._update_task_status(self._task_id, status, self.label)
+        except Exception:
+            pass
+        self._task_id = None
