@@ -1,0 +1,110 @@
+"""Lightning module that fine-tunes an smp U-Net on annotated slices.
+
+Knobs that decide whether a pretrained encoder helps with very few labels:
+``encoder_lr_scale`` (a lower learning rate for the pretrained encoder than for the
+freshly initialised decoder) and ``freeze_encoder_steps`` (a short decoder warm-up with
+the encoder frozen, its BatchNorm statistics included, so that the random decoder's
+first large gradients do not wash out the pretrained features).
+"""
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("dice-ce", "jaccard")
+
+
+def soft_overlap_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice", eps: float = 1.0) -> torch.Tensor:
+    """Multiclass soft Dice (or Jaccard) loss over the foreground classes present in the batch
+    (absent classes give no signal rather than a free zero loss)."""
+    probs = logits.softmax(1)
+    k = logits.shape[1]
+    onehot = F.one_hot(target, k).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    card = probs.sum(dims) + onehot.sum(dims)
+    if kind == "jaccard":
+        score = (inter + eps) / (card - inter + eps)
+    else:
+        score = (2 * inter + eps) / (card + eps)
+    present = onehot.sum(dims) > 0
+    present[0] = False
+    if not bool(present.any()):
+        # annotated-empty slices only: the background term still teaches "nothing here"
+        present = torch.zeros_like(present)
+        present[0] = True
+    return (1 - score)[present].mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice-ce") -> torch.Tensor:
+    if kind == "jaccard":
+        return soft_overlap_loss(logits, target, "jaccard")
+    return F.cross_entropy(logits, target) + soft_overlap_loss(logits, target, "dice")
+
+
+class SegmentationModule(pl.LightningModule):
+    def __init__(self, unet: torch.nn.Module, loss: str = "dice-ce", lr: float = 1e-3, weight_decay: float = 1e-4,
+                 total_steps: int = 500, encoder_lr_scale: float = 1.0, freeze_encoder_steps: int = 0, warmup_fraction: float = 0.05):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}")
+        self.unet = unet
+        self.loss_kind = loss
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.total_steps = max(1, int(total_steps))
+        self.encoder_lr_scale = float(encoder_lr_scale)
+        self.freeze_encoder_steps = int(freeze_encoder_steps)
+        self.warmup_steps = int(warmup_fraction * self.total_steps)
+        self.last_loss = float("nan")
+        self._frozen = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet(x)
+
+    def _set_encoder_frozen(self, frozen: bool) -> None:
+        if frozen == self._frozen:
+            return
+        for p in self.unet.encoder.parameters():
+            p.requires_grad_(not frozen)
+        self._frozen = frozen
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._set_encoder_frozen(self.global_step < self.freeze_encoder_steps)
+        if self._frozen:
+            self.unet.encoder.eval()  # keep pretrained BatchNorm statistics during the warm-up
+        else:
+            self.unet.encoder.train()
+
+    def training_step(self, batch, batch_idx):
+        logits = self.unet(batch["image"])
+        loss = segmentation_loss(logits, batch["target"], self.loss_kind)
+        self.last_loss = float(loss.detach())
+        self.log("loss", loss, prog_bar=False, on_step=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def on_train_end(self) -> None:
+        self._set_encoder_frozen(False)
+
+    def configure_optimizers(self):
+        enc = list(self.unet.encoder.parameters())
+        enc_ids = {id(p) for p in enc}
+        rest = [p for p in self.unet.parameters() if id(p) not in enc_ids]
+        groups = [{"params": enc, "lr": self.lr * self.encoder_lr_scale}, {"params": rest, "lr": self.lr}]
+        try:
+            opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=True)
+        except (RuntimeError, TypeError):
+            opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        warm, total = self.warmup_steps, self.total_steps
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine to 5 %
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
