@@ -17,7 +17,7 @@ import warnings as _warnings
 import numpy as np
 
 from ..errors import NapariSSLError
-from .orientation import canonicalize
+from .orientation import axis_mapping, canonicalize, reorient_array, reoriented_affine
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -132,4 +132,30 @@ def read_segmentation(path: str | os.PathLike, canonical: bool = True) -> list[t
         out.append((vol, {numbers[i]: names[numbers[i]] for i in members}))
     for w in out[0][0].warnings[:1]:
         log.warning("%s: %s", os.path.basename(path), w.split(";")[0])
+    return out
+
+
+def place_on_grid(labels: Volume, reference: Volume) -> np.ndarray:
+    """`labels` (read from a SEG, covering only its stored slices) pasted onto the array grid
+    of `reference` (e.g. the source series): same shape as ``reference.array``, zeros elsewhere.
+
+    Only axis reordering and whole-voxel shifts are allowed; anything else is a NapariSSLError.
+    """
+    try:
+        perm, flips = axis_mapping(labels.affine, reference.affine)
+    except ValueError:
+        raise NapariSSLError("the SEG's grid is rotated relative to the reference series") from None
+    arr = reorient_array(labels.array, labels.affine, reference.affine)
+    moved = reoriented_affine(labels.affine, labels.array.shape, perm, flips)
+    if not np.allclose(moved[:3, :3], reference.affine[:3, :3], rtol=1e-2, atol=1e-3):
+        raise NapariSSLError("the SEG's voxel size differs from the reference series")
+    offset = np.linalg.solve(reference.affine[:3, :3], moved[:3, 3] - reference.affine[:3, 3])
+    start = np.round(offset).astype(int)
+    if np.any(np.abs(offset - start) > 0.05):
+        raise NapariSSLError("the SEG's grid is shifted by a fraction of a voxel from the reference series")
+    out = np.zeros(reference.array.shape, dtype=arr.dtype)
+    stop = start + np.array(arr.shape)
+    if np.any(start < 0) or np.any(stop > np.array(out.shape)):
+        raise NapariSSLError("the SEG covers slices outside the reference series")
+    out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = arr
     return out

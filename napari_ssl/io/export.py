@@ -1,0 +1,199 @@
+"""Exporting label maps: onto the source series' grid, as NIfTI or DICOM-SEG.
+
+:func:`export_labels` is the one entry used by the CLI and the Export widget. Labels may
+be a path (NIfTI/NRRD/MHA), a :class:`Volume`, or an array with its affine (what a napari
+Labels layer gives, in any axis order of the source grid); the source is a path or a Volume.
+Nothing is ever resampled: a mask on another grid is an error, not a silent interpolation.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import NapariSSLError
+from .orientation import axis_mapping, reorient_array, reoriented_affine
+from .volume import Volume
+
+
+def native_affine(volume: Volume) -> np.ndarray:
+    return np.asarray(volume.native_affine if volume.native_affine is not None else volume.affine, float)
+
+
+def require_dicom_source(source: Volume) -> None:
+    if not source.is_dicom or not source.source_datasets:
+        what = os.path.basename(source.path) if source.path else "the source"
+        raise NapariSSLError(
+            f"DICOM-SEG needs a DICOM source series; {what} is not DICOM (export NIfTI instead, or give the DICOM series the mask was drawn on)"
+        )
+
+
+def labels_on_source_grid(labels: np.ndarray, source: Volume, labels_affine: Optional[np.ndarray] = None) -> np.ndarray:
+    """`labels` reordered onto the source's native storage order (a view when possible).
+
+    ``labels_affine=None`` means `labels` has the same array order as ``source.array``.
+    Raises NapariSSLError when the label grid is not the source grid up to axis order.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise NapariSSLError(f"labels must be a 3-D array (z, y, x); got shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            raise NapariSSLError("labels must be whole numbers (a label map), not probabilities; threshold them first")
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise NapariSSLError(f"labels have data type {arr.dtype}; a label map of integers is needed")
+    if arr.dtype.kind == "i":
+        if arr.size and arr.min() < 0:
+            raise NapariSSLError("labels contain negative values; label values must be 0 (background) or positive")
+        arr = arr.astype(np.uint16 if arr.max(initial=0) > 255 else np.uint8) if arr.max(initial=0) < 65536 else arr.astype(np.uint32)
+
+    target = native_affine(source)
+    src_aff = np.asarray(source.affine if labels_affine is None else labels_affine, float)
+    if src_aff.shape != (4, 4):
+        raise NapariSSLError("the labels' affine must be a 4x4 matrix")
+    try:
+        perm, flips = axis_mapping(src_aff, target)
+    except ValueError:
+        raise NapariSSLError(
+            "the labels' grid is rotated relative to the source series (oblique difference); draw or resample the mask on the source series first"
+        ) from None
+    out = reorient_array(arr, src_aff, target)
+    want = tuple(source.array.shape[i] for i in axis_mapping(source.affine, target)[0])
+    if out.shape != want:
+        raise NapariSSLError(
+            f"labels shape {tuple(arr.shape)} does not match the source series ({tuple(source.array.shape)}); "
+            "export a mask drawn on this series"
+        )
+    moved = reoriented_affine(src_aff, arr.shape, perm, flips)
+    spacing = np.linalg.norm(target[:3, :3], axis=0)
+    col_err = np.linalg.norm(moved[:3, :3] - target[:3, :3], axis=0) / spacing
+    if np.any(col_err > 0.01):
+        raise NapariSSLError(
+            f"the labels' voxel size {np.round(np.linalg.norm(moved[:3, :3], axis=0), 4).tolist()} mm differs from the source's "
+            f"{np.round(spacing, 4).tolist()} mm; export a mask drawn on this series"
+        )
+    shift = float(np.linalg.norm(moved[:3, 3] - target[:3, 3]))
+    if shift > 0.05 * float(spacing.min()) + 1e-4:
+        raise NapariSSLError(
+            f"the labels' grid is shifted {shift:.3g} mm from the source series; export a mask drawn on this series"
+        )
+    return out
+
+
+def normalize_names(names: Mapping[int, str] | Sequence[str] | str | None, values: Sequence[int]) -> dict[int, str]:
+    """``{label value: name}`` for every value in `values`; an error names any label left unnamed.
+
+    A sequence (or a comma-separated string) names labels 1, 2, 3, ... in order.
+    """
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    if names is None:
+        mapping: dict[int, str] = {}
+    elif isinstance(names, Mapping):
+        mapping = {int(k): str(v).strip() for k, v in names.items()}
+    else:
+        mapping = {i + 1: str(n).strip() for i, n in enumerate(names)}
+    missing = [v for v in values if not mapping.get(v)]
+    if missing:
+        example = ",".join(mapping.get(v) or f"name{v}" for v in range(1, max(values) + 1))
+        raise NapariSSLError(
+            f"label{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} ha{'ve' if len(missing) > 1 else 's'} no name; "
+            f"give one name per label value 1..{max(values)}, e.g. --names \"{example}\""
+        )
+    return {v: mapping[v] for v in values}
+
+
+def load_source(source: Volume | str | os.PathLike) -> Volume:
+    """The source series as a Volume in its native order (DICOM folder/file, or NIfTI)."""
+    if isinstance(source, Volume):
+        return source
+    from . import load_volume
+
+    return load_volume(os.fspath(source), canonical=False)
+
+
+def load_labels(labels: Volume | np.ndarray | str | os.PathLike, labels_affine: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(array, affine) from a path (NIfTI/NRRD/MHA or SEG), a Volume, or an array (+ affine or None)."""
+    if isinstance(labels, Volume):
+        return labels.array, labels.affine
+    if isinstance(labels, (str, os.PathLike)):
+        path = os.fspath(labels)
+        from .nifti import is_itk_image_path, read_itk_volume
+
+        if not os.path.isfile(path):
+            raise NapariSSLError(f"no such labels file: {path}")
+        if not is_itk_image_path(path):
+            raise NapariSSLError(f"labels file {os.path.basename(path)}: give a NIfTI/NRRD/MHA label map")
+        vol = read_itk_volume(path)
+        return vol.array, vol.affine
+    return np.asarray(labels), labels_affine
+
+
+def export_nifti(labels, source: Volume | str | os.PathLike, out_path: str | os.PathLike, labels_affine: Optional[np.ndarray] = None) -> str:
+    """Write `labels` as NIfTI/NRRD in the source's native geometry (atomically)."""
+    from .nifti import is_itk_image_path, write_itk_volume
+
+    out_path = os.fspath(out_path)
+    if not is_itk_image_path(out_path):
+        raise NapariSSLError(f"{os.path.basename(out_path)}: give a .nii.gz, .nii, .nrrd or .mha output path")
+    folder = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(folder):
+        raise NapariSSLError(f"output folder does not exist: {folder}")
+    src = load_source(source)
+    arr, aff = load_labels(labels, labels_affine)
+    native = labels_on_source_grid(arr, src, aff)
+    write_itk_volume(np.ascontiguousarray(native), native_affine(src), out_path)
+    return out_path
+
+
+def export_labels(
+    labels,
+    source: Volume | str | os.PathLike,
+    out_path: str | os.PathLike,
+    labels_affine: Optional[np.ndarray] = None,
+    names: Mapping[int, str] | Sequence[str] | str | None = None,
+    labelmap: bool = False,
+    model: Optional[str] = None,
+    stow_url: Optional[str] = None,
+    **seg_kwargs: Any,
+) -> dict[str, Any]:
+    """Export a label map next to its source: DICOM-SEG for ``.dcm`` outputs, NIfTI/NRRD otherwise.
+
+    With ``stow_url`` the SEG is also stored on that DICOMweb server (STOW-RS).
+    Returns a JSON-friendly summary (no patient identifiers).
+    """
+    out_path = os.fspath(out_path)
+    is_seg = out_path.lower().endswith((".dcm", ".seg"))
+    if stow_url and not is_seg:
+        raise NapariSSLError("only a DICOM-SEG can be stored on a PACS: give an output path ending in .dcm")
+    if is_seg:
+        from .seg_write import write_segmentation
+
+        src = load_source(source)
+        arr, aff = load_labels(labels, labels_affine)
+        res = write_segmentation(arr, src, out_path, labels_affine=aff, names=names, labelmap=labelmap, model=model, **seg_kwargs)
+        summary: dict[str, Any] = {
+            "format": "DICOM-SEG",
+            "path": res.path,
+            "segmentation_type": res.segmentation_type,
+            "frames": res.num_frames,
+            "segments": {str(res.segment_numbers[v]): res.names[v] for v in res.segment_numbers},
+            "label_to_segment": {str(k): v for k, v in res.segment_numbers.items()},
+            "sop_instance_uid": res.sop_instance_uid,
+            "series_instance_uid": res.series_instance_uid,
+            "source_series_instance_uid": src.series_instance_uid,
+        }
+        if stow_url:
+            from .dicomweb import store_instances
+
+            store_instances(stow_url, [res.dataset])
+            summary["stored_to"] = stow_url
+        return summary
+    path = export_nifti(labels, source, out_path, labels_affine=labels_affine)
+    return {"format": "NIfTI", "path": path}

@@ -1,0 +1,305 @@
+"""Writing DICOM-SEG (highdicom) from a label map and its source DICOM series.
+
+One segment per label value present, numbered 1..K in ascending label order (DICOM needs
+contiguous segment numbers; with labels 1..K the numbers equal the labels). BINARY by
+default (one 1-bit frame per slice and segment, empty frames omitted), LABELMAP on request
+(one 8/16-bit frame per slice, the Label Map Segmentation SOP class).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import NapariSSLError
+from .export import labels_on_source_grid, normalize_names, require_dicom_source
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+# Type 2 attributes highdicom copies from the first source header; real files sometimes lack them.
+_TYPE2_DEFAULTS = {
+    "PatientName": "",
+    "PatientID": "",
+    "PatientBirthDate": "",
+    "PatientSex": "",
+    "AccessionNumber": "",
+    "StudyID": "",
+    "StudyDate": "",
+    "StudyTime": "",
+    "ReferringPhysicianName": "",
+}
+
+
+@dataclass
+class SegExport:
+    """What was written: where, and how label values became segments."""
+
+    path: Optional[str]
+    sop_instance_uid: str
+    series_instance_uid: str
+    segment_numbers: dict[int, int]  # label value -> segment number
+    names: dict[int, str]  # label value -> name
+    segmentation_type: str
+    num_frames: int
+    dataset: Any = field(default=None, repr=False)  # the highdicom Segmentation
+
+
+def _clean_header(ds):
+    """A copy of a source header that highdicom and validators accept (messy real files)."""
+    ds = copy.deepcopy(ds)
+    for kw, val in _TYPE2_DEFAULTS.items():
+        if kw not in ds:
+            setattr(ds, kw, val)
+    if "PatientSex" in ds and str(ds.PatientSex) not in ("M", "F", "O", ""):
+        ds.PatientSex = ""
+    return ds
+
+
+def _character_set(ds) -> Optional[str | list]:
+    cs = ds.get("SpecificCharacterSet")
+    if cs is None:
+        return None
+    if isinstance(cs, str):
+        return cs.strip() or None
+    vals = [str(v).strip() for v in cs]
+    vals = [v for v in vals if v] if any(vals) else []
+    return (vals if len(vals) > 1 else vals[0]) if vals else None
+
+
+def _has_plane_geometry(dss) -> bool:
+    """Whether the source headers place every frame in space (position and orientation)."""
+    if len(dss) == 1 and "PerFrameFunctionalGroupsSequence" in dss[0]:
+        ds = dss[0]
+        shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else {}
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            if "PlanePositionSequence" not in item and "PlanePositionSequence" not in shared:
+                return False
+            if "PlaneOrientationSequence" not in item and "PlaneOrientationSequence" not in shared:
+                return False
+        return True
+    return all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for ds in dss)
+
+
+def _native_sources(source: Volume, n_slices: int) -> tuple[list, Optional[list]]:
+    """Source headers for highdicom, and plane positions when frames do not map 1:1 onto slices."""
+    import highdicom as hd
+
+    dss = list(source.source_datasets)
+    native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
+    if len(dss) == 1 and int(dss[0].get("NumberOfFrames", 1) or 1) > 1:
+        frames = list(source.source_frames) or list(range(1, n_slices + 1))
+        if frames == list(range(1, int(dss[0].NumberOfFrames) + 1)) and len(frames) == n_slices:
+            return dss, None
+    elif len(dss) == n_slices:
+        ipps = []
+        for ds in dss:
+            ipp = ds.get("ImagePositionPatient")
+            ipps.append(None if ipp is None else np.asarray([float(v) for v in ipp]))
+        expected = [native[:3, :3] @ [i, 0, 0] + native[:3, 3] for i in range(n_slices)]
+        tol = 0.05 * float(np.linalg.norm(native[:3, 0]))
+        if all(p is not None and np.linalg.norm(p - e) <= max(tol, 1e-3) for p, e in zip(ipps, expected)):
+            return dss, None
+    # General case (Enhanced frames in another order, several frames per position...):
+    # give highdicom the positions; it matches them to source frames itself.
+    positions = [
+        hd.PlanePositionSequence(
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            image_position=[float(v) for v in native[:3, :3] @ [i, 0, 0] + native[:3, 3]],
+        )
+        for i in range(n_slices)
+    ]
+    return dss, positions
+
+
+def _plane_geometry(native: np.ndarray):
+    import highdicom as hd
+
+    row_step = native[:3, 1]  # down the image (along a column)
+    col_step = native[:3, 2]  # to the right (along a row)
+    orientation = [float(v) for v in np.concatenate([col_step / np.linalg.norm(col_step), row_step / np.linalg.norm(row_step)])]
+    spacing = [float(np.linalg.norm(row_step)), float(np.linalg.norm(col_step))]
+    thickness = float(np.linalg.norm(native[:3, 0]))
+    return (
+        hd.PlaneOrientationSequence(coordinate_system=hd.CoordinateSystemNames.PATIENT, image_orientation=orientation),
+        hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=thickness, spacing_between_slices=thickness),
+    )
+
+
+def _segment_descriptions(names_by_segment: list[tuple[int, str]], algorithm_type: str, model: Optional[str]):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from .. import __version__
+    from .seg_codes import coded_concepts
+
+    algo = None
+    if algorithm_type != "MANUAL":
+        params = {"model": str(model)[:64]} if model else None
+        algo = hd.AlgorithmIdentificationSequence(
+            name="napari-ssl",
+            version=str(__version__),
+            family=codes.cid7162.ArtificialIntelligence,
+            source="napari-ssl",
+            parameters=params,
+        )
+    out = []
+    for number, name in names_by_segment:
+        category, typ = coded_concepts(name)
+        out.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name[:64],
+                segmented_property_category=category,
+                segmented_property_type=typ,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues[algorithm_type],
+                algorithm_identification=algo,
+                tracking_uid=hd.UID(),
+                tracking_id=name[:64],
+            )
+        )
+    return out
+
+
+def build_segmentation(
+    labels: np.ndarray,
+    source: Volume,
+    labels_affine: Optional[np.ndarray] = None,
+    names: Mapping[int, str] | Sequence[str] | None = None,
+    labelmap: bool = False,
+    model: Optional[str] = None,
+    algorithm_type: Optional[str] = None,
+    series_description: str = "napari-ssl segmentation",
+    series_number: int = 1000,
+    workers: int = 0,
+):
+    """The highdicom Segmentation for `labels` on `source` (not written anywhere).
+
+    ``labels_affine`` is the grid of `labels` (index z,y,x -> LPS); ``None`` means the same
+    array order as ``source.array``. ``names`` maps label values to names, or lists names of
+    labels 1, 2, ... in order. ``algorithm_type`` defaults to SEMIAUTOMATIC (napari-ssl
+    predictions edited by hand), AUTOMATIC when a model name is given; MANUAL omits the
+    algorithm identification.
+    """
+    import highdicom as hd
+
+    require_dicom_source(source)
+    native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
+    arr = labels_on_source_grid(labels, source, labels_affine)
+    values = [int(v) for v in np.unique(arr) if v != 0]
+    if not values:
+        raise NapariSSLError("the mask is empty (no labelled voxel): nothing to export")
+    names_by_value = normalize_names(names, values)
+    numbers = {v: i + 1 for i, v in enumerate(values)}
+    if values != list(range(1, len(values) + 1)):
+        lut = np.zeros(int(max(values)) + 1, dtype=np.uint16 if len(values) > 255 else np.uint8)
+        for v, n in numbers.items():
+            lut[v] = n
+        arr = lut[arr]
+        log.info("label values %s written as segments %s", values, list(numbers.values()))
+    elif arr.dtype != np.uint8 and len(values) < 256:
+        arr = arr.astype(np.uint8)
+
+    if algorithm_type is None:
+        algorithm_type = "AUTOMATIC" if model else "SEMIAUTOMATIC"
+    algorithm_type = algorithm_type.upper()
+    if algorithm_type not in ("MANUAL", "SEMIAUTOMATIC", "AUTOMATIC"):
+        raise NapariSSLError(f"algorithm type {algorithm_type!r}: use MANUAL, SEMIAUTOMATIC or AUTOMATIC")
+    descriptions = _segment_descriptions([(numbers[v], names_by_value[v]) for v in values], algorithm_type, model)
+
+    if not _has_plane_geometry(source.source_datasets):
+        raise NapariSSLError(
+            "the source series' headers give no slice position/orientation, so a DICOM-SEG cannot be placed on it; export NIfTI instead"
+        )
+    if not source.source_datasets[0].get("FrameOfReferenceUID"):
+        raise NapariSSLError("the source series has no Frame of Reference UID, so a DICOM-SEG cannot reference it; export NIfTI instead")
+    dss, positions = _native_sources(source, arr.shape[0])
+    first = _clean_header(dss[0])
+    sources = [first] + dss[1:]
+    kwargs: dict[str, Any] = {}
+    if positions is not None:
+        orientation, measures = _plane_geometry(native)
+        kwargs.update(plane_positions=positions, plane_orientation=orientation, pixel_measures=measures)
+    if labelmap:
+        if not hasattr(hd.seg.SegmentationTypeValues, "LABELMAP"):
+            raise NapariSSLError(f"LABELMAP SEGs need highdicom >= 0.24 (installed: {hd.__version__}); export BINARY instead")
+        seg_type = hd.seg.SegmentationTypeValues.LABELMAP
+    else:
+        seg_type = hd.seg.SegmentationTypeValues.BINARY
+    from .. import __version__
+
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=arr,
+            segmentation_type=seg_type,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=int(series_number),
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="napari-ssl",
+            manufacturer_model_name="napari-ssl",
+            software_versions=str(__version__),
+            device_serial_number="0",
+            series_description=series_description[:64],
+            content_description=series_description[:64],
+            content_label="SEGMENTATION",
+            omit_empty_frames=True,
+            workers=workers,
+            specific_character_set=_character_set(first),
+            **kwargs,
+        )
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise NapariSSLError(f"cannot build the DICOM-SEG from this source series: {str(exc).splitlines()[0]}") from None
+    return seg, numbers, names_by_value
+
+
+def write_dataset_atomic(ds, path: str) -> None:
+    """Write a pydicom dataset to `path` via a temp file in the same folder, then rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise NapariSSLError(f"output folder does not exist: {folder}")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".dcm")
+    os.close(fd)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_segmentation(
+    labels: np.ndarray,
+    source: Volume,
+    out_path: str | os.PathLike | None,
+    labels_affine: Optional[np.ndarray] = None,
+    names: Mapping[int, str] | Sequence[str] | None = None,
+    labelmap: bool = False,
+    model: Optional[str] = None,
+    **kwargs: Any,
+) -> SegExport:
+    """Build the SEG (see :func:`build_segmentation`) and write it atomically to `out_path`."""
+    seg, numbers, names_by_value = build_segmentation(labels, source, labels_affine, names, labelmap=labelmap, model=model, **kwargs)
+    path = None
+    if out_path is not None:
+        path = os.fspath(out_path)
+        write_dataset_atomic(seg, path)
+    return SegExport(
+        path=path,
+        sop_instance_uid=str(seg.SOPInstanceUID),
+        series_instance_uid=str(seg.SeriesInstanceUID),
+        segment_numbers=numbers,
+        names=names_by_value,
+        segmentation_type=str(seg.SegmentationType),
+        num_frames=int(seg.NumberOfFrames),
+        dataset=seg,
+    )
