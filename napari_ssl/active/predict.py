@@ -1,0 +1,185 @@
+"""Whole-volume prediction with a fine-tuned model, with per-voxel and per-slice uncertainty.
+
+Slices are predicted in batches on the canonical grid of the volume (the one napari
+shows) and returned on that grid; :func:`write_prediction` maps them back to the
+file's own storage order so the written NIfTI has exactly the input's geometry.
+
+Uncertainty is the predictive entropy of the mean class probabilities, normalised to
+[0, 1] by log(number of classes), over several stochastic passes: test-time
+augmentation (left-right flip and gamma changes) and/or MC-dropout (channel dropout on
+the deepest encoder features, kept active at test time). With a single pass it is the
+entropy of that pass.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.labelled_slices import fit_to_size, slice_stack, unfit_from_size
+from ..errors import NapariSSLError
+
+MC_DROPOUT_P = 0.2
+# (flip left-right, gamma): identity first
+TTA_VARIANTS = ((False, 1.0), (True, 1.0), (False, 0.8), (True, 1.25))
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # (z, y, x) uint8, 0 = background
+    probabilities: np.ndarray  # (K, z, y, x) float32, K = classes incl. background
+    uncertainty: np.ndarray  # (z, y, x) float32 in [0, 1], normalised predictive entropy
+    slice_uncertainty: np.ndarray  # (z,) mean voxel uncertainty of each slice
+    class_names: list[str]
+    passes: int
+    method: str
+
+
+def load_segmentation_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(U-Net in eval mode, model.json) from a fine-tuned model folder; safetensors only."""
+    from ..models.checkpoint import load_weights, read_meta
+    from ..models.unet import build_unet
+
+    if not os.path.isdir(model_dir):
+        raise NapariSSLError(f"--model: no such model folder: {model_dir}")
+    meta = read_meta(model_dir)
+    if meta.get("kind") != "segmentation":
+        raise NapariSSLError(f"{model_dir} is not a fine-tuned segmentation model (run napari-ssl finetune first)")
+    try:
+        enc, ch, k = meta["encoder_name"], int(meta["in_channels"]), int(meta["num_classes"])
+    except (KeyError, ValueError, TypeError):
+        raise NapariSSLError(f"{model_dir}/model.json lacks encoder_name / in_channels / num_classes") from None
+    unet = build_unet(enc, in_channels=ch, classes=k)
+    sd, _ = load_weights(model_dir, name="model")
+    try:
+        unet.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise NapariSSLError(f"{model_dir}: weights do not match the {enc} encoder with {ch} channel(s) and {k} classes named in model.json ({str(exc).splitlines()[0][:120]})") from None
+    return unet.to(device).eval(), meta
+
+
+def _forward(unet: torch.nn.Module, x: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    if dropout_p <= 0:
+        return unet(x)
+    feats = unet.encoder(x)
+    feats = list(feats[:-2]) + [F.dropout2d(f, dropout_p, training=True) for f in feats[-2:]]
+    return unet.segmentation_head(unet.decoder(feats))
+
+
+@torch.no_grad()
+def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, in_channels: int = 1, batch_size: int = 64,
+                  tta: bool = False, mc_dropout: int = 0, class_names: Optional[list[str]] = None, seed: int = 0) -> Prediction:
+    """Predict every slice of a normalised (z, y, x) float image in [0, 1]."""
+    if mc_dropout < 0:
+        raise NapariSSLError("--mc-dropout must be 0 (off) or a number of passes")
+    unet.eval()
+    dev = next(unet.parameters()).device
+    z, h, w = image.shape
+    variants = TTA_VARIANTS if tta else TTA_VARIANTS[:1]
+    n_mc = int(mc_dropout)
+    passes = [(flip, gamma, 0.0) for flip, gamma in variants] if n_mc == 0 else [(flip, gamma, MC_DROPOUT_P) for flip, gamma in variants for _ in range(n_mc)]
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    probs_sum = None
+    for z0 in range(0, z, batch_size):
+        zs = range(z0, min(z, z0 + batch_size))
+        x = torch.from_numpy(np.stack([slice_stack(image, i, in_channels) for i in zs]).astype(np.float32))
+        xf = fit_to_size(x, image_size).to(dev)
+        acc = 0
+        for flip, gamma, p in passes:
+            xi = xf.clamp(0, 1) ** gamma if gamma != 1.0 else xf
+            if flip:
+                xi = xi.flip(-1)
+            pr = _forward(unet, xi, p).float().softmax(1)
+            if flip:
+                pr = pr.flip(-1)
+            acc = acc + pr
+        acc = unfit_from_size((acc / len(passes)).cpu(), (h, w))
+        if probs_sum is None:
+            probs_sum = np.empty((acc.shape[1], z, h, w), np.float32)
+        probs_sum[:, z0:z0 + len(zs)] = acc.permute(1, 0, 2, 3).numpy()
+    torch.random.set_rng_state(gen_state)
+    probs = probs_sum / np.clip(probs_sum.sum(0, keepdims=True), 1e-8, None)
+    k = probs.shape[0]
+    ent = -(probs * np.log(np.clip(probs, 1e-8, 1.0))).sum(0) / np.log(k)
+    labels = probs.argmax(0).astype(np.uint8)
+    method = "+".join(m for m, on in (("tta", tta), (f"mc-dropout-{n_mc}", n_mc > 0)) if on) or "single"
+    return Prediction(labels=labels, probabilities=probs, uncertainty=ent.astype(np.float32),
+                      slice_uncertainty=ent.reshape(z, -1).mean(1).astype(np.float32),
+                      class_names=list(class_names or [f"class {i}" for i in range(1, k)]), passes=len(passes), method=method)
+
+
+def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
+                   device: Optional[str] = None) -> Prediction:
+    """Predict a :class:`~napari_ssl.io.Volume` (canonical grid) with the model in `model_dir`."""
+    from ..data.normalize import normalize
+    from ..train.finetune import resolve_normalization
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    unet, meta = load_segmentation_model(model_dir, dev)
+    spec = resolve_normalization(meta.get("normalization"), volume.modality)
+    img = normalize(volume.array, spec)
+    return predict_array(unet, img, image_size=int(meta.get("image_size", 64)), in_channels=int(meta["in_channels"]), batch_size=batch_size,
+                         tta=tta, mc_dropout=mc_dropout, class_names=meta.get("class_names"))
+
+
+def to_source_grid(array: np.ndarray, volume) -> tuple[np.ndarray, np.ndarray]:
+    """(array, affine) in the file's own storage order (undoing canonical reorientation)."""
+    from ..io.orientation import reorient_array
+
+    native = getattr(volume, "native_affine", None)
+    if native is None:
+        return array, volume.affine
+    return np.ascontiguousarray(reorient_array(array, volume.affine, native)), np.asarray(native, float)
+
+
+def _write_vector(array_zyxk: np.ndarray, affine: np.ndarray, path: str) -> None:
+    """A multi-component image (one component per class), written atomically like io.write_itk_volume."""
+    import SimpleITK as sitk
+
+    from ..io.nifti import SUFFIXES
+    from ..io.volume import itk_from_affine
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array_zyxk), isVector=True)
+    spacing, origin, direction = itk_from_affine(affine)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection(direction)
+    base = os.path.basename(path)
+    suffix = next((s for s in SUFFIXES if base.lower().endswith(s)), os.path.splitext(base)[1])
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{base}.partial{suffix}")
+    try:
+        sitk.WriteImage(img, tmp, useCompression=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_prediction(pred: Prediction, volume, out: str, probabilities: Optional[str] = None, uncertainty: Optional[str] = None) -> None:
+    """Labels (and optionally probabilities, uncertainty) in the source geometry of `volume`.
+
+    Probabilities: one foreground class -> a 3-D map of its probability; several -> one
+    component per foreground class (in the order of model.json's class_names)."""
+    from ..io import write_itk_volume
+
+    for p in (out, probabilities, uncertainty):
+        if p and os.path.dirname(os.path.abspath(p)) and not os.path.isdir(os.path.dirname(os.path.abspath(p))):
+            raise NapariSSLError(f"output folder does not exist: {os.path.dirname(os.path.abspath(p))}")
+    lab, aff = to_source_grid(pred.labels, volume)
+    write_itk_volume(lab.astype(np.uint8), aff, out)
+    if uncertainty:
+        u, aff = to_source_grid(pred.uncertainty, volume)
+        write_itk_volume(u.astype(np.float32), aff, uncertainty)
+    if probabilities:
+        fg = pred.probabilities[1:]
+        if fg.shape[0] == 1:
+            p, aff = to_source_grid(fg[0], volume)
+            write_itk_volume(p.astype(np.float32), aff, probabilities)
+        else:
+            p, aff = to_source_grid(np.moveaxis(fg, 0, -1), volume)
+            _write_vector(p.astype(np.float32), aff, probabilities)

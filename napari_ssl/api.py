@@ -1,0 +1,135 @@
+"""The Python API: what a notebook, the CLI and the viewer's widgets call.
+
+    from napari_ssl import api
+    vol = api.load_volume("scan.nii.gz")
+    api.pretrain("simclr", ["scans/"], "runs/pre", steps=2000)
+    api.finetune(["scan.nii.gz"], ["labels.nii.gz"], "runs/seg", encoder_weights="runs/pre", steps=500)
+    pred = api.predict("runs/seg", vol, tta=True)       # arrays on vol's (canonical) grid
+    api.save_prediction(pred, vol, "mask.nii.gz", uncertainty="unc.nii.gz")
+    api.suggest("runs/seg", vol, labels="labels.nii.gz", n=5)
+
+Slice indices are along axis 0 of the canonical array (what napari shows as the first
+dimension). Images may be given as paths or as :class:`~napari_ssl.io.Volume`; label maps as
+paths, Volumes or numpy arrays on the image's grid (a napari Labels layer's data).
+Training functions take ``events`` (a callable receiving the contract's event dicts) and
+``stop_event`` (anything with ``is_set()``), and return the output folder.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from .active.predict import Prediction
+from .errors import NapariSSLError
+from .io.volume import Volume
+
+PathLike = Union[str, os.PathLike]
+ImageLike = Union[PathLike, Volume]
+LabelsLike = Union[PathLike, Volume, np.ndarray]
+
+__all__ = ["load_volume", "pretrain", "finetune", "predict", "save_prediction", "suggest", "annotated_slices", "Prediction"]
+
+
+def load_volume(path: PathLike) -> Volume:
+    """One scan (NIfTI/NRRD/MHA file or DICOM series folder) on the canonical grid."""
+    from .train.finetune import load_image
+
+    return load_image(os.fspath(path))
+
+
+def pretrain(method: str, data: Sequence[PathLike] | PathLike, out: PathLike, *, events: Optional[Callable[[dict], None]] = None,
+             stop_event: Any = None, **options: Any) -> str:
+    """Self-supervised pretraining (thin wrapper over napari_ssl.train.pretrain.run_pretraining).
+
+    `options` are PretrainConfig fields: encoder, in_channels, image_size, epochs, steps, batch_size, lr,
+    devices, precision, init, pairs, options (method options dict), resume, seed, ..."""
+    from .train.pretrain import PretrainConfig, run_pretraining
+
+    paths = [os.fspath(data)] if isinstance(data, (str, os.PathLike)) else [os.fspath(p) for p in data]
+    try:
+        config = PretrainConfig(method=method, data=paths, out=os.fspath(out), **options)
+    except TypeError as exc:
+        raise NapariSSLError(f"pretrain: {exc}") from None
+    return run_pretraining(config, events=events, stop_event=stop_event)
+
+
+def finetune(images: Sequence[ImageLike] | ImageLike, labels: Sequence[LabelsLike] | LabelsLike, out: PathLike, *,
+             encoder_weights: Optional[PathLike] = None, init_model: Optional[PathLike] = None, classes: Optional[Sequence[str] | str] = None,
+             empty_slices: Optional[Sequence[Sequence[int]] | Sequence[int]] = None, steps: Optional[int] = None, epochs: Optional[int] = None,
+             events: Optional[Callable[[dict], None]] = None, stop_event: Any = None, **options: Any) -> str:
+    """Fine-tune a U-Net on the annotated slices; returns the model folder.
+
+    `empty_slices`: for one image a list of slice indices annotated as empty; for several, one list per image.
+    `options` are FinetuneConfig fields: encoder, in_channels, loss ("dice-ce"|"jaccard"), batch_size, image_size,
+    lr, encoder_lr_scale, freeze_encoder_steps, transfer_decoder, augment, normalization, devices, precision, seed."""
+    from .data.sparse_labels import parse_class_names
+    from .train.finetune import FinetuneConfig, run_finetuning
+
+    imgs = [images] if isinstance(images, (str, os.PathLike, Volume)) else list(images)
+    labs = [labels] if isinstance(labels, (str, os.PathLike, Volume, np.ndarray)) else list(labels)
+    imgs = [os.fspath(i) if isinstance(i, os.PathLike) else i for i in imgs]
+    labs = [os.fspath(i) if isinstance(i, os.PathLike) else i for i in labs]
+    if empty_slices is not None and len(empty_slices) and not isinstance(empty_slices[0], (list, tuple, np.ndarray)):
+        empty_slices = [list(empty_slices)]
+    try:
+        config = FinetuneConfig(images=imgs, labels=labs, out=os.fspath(out), encoder_weights=_opt_path(encoder_weights),
+                                init_model=_opt_path(init_model), classes=parse_class_names(classes),
+                                empty_slices=[list(e) for e in empty_slices] if empty_slices else None, steps=steps, epochs=epochs, **options)
+    except TypeError as exc:
+        raise NapariSSLError(f"finetune: {exc}") from None
+    return run_finetuning(config, events=events, stop_event=stop_event)
+
+
+def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
+            device: Optional[str] = None) -> Prediction:
+    """Segment every slice; returns labels, probabilities, voxel and slice uncertainty on the image's canonical grid."""
+    from .active.predict import predict_volume
+
+    vol = image if isinstance(image, Volume) else load_volume(image)
+    return predict_volume(os.fspath(model), vol, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=device)
+
+
+def save_prediction(prediction: Prediction, image: ImageLike, out: PathLike, *, probabilities: Optional[PathLike] = None,
+                    uncertainty: Optional[PathLike] = None) -> None:
+    """Write the label map (and optional probability / uncertainty maps) in the image file's own geometry."""
+    from .active.predict import write_prediction
+
+    vol = image if isinstance(image, Volume) else load_volume(image)
+    write_prediction(prediction, vol, os.fspath(out), _opt_path(probabilities), _opt_path(uncertainty))
+
+
+def annotated_slices(labels: LabelsLike, image: Optional[ImageLike] = None, empty_slices: Sequence[int] = ()) -> np.ndarray:
+    """Boolean mask over slices: annotated (any label, or listed as annotated-empty)."""
+    from .data import sparse_labels
+    from .train.finetune import load_labels
+
+    if isinstance(labels, np.ndarray):
+        arr = sparse_labels.as_label_array(labels)
+    else:
+        vol = image if isinstance(image, Volume) else (load_volume(image) if image is not None else None)
+        arr = load_labels(labels, vol) if vol is not None else sparse_labels.as_label_array(load_volume(labels).array)
+    return sparse_labels.annotated_slices(arr, empty_slices)
+
+
+def suggest(model: PathLike, image: ImageLike, labels: Optional[LabelsLike] = None, *, n: int = 5, min_distance: Optional[int] = None,
+            empty_slices: Sequence[int] = (), tta: bool = True, mc_dropout: int = 0, prediction: Optional[Prediction] = None) -> list[dict]:
+    """The unannotated slices to annotate next, best first: [{"rank", "slice", "uncertainty", "min_distance"}].
+
+    Pass `prediction` to reuse one already computed (its slice_uncertainty is used)."""
+    from .active.suggest import suggest_slices
+
+    vol = image if isinstance(image, Volume) else load_volume(image)
+    ann = annotated_slices(labels, vol, empty_slices) if labels is not None else None
+    if ann is None and empty_slices:
+        ann = np.zeros(vol.shape[0], bool)
+        ann[list(empty_slices)] = True
+    pred = prediction or predict(model, vol, tta=tta, mc_dropout=mc_dropout)
+    if pred.slice_uncertainty.shape[0] != vol.shape[0]:
+        raise NapariSSLError(f"the prediction has {pred.slice_uncertainty.shape[0]} slices but the image has {vol.shape[0]}")
+    return suggest_slices(pred.slice_uncertainty, ann, n=n, min_distance=min_distance)
+
+
+def _opt_path(p: Optional[PathLike]) -> Optional[str]:
+    return None if p is None else os.fspath(p)
