@@ -1,0 +1,1 @@
+"""Dock widgets: Pretrain, Annotate & Train, Export (see napari.yaml)."""

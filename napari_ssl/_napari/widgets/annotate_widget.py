@@ -1,0 +1,571 @@
+"""Annotate & Train dock widget: the active-learning loop.
+
+1. Create a Labels layer bound to an image (same shape, scale, translate; the image's geometry and
+   identity in metadata) with named, coloured classes. It is autosaved as the user paints.
+2. Paint a few slices; mark slices where the structure is absent as annotated-empty.
+3. Train: fine-tune a U-Net (from a pretrained encoder, or from scratch; warm-started from the last
+   model on later rounds) in a child process, then predict the image: a prediction Labels layer and an
+   uncertainty Image layer appear, with the slices worth annotating next.
+4. Next slice jumps to the top suggestion; Accept copies the (corrected) prediction of the current slice
+   into the annotations; Train again.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
+                            QLabel, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QTableWidget,
+                            QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ..annotations_autosave import AnnotationAutosave, autosave_folder, read_annotations
+from ..job_runner import QtJob
+from .common import LayerCombo, device_choices, image_layers, layer_volume, safe_name, timestamp
+from .loss_plot import LossPlot
+from .runs_list import list_runs, runs_dir
+
+PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
+           "#bcf60c", "#fabebe", "#008080", "#e6beff"]
+ANNOTATION_SUFFIX = " annotations"
+PREDICTION_SUFFIX = " prediction"
+UNCERTAINTY_SUFFIX = " uncertainty"
+
+
+def class_colormap(colors: list[str]):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    d = {0: np.zeros(4), None: np.array([0.5, 0.5, 0.5, 1.0])}
+    for i, c in enumerate(colors):
+        d[i + 1] = QColor(c).getRgbF()
+    return DirectLabelColormap(color_dict=d)
+
+
+def annotated_slice_mask(labels: np.ndarray, empty_slices) -> np.ndarray:
+    """(z,) bool: slices holding any label, or marked annotated-empty."""
+    a = np.asarray(labels)
+    mask = a.reshape(a.shape[0], -1).any(axis=1)
+    for z in empty_slices or ():
+        if 0 <= int(z) < mask.shape[0]:
+            mask[int(z)] = True
+    return mask
+
+
+class AnnotateTrainWidget(QWidget):
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.labels_layer = None
+        self.image_layer = None
+        self.autosave: AnnotationAutosave | None = None
+        self.job: QtJob | None = None
+        self.last_model: str | None = None
+        self.last_result: dict | None = None
+        self.suggestions: list[dict] = []
+        self.preview_every_s = 5.0
+        self.threads: int | None = None
+
+        # --- annotation set-up
+        self.image_combo = LayerCombo(napari_viewer, image_layers)
+        self.classes = QTableWidget(0, 2)
+        self.classes.setHorizontalHeaderLabels(["Class", "Colour"])
+        self.classes.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.classes.verticalHeader().setVisible(True)
+        self.classes.setMaximumHeight(110)
+        self.classes.cellDoubleClicked.connect(self._pick_colour)
+        self.classes.itemChanged.connect(self._on_classes_edited)
+        add_cls = QPushButton("+ class")
+        add_cls.clicked.connect(lambda: self.add_class(f"class {self.classes.rowCount() + 1}"))
+        del_cls = QPushButton("- class")
+        del_cls.clicked.connect(self._remove_class)
+        self.create_button = QPushButton("Create labels layer")
+        self.create_button.clicked.connect(self.create_labels_layer)
+        setup = QGroupBox("1. Labels for an image")
+        sl = QFormLayout(setup)
+        sl.addRow("Image", self.image_combo)
+        sl.addRow(self.classes)
+        row = QHBoxLayout()
+        row.addWidget(add_cls)
+        row.addWidget(del_cls)
+        row.addWidget(self.create_button)
+        sl.addRow(row)
+
+        # --- annotation state
+        self.empty_button = QPushButton("Mark slice annotated-empty")
+        self.empty_button.setToolTip("The structure is absent on this slice: train on it as background")
+        self.empty_button.clicked.connect(self.mark_current_slice_empty)
+        self.count_label = QLabel("No labels layer yet.")
+        self.count_label.setWordWrap(True)
+        ann = QGroupBox("2. Annotate")
+        al = QVBoxLayout(ann)
+        al.addWidget(self.empty_button)
+        al.addWidget(self.count_label)
+
+        # --- training
+        self.init_combo = QComboBox()
+        self.refresh_init_choices()
+        self.warm_start = QCheckBox("Warm-start from the last model")
+        self.warm_start.setEnabled(False)
+        self.steps = QSpinBox()
+        self.steps.setRange(0, 1_000_000)
+        self.steps.setValue(300)
+        self.steps.setSpecialValueText("auto")
+        self.image_size = QSpinBox()
+        self.image_size.setRange(0, 1024)
+        self.image_size.setSingleStep(32)
+        self.image_size.setSpecialValueText("model's")
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(1, 1024)
+        self.batch_size.setValue(8)
+        self.device = QComboBox()
+        for label, value in device_choices():
+            self.device.addItem(label, value)
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self._train_or_stop)
+        train = QGroupBox("3. Train and predict")
+        tl = QFormLayout(train)
+        tl.addRow("Start from", self.init_combo)
+        tl.addRow("", self.warm_start)
+        tl.addRow("Steps", self.steps)
+        tl.addRow("Image size", self.image_size)
+        tl.addRow("Batch size", self.batch_size)
+        tl.addRow("Device", self.device)
+        tl.addRow(self.train_button)
+
+        # --- review
+        self.suggest_list = QListWidget()
+        self.suggest_list.setMaximumHeight(100)
+        self.suggest_list.itemDoubleClicked.connect(lambda item: self.go_to_slice(item.data(Qt.UserRole)))
+        self.next_button = QPushButton("Next slice")
+        self.next_button.setToolTip("Go to the most uncertain slice not yet annotated")
+        self.next_button.clicked.connect(self.next_slice)
+        self.accept_button = QPushButton("Accept")
+        self.accept_button.setToolTip("Copy the (corrected) prediction of this slice into the annotations")
+        self.accept_button.clicked.connect(self.accept_current_slice)
+        review = QGroupBox("4. Review")
+        rl = QVBoxLayout(review)
+        rl.addWidget(QLabel("Suggested slices (most uncertain first):"))
+        rl.addWidget(self.suggest_list)
+        row = QHBoxLayout()
+        row.addWidget(self.next_button)
+        row.addWidget(self.accept_button)
+        rl.addLayout(row)
+
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+        self.plot = LossPlot("fine-tuning loss")
+        self.plot.setMinimumHeight(110)
+
+        lay = QVBoxLayout(self)
+        for w in (setup, ann, train, review, self.status, self.plot):
+            lay.addWidget(w)
+        lay.addStretch(1)
+
+        self._count_timer = QTimer(self)
+        self._count_timer.setSingleShot(True)
+        self._count_timer.setInterval(300)
+        self._count_timer.timeout.connect(self.update_count)
+        napari_viewer.dims.events.current_step.connect(self._on_slice_changed)
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.add_class("structure")
+        self._update_buttons()
+
+    # --- classes
+    def add_class(self, name: str, colour: str | None = None) -> None:
+        r = self.classes.rowCount()
+        self.classes.blockSignals(True)
+        self.classes.insertRow(r)
+        self.classes.setItem(r, 0, QTableWidgetItem(name))
+        c = QTableWidgetItem("")
+        c.setFlags(c.flags() & ~Qt.ItemIsEditable)
+        c.setBackground(QColor(colour or PALETTE[r % len(PALETTE)]))
+        c.setData(Qt.UserRole, colour or PALETTE[r % len(PALETTE)])
+        c.setToolTip("double-click to change")
+        self.classes.setItem(r, 1, c)
+        self.classes.blockSignals(False)
+        self._on_classes_edited()
+
+    def set_classes(self, names: list[str]) -> None:
+        self.classes.setRowCount(0)
+        for n in names:
+            self.add_class(n)
+
+    def _remove_class(self) -> None:
+        if self.classes.rowCount() > 1:
+            self.classes.removeRow(self.classes.rowCount() - 1)
+            self._on_classes_edited()
+
+    def class_names(self) -> list[str]:
+        return [(self.classes.item(r, 0).text().strip() or f"class {r + 1}") for r in range(self.classes.rowCount())]
+
+    def class_colours(self) -> list[str]:
+        return [self.classes.item(r, 1).data(Qt.UserRole) for r in range(self.classes.rowCount())]
+
+    def _pick_colour(self, row: int, col: int) -> None:
+        if col != 1:
+            return
+        c = QColorDialog.getColor(QColor(self.classes.item(row, 1).data(Qt.UserRole)), self, "Class colour")
+        if c.isValid():
+            self.classes.item(row, 1).setBackground(c)
+            self.classes.item(row, 1).setData(Qt.UserRole, c.name())
+            self._on_classes_edited()
+
+    def _on_classes_edited(self, *args) -> None:
+        """Keep the labels layer's names, colours and features in step with the table."""
+        lay = self.labels_layer
+        if lay is None:
+            return
+        names, colours = self.class_names(), self.class_colours()
+        info = lay.metadata.setdefault("napari_ssl", {})
+        info["segment_names"] = {i + 1: n for i, n in enumerate(names)}
+        info.setdefault("annotation", {})["classes"] = names
+        info["annotation"]["colours"] = colours
+        lay.colormap = class_colormap(colours)
+        lay.features = {"index": np.arange(len(names) + 1), "name": ["background", *names]}
+        if self.autosave:
+            self.autosave.schedule()
+
+    # --- the labels layer
+    def create_labels_layer(self):
+        image = self.image_combo.layer()
+        if image is None:
+            self._error("open an image first (File > Open, or File > Open Sample > napari-ssl)")
+            return None
+        vol = layer_volume(image)
+        name = image.name + ANNOTATION_SUFFIX
+        if name in self.viewer.layers:  # already there: bind to it
+            self.bind(self.viewer.layers[name], image)
+            return self.labels_layer
+        data = np.zeros(vol.shape, dtype=np.uint8 if len(self.class_names()) < 255 else np.uint16)
+        empty: list[int] = []
+        identity = (vol.series_instance_uid or vol.path or image.name)
+        folder = autosave_folder(image.name, identity)
+        restored = read_annotations(folder)
+        if restored is not None and restored[0].shape == data.shape:
+            data = restored[0].astype(data.dtype)
+            empty = [int(z) for z in restored[1].get("empty_slices", [])]
+            if restored[1].get("classes"):
+                self.set_classes(list(restored[1]["classes"]))
+        meta = copy.copy(image.metadata) if image.metadata else {}
+        info = dict(meta.get("napari_ssl") or {})
+        info.update({"affine": vol.affine.tolist(), "series_instance_uid": vol.series_instance_uid,
+                     "study_instance_uid": vol.study_instance_uid, "frame_of_reference_uid": vol.frame_of_reference_uid,
+                     "modality": vol.modality, "path": vol.path, "units": ""})
+        info["annotation"] = {"image_layer": image.name, "empty_slices": empty}
+        meta["napari_ssl"] = info
+        meta["volume"] = vol
+        layer = self.viewer.add_labels(data, name=name, scale=tuple(image.scale), translate=tuple(image.translate),
+                                       metadata=meta, opacity=0.6)
+        self.bind(layer, image, autosave_dir=folder)
+        layer.selected_label = 1
+        layer.mode = "paint"
+        self.viewer.layers.selection.active = layer
+        if restored is not None and restored[0].shape == data.shape:
+            self.status.setText(f"Restored annotations autosaved {restored[1].get('saved_at', '')} from {folder}")
+        return layer
+
+    def bind(self, layer, image, autosave_dir: str | os.PathLike | None = None) -> None:
+        if self.autosave is not None:
+            self.autosave.flush()
+            self.autosave.disconnect_layer()
+        self.labels_layer, self.image_layer = layer, image
+        vol = layer_volume(image)
+        folder = autosave_dir or autosave_folder(image.name, vol.series_instance_uid or vol.path or image.name)
+        self.autosave = AnnotationAutosave(layer, folder, vol.affine, self._autosave_meta, parent=self)
+        layer.events.paint.connect(self._schedule_count)
+        layer.events.data.connect(self._schedule_count)
+        self._on_classes_edited()
+        self.autosave.save_now()
+        self.update_count()
+        self._update_buttons()
+
+    def _autosave_meta(self) -> dict:
+        vol = layer_volume(self.image_layer) if self.image_layer is not None else None
+        return {
+            "image_layer": self.image_layer.name if self.image_layer is not None else None,
+            "series_instance_uid": vol.series_instance_uid if vol else None,
+            "image_path": vol.path if vol else None,
+            "shape": list(np.shape(self.labels_layer.data)),
+            "classes": self.class_names(), "colours": self.class_colours(),
+            "empty_slices": self.empty_slices(),
+        }
+
+    def empty_slices(self) -> list[int]:
+        if self.labels_layer is None:
+            return []
+        return sorted(int(z) for z in self.labels_layer.metadata["napari_ssl"]["annotation"].get("empty_slices", []))
+
+    def _on_layer_removed(self, event) -> None:
+        if event.value is self.labels_layer:
+            if self.autosave:
+                self.autosave.flush()
+                self.autosave.disconnect_layer()
+            self.labels_layer = self.autosave = None
+            self._update_buttons()
+
+    # --- slices
+    def _z_axis(self) -> int:
+        return self.viewer.dims.ndim - 3
+
+    def current_slice(self) -> int | None:
+        lay = self.labels_layer
+        if lay is None:
+            return None
+        z = int(np.round(lay.world_to_data(self.viewer.dims.point)[-3]))
+        return z if 0 <= z < lay.data.shape[0] else None
+
+    def go_to_slice(self, z: int) -> None:
+        lay = self.labels_layer or self.image_layer
+        if lay is None:
+            return
+        world = lay.data_to_world([int(z), 0, 0])
+        self.viewer.dims.set_point(self._z_axis(), float(world[0]))
+
+    def mark_current_slice_empty(self) -> None:
+        z = self.current_slice()
+        if z is None:
+            self._error("create a labels layer first")
+            return
+        ann = self.labels_layer.metadata["napari_ssl"]["annotation"]
+        if z not in ann.setdefault("empty_slices", []):
+            ann["empty_slices"].append(z)
+        if np.any(self.labels_layer.data[z]):
+            self.status.setText(f"Slice {z} holds labels; it already counts as annotated (kept them).")
+        else:
+            self.status.setText(f"Slice {z} marked annotated-empty.")
+        self.autosave.schedule()
+        self.update_count()
+
+    def annotated_mask(self) -> np.ndarray:
+        return annotated_slice_mask(self.labels_layer.data, self.empty_slices())
+
+    def _schedule_count(self, *args) -> None:
+        self._count_timer.start()
+
+    def update_count(self) -> None:
+        if self.labels_layer is None:
+            self.count_label.setText("No labels layer yet.")
+            return
+        mask = self.annotated_mask()
+        n_empty = len([z for z in self.empty_slices() if not np.any(self.labels_layer.data[z])])
+        z = self.current_slice()
+        here = "" if z is None else f" Slice {z}: {'annotated' if mask[z] else 'not annotated'}."
+        self.count_label.setText(f"{int(mask.sum())} of {mask.size} slices annotated "
+                                 f"({int(mask.sum()) - n_empty} with labels, {n_empty} empty).{here}")
+
+    def _on_slice_changed(self, *args) -> None:
+        if self.labels_layer is not None:
+            self._schedule_count()
+
+    # --- training
+    def refresh_init_choices(self) -> None:
+        current = self.init_combo.currentData()
+        self.init_combo.clear()
+        self.init_combo.addItem("random initialisation (from scratch)", None)
+        for r in list_runs(kind="pretrain"):
+            self.init_combo.addItem(f"{r.name} ({r.method}, {r.encoder}, {r.date})", r.path)
+        i = self.init_combo.findData(current)
+        self.init_combo.setCurrentIndex(max(0, i))
+
+    def select_pretrained(self, path: str) -> None:
+        self.refresh_init_choices()
+        i = self.init_combo.findData(path)
+        if i < 0:
+            self.init_combo.addItem(os.path.basename(path), path)
+            i = self.init_combo.count() - 1
+        self.init_combo.setCurrentIndex(i)
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def _train_or_stop(self) -> None:
+        if self.running:
+            self.job.request_stop()
+            self.train_button.setEnabled(False)
+            self.train_button.setText("Stopping...")
+        else:
+            self.train()
+
+    def build_config(self) -> dict:
+        if self.labels_layer is None or self.image_layer is None:
+            raise ValueError("create a labels layer and annotate a few slices first")
+        mask = self.annotated_mask()
+        if not mask.any():
+            raise ValueError("no slice is annotated: paint the structure on a few slices (or mark slices empty)")
+        self.autosave.flush()
+        image = layer_volume(self.image_layer)
+        labels = np.asarray(self.labels_layer.data)
+        name = safe_name(self.image_layer.name, "image")
+        out = runs_dir() / f"model-{name}-{timestamp()}"
+        ft = {
+            "images": [image], "labels": [labels.copy()], "out": str(out),
+            "classes": self.class_names(), "empty_slices": [self.empty_slices()],
+            "steps": int(self.steps.value()) or None, "batch_size": int(self.batch_size.value()),
+            "image_size": int(self.image_size.value()) or None,
+            "devices": self.device.currentData() or "cpu", "preview_every_s": float(self.preview_every_s),
+        }
+        if self.warm_start.isChecked() and self.last_model:
+            ft["init_model"] = self.last_model
+        elif self.init_combo.currentData():
+            ft["encoder_weights"] = self.init_combo.currentData()
+        cfg = {"finetune": ft,
+               "predict": {"image": image, "out": str(runs_dir() / ".predictions" / out.name),
+                           "annotated_slices": mask, "n": 5, "device": self.device.currentData() or "cpu"}}
+        if self.threads:
+            cfg["threads"] = int(self.threads)
+        return cfg
+
+    def train(self) -> None:
+        if self.running:
+            return
+        try:
+            config = self.build_config()
+        except Exception as exc:  # noqa: BLE001
+            self._error(str(exc))
+            return
+        self.plot.clear()
+        self.last_result = None
+        how = "warm start" if "init_model" in config["finetune"] else (
+            "pretrained encoder" if config["finetune"].get("encoder_weights") else "from scratch")
+        self.job = QtJob("napari_ssl.train.jobs:train_predict_job", config, label=f"Fine-tuning ({how})",
+                         viewer=self.viewer, parent=self)
+        self.job.event.connect(self._on_event)
+        self.job.finished.connect(self._on_finished)
+        self.job.start()
+        self.train_button.setText("Stop")
+        self.status.setText(f"Training ({how}) on {int(config['predict']['annotated_slices'].sum())} annotated slices...")
+        self._update_buttons()
+
+    def _on_event(self, ev: dict) -> None:
+        t = ev.get("type")
+        if t == "loss" and "loss" in (ev.get("values") or {}):
+            self.plot.add_point(ev.get("step", len(self.plot.values)), ev["values"]["loss"])
+        elif t == "progress" and not self.job.runner.stop_requested:
+            total = ev.get("total_steps")
+            self.status.setText(f"Training: step {ev.get('step')}" + (f" / {total}" if total else ""))
+        elif t == "trained":
+            self.last_model = ev.get("out")
+            self.status.setText("Trained; predicting the whole image...")
+        elif t == "status":
+            self.status.setText(str(ev.get("message")))
+        elif t == "prediction":
+            self.show_prediction(ev)
+
+    def _on_finished(self, ev: dict) -> None:
+        self.last_result = ev
+        self.train_button.setEnabled(True)
+        self.train_button.setText("Train again" if self.last_model else "Train")
+        if ev.get("type") == "done":
+            self.last_model = ev.get("out") or self.last_model
+            self.warm_start.setEnabled(bool(self.last_model))
+            self.warm_start.setChecked(bool(self.last_model))
+            top = f" Top suggestion: slice {self.suggestions[0]['slice']}." if self.suggestions else ""
+            self.status.setText(("Stopped; last weights saved. " if ev.get("stopped") else "Done. ") +
+                                f"Model: {self.last_model}.{top}")
+        else:
+            self._error(ev.get("message", "training failed"))
+        self._update_buttons()
+
+    def show_prediction(self, ev: dict) -> None:
+        labels = np.load(ev["labels"], allow_pickle=False)
+        unc = np.load(ev["uncertainty"], allow_pickle=False)
+        base = self.image_layer.name
+        geo = {"scale": tuple(self.image_layer.scale), "translate": tuple(self.image_layer.translate)}
+        meta = {"napari_ssl": {**{k: v for k, v in self.labels_layer.metadata["napari_ssl"].items() if k != "annotation"},
+                               "prediction_of": base, "model": ev.get("model")},
+                "volume": self.labels_layer.metadata.get("volume")}
+        pname, uname = base + PREDICTION_SUFFIX, base + UNCERTAINTY_SUFFIX
+        if pname in self.viewer.layers:
+            pl = self.viewer.layers[pname]
+            pl.data = labels.astype(pl.data.dtype, copy=False)
+            pl.metadata.update(meta)
+        else:
+            pl = self.viewer.add_labels(labels, name=pname, opacity=0.4, metadata=meta, **geo)
+        pl.colormap = class_colormap(self.class_colours())
+        pl.features = {"index": np.arange(len(self.class_names()) + 1), "name": ["background", *self.class_names()]}
+        hi = float(unc.max()) if unc.size else 1.0
+        if uname in self.viewer.layers:
+            ul = self.viewer.layers[uname]
+            ul.data = unc
+            ul.contrast_limits = (0.0, hi if hi > 0 else 1.0)
+        else:
+            ul = self.viewer.add_image(unc, name=uname, colormap="inferno", blending="additive", opacity=0.5,
+                                       contrast_limits=(0.0, hi if hi > 0 else 1.0),
+                                       metadata={"napari_ssl_preview": True}, **geo)
+        ul.visible = True
+        self.viewer.layers.selection.active = self.labels_layer  # keep painting on the annotations
+        self.suggestions = list(ev.get("suggestions") or [])
+        self.suggest_list.clear()
+        for s in self.suggestions:
+            item = QListWidgetItem(f"slice {s['slice']}  (uncertainty {s.get('uncertainty', s.get('score', 0)):.3f})")
+            item.setData(Qt.UserRole, int(s["slice"]))
+            self.suggest_list.addItem(item)
+        self._update_buttons()
+
+    # --- review
+    def prediction_layer(self):
+        if self.image_layer is None:
+            return None
+        name = self.image_layer.name + PREDICTION_SUFFIX
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def next_slice(self) -> int | None:
+        if not self.suggestions or self.labels_layer is None:
+            self._error("train first: suggestions come with the prediction")
+            return None
+        mask = self.annotated_mask()
+        for s in self.suggestions:
+            z = int(s["slice"])
+            if not mask[z]:
+                self.go_to_slice(z)
+                for i in range(self.suggest_list.count()):
+                    self.suggest_list.item(i).setSelected(self.suggest_list.item(i).data(Qt.UserRole) == z)
+                self.status.setText(f"Slice {z}: correct the prediction (or paint), then Accept.")
+                return z
+        self.status.setText("Every suggested slice is annotated: Train again for new suggestions.")
+        return None
+
+    def accept_current_slice(self) -> int | None:
+        pred = self.prediction_layer()
+        z = self.current_slice()
+        if pred is None or z is None:
+            self._error("no prediction to accept yet")
+            return None
+        self.labels_layer.data[z] = np.asarray(pred.data[z], dtype=self.labels_layer.data.dtype)
+        if not np.any(self.labels_layer.data[z]):
+            ann = self.labels_layer.metadata["napari_ssl"]["annotation"]
+            if z not in ann["empty_slices"]:
+                ann["empty_slices"].append(z)
+        self.labels_layer.refresh()
+        self.autosave.schedule()
+        self.update_count()
+        self.status.setText(f"Slice {z} accepted into the annotations.")
+        return z
+
+    # --- misc
+    def _update_buttons(self) -> None:
+        has_labels = self.labels_layer is not None
+        self.empty_button.setEnabled(has_labels)
+        self.train_button.setEnabled(has_labels and not (self.job is not None and self.job.runner.stop_requested and self.running))
+        self.next_button.setEnabled(bool(self.suggestions))
+        self.accept_button.setEnabled(self.prediction_layer() is not None)
+
+    def _error(self, message: str) -> None:
+        self.status.setText(f"Error: {message}")
+        try:
+            from napari.utils.notifications import show_error
+
+            show_error(message)
+        except Exception:
+            pass
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        if self.autosave is not None:
+            self.autosave.flush()
+        if self.job is not None and self.job.running:
+            self.job.stop_and_wait(grace_s=15.0)
+        super().closeEvent(event)

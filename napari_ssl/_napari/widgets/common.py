@@ -1,0 +1,124 @@
+"""Small pieces the dock widgets share: device choices, layer pickers, turning layers into job inputs."""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox
+
+from ...io.nifti import is_itk_image_path
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """(label, value) pairs: the CPU and each GPU torch finds. Values are Lightning-style device strings."""
+    out = [("CPU", "cpu")]
+    try:
+        import torch
+
+        for i in range(torch.cuda.device_count()):
+            out.append((f"GPU {i}: {torch.cuda.get_device_name(i)}", f"cuda:{i}"))
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            out.append(("Apple GPU (MPS)", "mps"))
+    except Exception:  # torch without a working CUDA runtime: CPU only
+        pass
+    return out
+
+
+def safe_name(text: str, default: str = "run") -> str:
+    """A file-system-safe name from a layer or run name."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text or "").strip("-.")
+    return s[:60] or default
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def image_layers(viewer):
+    import napari.layers
+
+    return [lay for lay in viewer.layers if isinstance(lay, napari.layers.Image) and np.ndim(lay.data) >= 2
+            and not lay.metadata.get("napari_ssl_preview")]
+
+
+def labels_layers(viewer):
+    import napari.layers
+
+    return [lay for lay in viewer.layers if isinstance(lay, napari.layers.Labels)]
+
+
+class LayerCombo(QComboBox):
+    """A combo box of the viewer's layers of one kind, kept in sync with the layer list."""
+
+    def __init__(self, viewer, lister, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.lister = lister
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.reordered):
+            ev.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *args) -> None:
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        for lay in self.lister(self.viewer):
+            self.addItem(lay.name)
+        i = self.findText(current)
+        self.setCurrentIndex(i if i >= 0 else (0 if self.count() else -1))
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self):
+        name = self.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def select(self, name: str) -> None:
+        self.refresh()
+        i = self.findText(name)
+        if i >= 0:
+            self.setCurrentIndex(i)
+
+
+def layer_volume(layer):
+    """The Volume behind an image layer (geometry from the napari-ssl reader, else from scale/translate)."""
+    from ...io.volume import Volume
+    from ..layers import volume_from_layer
+
+    try:
+        return volume_from_layer(layer)
+    except ValueError:
+        data = np.asarray(layer.data)
+        if data.ndim == 2:
+            data = data[None]
+        aff = np.eye(4)
+        scale = list(layer.scale)[-3:] if len(layer.scale) >= 3 else [1.0, *layer.scale[-2:]]
+        trans = list(layer.translate)[-3:] if len(layer.translate) >= 3 else [0.0, *layer.translate[-2:]]
+        # canonical display order (z, y, x) = (S, P, L): index -> LPS
+        aff[:3, :3] = np.array([[0, 0, scale[2]], [0, scale[1], 0], [scale[0], 0, 0]], dtype=float)
+        aff[:3, 3] = [trans[2], trans[1], trans[0]]
+        return Volume(array=data, affine=aff, path="", series_description=layer.name)
+
+
+def layer_as_path(layer, staging: str | os.PathLike) -> str:
+    """A file the training process can read for this image layer.
+
+    The reader's own file when the layer is exactly one NIfTI/NRRD/MHA volume; otherwise (a DICOM
+    series, a folder that may hold other series, an in-memory image) the layer's voxels and geometry
+    written to `staging` as uncompressed NIfTI (fast to write, read once by the job).
+    """
+    meta = (layer.metadata or {}).get("napari_ssl") or {}
+    path = meta.get("path") or ""
+    vol = layer_volume(layer)
+    if path and os.path.isfile(path) and is_itk_image_path(path) and vol.array is (layer.metadata or {}).get("volume", vol).array:
+        return path
+    from ...io.nifti import write_itk_volume
+
+    Path(staging).mkdir(parents=True, exist_ok=True)
+    out = os.path.join(os.fspath(staging), safe_name(layer.name, "image") + ".nii")
+    write_itk_volume(np.asarray(vol.array), vol.affine, out)
+    return out

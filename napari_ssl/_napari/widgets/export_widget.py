@@ -1,0 +1,299 @@
+"""Export dock widget: a Labels layer as DICOM-SEG (referencing its DICOM source series) or NIfTI (in the
+source's geometry), to a file or, when a PACS is configured, to the PACS.
+
+The writing is napari_ssl.io.export.export_labels, run in a child process so a large series never
+freezes the viewer. Segment names are editable; the SNOMED CT category and type follow the name
+(pick a listed structure to get its code).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel,
+                            QLineEdit, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ...io.volume import Volume
+from ..job_runner import QtJob
+from .common import LayerCombo, image_layers, labels_layers, layer_volume, safe_name
+from .runs_list import ssl_home
+
+FORMATS = ("DICOM-SEG", "NIfTI")
+
+
+def structure_choices() -> list[str]:
+    """Meanings of the coded structures export knows (the SNOMED CT table of napari_ssl.io.seg_codes)."""
+    from ...io import seg_codes
+
+    return sorted({meaning for _keys, _value, meaning, _cat in seg_codes._TABLE})
+
+
+def codes_for(name: str) -> tuple[str, str]:
+    """(category meaning, type meaning) that export will write for a segment called `name`."""
+    from ...io.seg_codes import lookup
+
+    cat, typ = lookup(name or "")
+    return cat[2], typ[2]
+
+
+def pacs_url() -> str | None:
+    """The configured DICOMweb URL, if any ($NAPARI_SSL_PACS_URL, or the PACS module's own config)."""
+    env = os.environ.get("NAPARI_SSL_PACS_URL")
+    if env:
+        return env
+    try:
+        from ...io import dicomweb
+
+        for fn in ("configured_url", "default_url", "pacs_url"):
+            f = getattr(dicomweb, fn, None)
+            if callable(f):
+                url = f()
+                if url:
+                    return str(url)
+    except Exception:
+        pass
+    return None
+
+
+class ExportWidget(QWidget):
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.job: QtJob | None = None
+        self.last_result: dict | None = None
+
+        self.labels_combo = LayerCombo(napari_viewer, labels_layers)
+        self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
+        self.source_combo = LayerCombo(napari_viewer, image_layers)
+        self.source_combo.currentIndexChanged.connect(self._update_state)
+        self.format = QComboBox()
+        self.format.addItems(FORMATS)
+        self.format.currentIndexChanged.connect(self._on_format)
+        self.labelmap = QCheckBox("LABELMAP (one frame per slice) instead of BINARY")
+        self.segments = QTableWidget(0, 4)
+        self.segments.setHorizontalHeaderLabels(["Value", "Name", "Structure", "Category / type"])
+        self.segments.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
+        self.segments.horizontalHeader().setSectionResizeMode(3, QHeaderView.Stretch)
+        self.segments.verticalHeader().setVisible(False)
+        self.segments.setMinimumHeight(90)
+        self.segments.itemChanged.connect(self._on_segment_edited)
+        self.path = QLineEdit()
+        browse = QPushButton("...")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse)
+        prow = QHBoxLayout()
+        prow.addWidget(self.path)
+        prow.addWidget(browse)
+        self.to_pacs = QCheckBox("Also send to PACS")
+        self.pacs = QLineEdit(pacs_url() or "")
+        self.pacs.setPlaceholderText("DICOMweb URL (configure $NAPARI_SSL_PACS_URL)")
+        self.export_button = QPushButton("Export")
+        self.export_button.clicked.connect(self.export)
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Labels", self.labels_combo)
+        form.addRow("Source image", self.source_combo)
+        form.addRow("Format", self.format)
+        form.addRow("", self.labelmap)
+        form.addRow("Output file", prow)
+        form.addRow(self.to_pacs)
+        form.addRow("PACS", self.pacs)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(QLabel("Segments (names editable; the code follows the name or the chosen structure):"))
+        lay.addWidget(self.segments)
+        lay.addWidget(self.export_button)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        for ev in (napari_viewer.layers.events.inserted,):
+            ev.connect(self._on_labels_changed)
+        self._on_labels_changed()
+
+    # --- state
+    def labels_layer(self):
+        return self.labels_combo.layer()
+
+    def source_volume(self) -> Volume | None:
+        """The labels' own source (carried in their metadata), else the chosen image layer's Volume."""
+        lab = self.labels_layer()
+        own = (lab.metadata or {}).get("volume") if lab is not None else None
+        if isinstance(own, Volume) and own.shape == tuple(np.shape(lab.data)[-3:]) and own.is_dicom:
+            return own
+        img = self.source_combo.layer()
+        if img is not None:
+            try:
+                return layer_volume(img)
+            except Exception:
+                pass
+        return own if isinstance(own, Volume) else None
+
+    def _on_labels_changed(self, *args) -> None:
+        lab = self.labels_layer()
+        if lab is None:
+            self.segments.setRowCount(0)
+            self._update_state()
+            return
+        info = (lab.metadata or {}).get("napari_ssl") or {}
+        ann = info.get("annotation") or {}
+        src_name = ann.get("image_layer") or info.get("prediction_of")
+        if src_name:
+            self.source_combo.select(src_name)
+        names = {int(k): str(v) for k, v in (info.get("segment_names") or {}).items()}
+        values = sorted(int(v) for v in np.unique(np.asarray(lab.data)) if v != 0)
+        values = sorted(set(values) | set(names)) or [1]
+        self.segments.blockSignals(True)
+        self.segments.setRowCount(0)
+        choices = structure_choices()
+        for v in values:
+            r = self.segments.rowCount()
+            self.segments.insertRow(r)
+            item = QTableWidgetItem(str(v))
+            item.setFlags(item.flags() & ~Qt.ItemIsEditable)
+            self.segments.setItem(r, 0, item)
+            self.segments.setItem(r, 1, QTableWidgetItem(names.get(v, f"segment {v}")))
+            combo = QComboBox()
+            combo.addItem("(from name)")
+            combo.addItems(choices)
+            combo.currentTextChanged.connect(lambda text, row=r: self._on_structure(row, text))
+            self.segments.setCellWidget(r, 2, combo)
+            code = QTableWidgetItem("")
+            code.setFlags(code.flags() & ~Qt.ItemIsEditable)
+            self.segments.setItem(r, 3, code)
+            self._update_codes(r)
+        self.segments.blockSignals(False)
+        self.segments.resizeColumnToContents(0)
+        if not self.path.text():
+            self.path.setText(self.default_path())
+        self._update_state()
+
+    def _on_structure(self, row: int, text: str) -> None:
+        if text and text != "(from name)":
+            self.segments.item(row, 1).setText(text)  # the code follows the name
+
+    def _on_segment_edited(self, item) -> None:
+        if item.column() == 1:
+            self.segments.blockSignals(True)
+            self._update_codes(item.row())
+            self.segments.blockSignals(False)
+
+    def _update_codes(self, row: int) -> None:
+        cat, typ = codes_for(self.segments.item(row, 1).text())
+        self.segments.item(row, 3).setText(f"{cat} / {typ}")
+
+    def segment_names(self) -> dict[int, str]:
+        return {int(self.segments.item(r, 0).text()): self.segments.item(r, 1).text().strip()
+                for r in range(self.segments.rowCount())}
+
+    def _on_format(self, *args) -> None:
+        p = self.path.text()
+        if p:
+            stem = p[: -len(".nii.gz")] if p.endswith(".nii.gz") else os.path.splitext(p)[0]
+            self.path.setText(stem + (".dcm" if self.format.currentText() == "DICOM-SEG" else ".nii.gz"))
+        self._update_state()
+
+    def default_path(self) -> str:
+        lab = self.labels_layer()
+        name = safe_name(lab.name if lab is not None else "labels", "labels")
+        ext = ".dcm" if self.format.currentText() == "DICOM-SEG" else ".nii.gz"
+        return str(ssl_home() / "exports" / (name + ext))
+
+    def _update_state(self, *args) -> None:
+        seg = self.format.currentText() == "DICOM-SEG"
+        vol = self.source_volume()
+        dicom = vol is not None and vol.is_dicom
+        self.labelmap.setEnabled(seg)
+        self.to_pacs.setEnabled(seg and bool(self.pacs.text().strip()))
+        if not seg:
+            self.to_pacs.setChecked(False)
+        self.export_button.setEnabled(self.labels_layer() is not None and not (self.job and self.job.running))
+        if seg and vol is not None and not dicom:
+            self.status.setText("DICOM-SEG needs a DICOM source series: this image is not DICOM (choose NIfTI, or a DICOM image).")
+        elif self.status.text().startswith("DICOM-SEG needs"):
+            self.status.setText("Ready.")
+
+    def _browse(self) -> None:
+        seg = self.format.currentText() == "DICOM-SEG"
+        path, _ = QFileDialog.getSaveFileName(self, "Export labels", self.path.text() or self.default_path(),
+                                              "DICOM-SEG (*.dcm)" if seg else "NIfTI (*.nii.gz *.nii)")
+        if path:
+            self.path.setText(path)
+
+    # --- export
+    def build_config(self) -> dict:
+        lab = self.labels_layer()
+        if lab is None:
+            raise ValueError("choose a Labels layer to export")
+        vol = self.source_volume()
+        if vol is None:
+            raise ValueError("choose the source image the labels were drawn on")
+        seg = self.format.currentText() == "DICOM-SEG"
+        if seg and not vol.is_dicom:
+            raise ValueError("DICOM-SEG needs a DICOM source series; this image is not DICOM: export NIfTI instead")
+        out = self.path.text().strip() or self.default_path()
+        if seg and not out.lower().endswith(".dcm"):
+            out += ".dcm"
+        if not seg and not out.lower().endswith((".nii", ".nii.gz", ".nrrd")):
+            out += ".nii.gz"
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        data = np.asarray(lab.data)
+        if data.shape != vol.shape:
+            raise ValueError(f"labels shape {list(data.shape)} does not match the source image {list(vol.shape)}")
+        info = (lab.metadata or {}).get("napari_ssl") or {}
+        cfg = {"labels": np.array(data, copy=True), "source": vol, "out_path": out, "labels_affine": vol.affine,
+               "names": self.segment_names()}
+        if seg:
+            cfg["labelmap"] = self.labelmap.isChecked()
+            if info.get("model"):
+                cfg["model"] = os.path.basename(str(info["model"]))
+            if self.to_pacs.isChecked() and self.pacs.text().strip():
+                cfg["stow_url"] = self.pacs.text().strip()
+        return cfg
+
+    def export(self) -> None:
+        if self.job is not None and self.job.running:
+            return
+        try:
+            config = self.build_config()
+        except Exception as exc:  # noqa: BLE001
+            self._error(str(exc))
+            return
+        self.last_result = None
+        self.job = QtJob("napari_ssl.train.jobs:export_job", config, label=f"Export {self.format.currentText()}",
+                         viewer=self.viewer, parent=self)
+        self.job.event.connect(self._on_event)
+        self.job.finished.connect(self._on_finished)
+        self.job.start()
+        self.export_button.setEnabled(False)
+        self.status.setText(f"Writing {config['out_path']} ...")
+
+    def _on_event(self, ev: dict) -> None:
+        if ev.get("type") == "exported":
+            self.last_summary = ev.get("summary")
+
+    def _on_finished(self, ev: dict) -> None:
+        self.last_result = ev
+        self.export_button.setEnabled(True)
+        if ev.get("type") == "done":
+            summary = getattr(self, "last_summary", None) or {}
+            extra = f", sent to {summary['stored_to']}" if summary.get("stored_to") else ""
+            self.status.setText(f"Exported {summary.get('format', '')} to {ev.get('out')}{extra}")
+            try:
+                from napari.utils.notifications import show_info
+
+                show_info(f"napari-ssl: exported {ev.get('out')}{extra}")
+            except Exception:
+                pass
+        else:
+            self._error(ev.get("message", "export failed"))
+
+    def _error(self, message: str) -> None:
+        self.status.setText(f"Error: {message}")
+        try:
+            from napari.utils.notifications import show_error
+
+            show_error(message)
+        except Exception:
+            pass

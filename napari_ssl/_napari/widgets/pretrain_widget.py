@@ -1,0 +1,329 @@
+"""Pretrain dock widget: self-supervised pretraining of a U-Net encoder, in a child process.
+
+Data: image layers and/or folders. Method (one-line explanation each), encoder, epochs, device.
+Start turns into Stop. Progress shows in napari's activity dock, the loss curve here, and the
+method's previews (in-painted image, heatmaps, feature PCA) as image layers that are updated in place.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                            QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from ..job_runner import QtJob
+from .common import device_choices, image_layers, layer_as_path, safe_name, timestamp
+from .loss_plot import LossPlot
+from .runs_list import RunsList, runs_dir
+
+PREVIEW_PREFIX = "pretrain preview: "
+_ROLE_KIND = Qt.UserRole + 1  # "layer" or "folder"
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """(name, one-line summary) of every registered pretraining method."""
+    from ...pretext import METHODS
+
+    return [(name, getattr(cls, "summary", "") or "") for name, cls in METHODS.items()]
+
+
+def encoder_choices() -> tuple[str, ...]:
+    from ...models.unet import ENCODERS
+
+    return tuple(ENCODERS)
+
+
+class PretrainWidget(QWidget):
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.job: QtJob | None = None
+        self.last_result: dict | None = None
+        self.out_dir: str | None = None
+        self.preview_layers: dict[str, object] = {}
+        self.preview_every_s = 5.0
+        self.threads: int | None = None  # torch threads in the child (None: torch's default)
+
+        # --- data
+        self.data_list = QListWidget()
+        self.data_list.setMinimumHeight(70)
+        add_folder = QPushButton("Add folder...")
+        add_folder.clicked.connect(self._browse_folder)
+        remove = QPushButton("Remove folder")
+        remove.clicked.connect(self._remove_selected_folder)
+        data_box = QGroupBox("Data (checked image layers and folders)")
+        dl = QVBoxLayout(data_box)
+        dl.addWidget(self.data_list)
+        row = QHBoxLayout()
+        row.addWidget(add_folder)
+        row.addWidget(remove)
+        dl.addLayout(row)
+
+        # --- settings
+        self.method = QComboBox()
+        self.method_help = QLabel()
+        self.method_help.setWordWrap(True)
+        self.method_help.setStyleSheet("font-style: italic;")
+        for name, summary in method_choices():
+            self.method.addItem(name)
+            self.method.setItemData(self.method.count() - 1, summary, Qt.ToolTipRole)
+        self.method.currentIndexChanged.connect(self._on_method)
+        self.encoder = QComboBox()
+        self.encoder.addItems(encoder_choices())
+        self.image_size = QSpinBox()
+        self.image_size.setRange(32, 1024)
+        self.image_size.setSingleStep(32)
+        self.image_size.setValue(128)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 100000)
+        self.epochs.setValue(10)
+        self.steps = QSpinBox()
+        self.steps.setRange(0, 10_000_000)
+        self.steps.setSpecialValueText("by epochs")
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(1, 4096)
+        self.batch_size.setValue(32)
+        self.device = QComboBox()
+        for label, value in device_choices():
+            self.device.addItem(label, value)
+        self.run_name = QLineEdit()
+        self.run_name.setPlaceholderText("default: METHOD-DATE")
+        self.show_previews = QCheckBox("Show previews as layers")
+        self.show_previews.setChecked(True)
+        form = QFormLayout()
+        form.addRow("Method", self.method)
+        form.addRow("", self.method_help)
+        form.addRow("Encoder", self.encoder)
+        form.addRow("Image size", self.image_size)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Steps", self.steps)
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Device", self.device)
+        form.addRow("Run name", self.run_name)
+        form.addRow("", self.show_previews)
+
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self._start_or_stop)
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+        self.plot = LossPlot("loss")
+        self.runs = RunsList(kind="pretrain")
+        runs_box = QGroupBox("Pretraining runs")
+        QVBoxLayout(runs_box).addWidget(self.runs)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(data_box)
+        lay.addLayout(form)
+        lay.addWidget(self.start_button)
+        lay.addWidget(self.status)
+        lay.addWidget(self.plot)
+        lay.addWidget(runs_box)
+        lay.addStretch(1)
+
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._refresh_layers)
+        self._refresh_layers()
+        self._on_method()
+
+    # --- data list
+    def _refresh_layers(self, *args) -> None:
+        checked = {self.data_list.item(i).text(): self.data_list.item(i).checkState()
+                   for i in range(self.data_list.count())}
+        folders = [(self.data_list.item(i).text(), self.data_list.item(i).checkState())
+                   for i in range(self.data_list.count()) if self.data_list.item(i).data(_ROLE_KIND) == "folder"]
+        self.data_list.clear()
+        for layer in image_layers(self.viewer):
+            if layer.name.startswith(PREVIEW_PREFIX):
+                continue
+            self._add_item(layer.name, "layer", checked.get(layer.name, Qt.Checked))
+        for path, state in folders:
+            self._add_item(path, "folder", state)
+
+    def _add_item(self, text: str, kind: str, state=Qt.Checked) -> None:
+        item = QListWidgetItem(text)
+        item.setData(_ROLE_KIND, kind)
+        item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+        item.setCheckState(state)
+        item.setToolTip("image layer" if kind == "layer" else "folder: every scan under it")
+        self.data_list.addItem(item)
+
+    def add_folder(self, path: str) -> None:
+        self._add_item(os.path.abspath(path), "folder")
+
+    def _browse_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of scans (DICOM, NIfTI, ...)")
+        if folder:
+            self.add_folder(folder)
+
+    def _remove_selected_folder(self) -> None:
+        for item in self.data_list.selectedItems():
+            if item.data(_ROLE_KIND) == "folder":
+                self.data_list.takeItem(self.data_list.row(item))
+
+    def selected_data(self) -> tuple[list, list[str]]:
+        """(checked image layers, checked folders)."""
+        layers, folders = [], []
+        for i in range(self.data_list.count()):
+            item = self.data_list.item(i)
+            if item.checkState() != Qt.Checked:
+                continue
+            if item.data(_ROLE_KIND) == "folder":
+                folders.append(item.text())
+            elif item.text() in self.viewer.layers:
+                layers.append(self.viewer.layers[item.text()])
+        return layers, folders
+
+    def _on_method(self, *args) -> None:
+        summary = self.method.currentData(Qt.ToolTipRole) or ""
+        self.method_help.setText(summary)
+
+    # --- job
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def _start_or_stop(self) -> None:
+        if self.running:
+            self.stop()
+        else:
+            self.start()
+
+    def build_config(self) -> dict:
+        layers, folders = self.selected_data()
+        if not layers and not folders:
+            raise ValueError("choose at least one image layer or folder to pretrain on")
+        method = self.method.currentText()
+        name = safe_name(self.run_name.text().strip() or f"{method}-{timestamp()}")
+        out = runs_dir() / name
+        if out.exists():
+            out = runs_dir() / f"{name}-{timestamp()}"
+        staging = runs_dir() / ".inputs" / out.name
+        data = [layer_as_path(lay, staging) for lay in layers] + list(folders)
+        cfg = {
+            "method": method, "data": data, "out": str(out), "encoder": self.encoder.currentText(),
+            "image_size": int(self.image_size.value()), "epochs": int(self.epochs.value()),
+            "steps": int(self.steps.value()) or None, "batch_size": int(self.batch_size.value()),
+            "devices": self.device.currentData() or "cpu", "preview_every_s": float(self.preview_every_s),
+        }
+        if self.threads:
+            cfg["threads"] = int(self.threads)
+        return cfg
+
+    def start(self) -> None:
+        if self.running:
+            return
+        try:
+            config = self.build_config()
+        except Exception as exc:  # noqa: BLE001 - show, never raise into Qt
+            self._show_error(str(exc))
+            return
+        self.out_dir = config["out"]
+        self.last_result = None
+        self.plot.clear()
+        self.job = QtJob("napari_ssl.train.jobs:pretrain_job", config, label=f"Pretraining ({config['method']})",
+                         viewer=self.viewer, parent=self)
+        self.job.event.connect(self._on_event)
+        self.job.finished.connect(self._on_finished)
+        self.job.start()
+        self.start_button.setText("Stop")
+        self.status.setText(f"Starting {config['method']} on {len(config['data'])} input(s) -> {config['out']}")
+
+    def stop(self) -> None:
+        if self.running:
+            self.job.request_stop()
+            self.start_button.setEnabled(False)
+            self.start_button.setText("Stopping...")
+            self.status.setText("Stopping: saving the last weights...")
+
+    def _on_event(self, ev: dict) -> None:
+        t = ev.get("type")
+        if t == "loss":
+            values = ev.get("values") or {}
+            if "loss" in values:
+                self.plot.add_point(ev.get("step", len(self.plot.values)), values["loss"])
+        elif t == "progress":
+            total = ev.get("total_steps")
+            if not self.job.runner.stop_requested:
+                self.status.setText(f"Step {ev.get('step')}" + (f" / {total}" if total else "") +
+                                    (f", epoch {ev['epoch']}" if ev.get("epoch") is not None else ""))
+        elif t == "preview" and self.show_previews.isChecked():
+            self.show_preview_images(ev.get("images") or {})
+        elif t == "checkpoint":
+            self.status.setText(f"Saved weights: {ev.get('path')}")
+        elif t == "status":
+            self.status.setText(str(ev.get("message")))
+
+    def _on_finished(self, ev: dict) -> None:
+        self.last_result = ev
+        self.start_button.setEnabled(True)
+        self.start_button.setText("Start")
+        if ev.get("type") == "done":
+            how = "stopped, last weights saved" if ev.get("stopped") else "finished"
+            self.status.setText(f"Pretraining {how}: {ev.get('out')}")
+            self.runs.refresh()
+            if ev.get("out"):
+                self.runs.select_path(ev["out"])
+        else:
+            self._show_error(ev.get("message", "the job failed"))
+
+    def _show_error(self, message: str) -> None:
+        self.status.setText(f"Error: {message}")
+        try:
+            from napari.utils.notifications import show_error
+
+            show_error(message)
+        except Exception:
+            pass
+
+    # --- previews as layers, reused
+    def show_preview_images(self, images: dict) -> None:
+        if not images:
+            return
+        x0, y0, height = self._preview_anchor()
+        gap = 0.05 * height
+        x = x0
+        for name, img in images.items():
+            img = np.asarray(img, dtype=np.float32)
+            if img.ndim == 3 and img.shape[-1] not in (3, 4):
+                img = img[img.shape[0] // 2]
+            scale = height / max(1, img.shape[0])
+            layer_name = PREVIEW_PREFIX + name
+            layer = self.viewer.layers[layer_name] if layer_name in self.viewer.layers else None
+            if layer is not None and np.shape(layer.data) == img.shape:
+                layer.data = img
+                layer.translate = (y0, x)
+                layer.scale = (scale, scale)
+            else:
+                if layer is not None:
+                    self.viewer.layers.remove(layer)
+                rgb = img.ndim == 3
+                layer = self.viewer.add_image(img, name=layer_name, rgb=rgb, scale=(scale, scale), translate=(y0, x),
+                                              colormap=None if rgb else ("magma" if "heat" in name.lower() else "gray"),
+                                              metadata={"napari_ssl_preview": True})
+            if not img.ndim == 3:
+                lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+                layer.contrast_limits = (lo, hi if hi > lo else lo + 1.0)
+            self.preview_layers[name] = layer
+            x += img.shape[1] * scale + gap
+
+    def _preview_anchor(self) -> tuple[float, float, float]:
+        """(x, y, height) in world units: to the right of the scans, as tall as they are."""
+        ext = None
+        for lay in self.viewer.layers:
+            if lay.metadata.get("napari_ssl_preview"):
+                continue
+            e = np.asarray(lay.extent.world)[:, -2:]
+            ext = e if ext is None else np.array([np.minimum(ext[0], e[0]), np.maximum(ext[1], e[1])])
+        if ext is None:
+            return 0.0, 0.0, 128.0
+        height = float(ext[1, 0] - ext[0, 0]) or 128.0
+        return float(ext[1, 1] + 0.05 * height), float(ext[0, 0]), height
+
+    # --- teardown
+    def closeEvent(self, event) -> None:  # noqa: N802
+        if self.job is not None and self.job.running:
+            self.job.stop_and_wait(grace_s=15.0)
+        super().closeEvent(event)

@@ -1,0 +1,116 @@
+"""Job functions for :class:`napari_ssl.train.runner.JobRunner`: ``job(config, events, stop_event)``.
+
+Each wraps an engine (pretraining, fine-tuning, prediction, export) without re-implementing it, and
+adds what a viewer needs: for the annotate-and-train loop, the prediction, uncertainty and suggested
+slices of the image right after training, written as .npy files (read back with allow_pickle=False)
+so large volumes never travel through the event queue.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, is_dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+EventSink = Callable[[dict], None]
+
+
+def _as(cls, config: Any):
+    if isinstance(config, cls):
+        return config
+    if is_dataclass(config):
+        config = asdict(config)
+    return cls(**dict(config))
+
+
+def _limit_threads(config: Any) -> None:
+    n = (config.get("threads") if isinstance(config, dict) else None) or os.environ.get("NAPARI_SSL_THREADS")
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def pretrain_job(config: Any, events: EventSink, stop_event) -> str:
+    """Self-supervised pretraining (napari_ssl.train.pretrain.run_pretraining)."""
+    from .pretrain import PretrainConfig, run_pretraining
+
+    _limit_threads(config)
+    cfg = _as(PretrainConfig, {k: v for k, v in config.items() if k != "threads"} if isinstance(config, dict) else config)
+    return run_pretraining(cfg, events, stop_event)
+
+
+def finetune_job(config: Any, events: EventSink, stop_event) -> str:
+    """Fine-tuning on sparse annotations (napari_ssl.train.finetune.run_finetuning)."""
+    from .finetune import FinetuneConfig, run_finetuning
+
+    _limit_threads(config)
+    cfg = _as(FinetuneConfig, {k: v for k, v in config.items() if k != "threads"} if isinstance(config, dict) else config)
+    return run_finetuning(cfg, events, stop_event)
+
+
+def _save_npy(path: str, array: np.ndarray) -> str:
+    tmp = path + ".partial.npy"
+    np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+    os.replace(tmp, path)
+    return path
+
+
+def predict_job(config: dict, events: EventSink, stop_event) -> str:
+    """Predict labels + uncertainty for one image and rank slices to annotate next.
+
+    config: ``model`` (folder), ``image`` (Volume or path), ``out`` (folder for the .npy results),
+    optional ``annotated_slices`` ((z,) bool, excluded from suggestions), ``n`` (suggestions), ``tta`` (bool),
+    ``device``. Emits ``{"type": "prediction", "labels": path, "uncertainty": path,
+    "slice_uncertainty": [...], "suggestions": [{"rank", "slice", "uncertainty"}, ...]}`` before done.
+    """
+    from ..active.predict import predict_volume
+    from ..active.suggest import suggest_slices
+    from .finetune import load_image
+
+    _limit_threads(config)
+    os.makedirs(config["out"], exist_ok=True)
+    events({"type": "status", "message": "predicting the whole image"})
+    volume = load_image(config["image"])
+    device = config.get("device")
+    pred = predict_volume(config["model"], volume, tta=bool(config.get("tta", False)),
+                          device=None if device in (None, "auto") else device)
+    annotated = config.get("annotated_slices")
+    suggestions = suggest_slices(pred.slice_uncertainty, annotated=annotated, n=int(config.get("n", 5)))
+    labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
+    unc_path = _save_npy(os.path.join(config["out"], "uncertainty.npy"), pred.uncertainty.astype(np.float32))
+    events({"type": "prediction", "labels": labels_path, "uncertainty": unc_path, "model": config["model"],
+            "class_names": list(pred.class_names),
+            "slice_uncertainty": [float(v) for v in pred.slice_uncertainty],
+            "suggestions": [{k: (v.item() if hasattr(v, "item") else v) for k, v in s.items()} for s in suggestions]})
+    return config["out"]
+
+
+def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
+    """One round of the active-learning loop: fine-tune, then predict and suggest on the same image.
+
+    config: ``finetune`` (FinetuneConfig or its fields) and ``predict`` (predict_job's config without
+    ``model``). The fine-tuning's own "done" becomes a "trained" event, so the job ends once, after prediction.
+    """
+    def relay(ev: dict) -> None:
+        events({**ev, "type": "trained"} if ev.get("type") == "done" else ev)
+
+    model_dir = finetune_job(config["finetune"], relay, stop_event)
+    pred_cfg = dict(config["predict"], model=model_dir)
+    if "threads" in config:
+        pred_cfg["threads"] = config["threads"]
+    predict_job(pred_cfg, events, None)  # predict even after Stop: the saved model is worth seeing
+    stopped = bool(stop_event is not None and stop_event.is_set())
+    events({"type": "done", "out": model_dir, "stopped": stopped})
+    return model_dir
+
+
+def export_job(config: dict, events: EventSink, stop_event) -> str:
+    """Write labels as DICOM-SEG or NIfTI and optionally send to a PACS (napari_ssl.io.export.export_labels)."""
+    from ..io.export import export_labels
+
+    events({"type": "status", "message": f"writing {os.path.basename(os.fspath(config['out_path']))}"})
+    summary = export_labels(**config)
+    events({"type": "exported", "summary": summary})
+    return summary.get("path") or os.fspath(config["out_path"])
