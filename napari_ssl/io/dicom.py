@@ -131,7 +131,9 @@ def plan_dicom_series(path: str | os.PathLike) -> tuple[list[SeriesPlan], Scan]:
     return _plans_from_scan(scan), scan
 
 
-def _no_image_message(path: str, scan: Scan) -> str:
+def _no_image_message(path: str, scan: Scan, undecodable: Optional[list[str]] = None) -> str:
+    if undecodable:
+        return f"no DICOM image could be read under {path}: {undecodable[0]}"
     bits = []
     if scan.non_image:
         bits.append(f"{scan.non_image} DICOM object(s) without an image (SEG, SR, RTSTRUCT, DICOMDIR, ...)")
@@ -155,7 +157,7 @@ def _header_only(ds: Any) -> Any:
     return ds
 
 
-def read_plan(plan: SeriesPlan, workers: Optional[int] = None) -> Optional[Volume]:
+def read_plan(plan: SeriesPlan, workers: Optional[int] = None, errors: Optional[list[str]] = None) -> Optional[Volume]:
     """Decode the pixels of a planned stack into a Volume (None if no slice could be decoded)."""
     stack = plan.stack
     warnings = list(plan.warnings)
@@ -165,7 +167,8 @@ def read_plan(plan: SeriesPlan, workers: Optional[int] = None) -> Optional[Volum
             log.warning("%s", m)
         keep = [f for i, f in enumerate(stack.frames) if i not in set(failed)]
         if not keep:
-            log.warning("no slice of the series at %s could be decoded", plan.path)
+            if errors is not None:
+                errors.extend(messages)
             return None
         raw = raw[np.setdiff1d(np.arange(len(stack.frames)), failed)]
         stack = build_stack(keep)  # geometry again, with the gap the failed slices leave
@@ -212,7 +215,8 @@ def load_dicom_volumes(path: str | os.PathLike, workers: Optional[int] = None) -
     """
     path = os.fspath(path)
     plans, scan = plan_dicom_series(path)
-    volumes = [v for v in (read_plan(p, workers=workers) for p in plans) if v is not None]
+    errors: list[str] = []
+    volumes = [v for v in (read_plan(p, workers=workers, errors=errors) for p in plans) if v is not None]
     if not volumes and not scan.itk_files:
-        raise NoImageFound(_no_image_message(path, scan))
+        raise NoImageFound(_no_image_message(path, scan, errors))
     return volumes

@@ -124,6 +124,30 @@ def read_header(path: str, force: bool = False) -> Header:
     return h
 
 
+def is_truncated(h: Header, size: int) -> bool:
+    """True when the file ends inside its meta header or inside its last element.
+
+    pydicom stops quietly at the end of a cut file; the offsets of what it read tell.
+    """
+    ds = h.ds
+    meta = getattr(ds, "file_meta", None)
+    try:
+        with open(h.path, "rb") as fp:
+            has_preamble = fp.read(132)[128:132] == b"DICM"
+        if has_preamble and meta is not None and "FileMetaInformationGroupLength" in meta:
+            if 132 + 12 + int(meta.FileMetaInformationGroupLength) > size:
+                return True
+        keys = list(ds.keys())
+        if keys:
+            raw = ds.get_item(keys[-1], keep_deferred=True)
+            tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+            if tell is not None and length is not None and length != 0xFFFFFFFF and tell + length > size:
+                return True
+    except (OSError, ValueError, TypeError):
+        return True
+    return False
+
+
 def scan_path(path: str) -> Scan:
     """Walk `path`, read every DICOM header, sort them into images, non-images and problems."""
     from pydicom.errors import InvalidDicomError
@@ -156,6 +180,10 @@ def scan_path(path: str) -> Scan:
             continue
         if kind is None and "SOPClassUID" not in h.ds and "Modality" not in h.ds:
             continue  # forced parse of a non-DICOM file that happened to look like one
+        size = os.path.getsize(f)
+        if is_truncated(h, size):
+            scan.problems.append((f, f"{f}: truncated DICOM file; left out"))
+            continue
         if _is_non_image(h.ds):
             scan.non_image += 1
             continue
@@ -165,7 +193,6 @@ def scan_path(path: str) -> Scan:
             else:
                 scan.non_image += 1
             continue
-        size = os.path.getsize(f)
         if h.pixel_length != 0xFFFFFFFF and h.pixel_offset >= 0 and h.pixel_offset + h.pixel_length > size:
             scan.problems.append((f, f"{f}: truncated DICOM file (pixel data cut short); left out"))
             continue
