@@ -118,18 +118,28 @@ def load_source(source: Volume | str | os.PathLike) -> Volume:
     return load_volume(os.fspath(source), canonical=False)
 
 
-def load_labels(labels: Volume | np.ndarray | str | os.PathLike, labels_affine: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """(array, affine) from a path (NIfTI/NRRD/MHA or SEG), a Volume, or an array (+ affine or None)."""
+def load_labels(
+    labels: Volume | np.ndarray | str | os.PathLike, labels_affine: Optional[np.ndarray] = None, source: Optional[Volume] = None
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(array, affine) from a path (NIfTI/NRRD/MHA, or a DICOM-SEG placed on `source`), a Volume,
+    or an array (+ its affine; None means the order of ``source.array``)."""
     if isinstance(labels, Volume):
         return labels.array, labels.affine
     if isinstance(labels, (str, os.PathLike)):
         path = os.fspath(labels)
         from .nifti import is_itk_image_path, read_itk_volume
+        from .seg_read import is_segmentation_file, place_on_grid, read_segmentation
 
         if not os.path.isfile(path):
             raise NapariSSLError(f"no such labels file: {path}")
+        if source is not None and is_segmentation_file(path):
+            groups = read_segmentation(path, canonical=False)
+            if len(groups) > 1:
+                raise NapariSSLError(f"{os.path.basename(path)} has overlapping segments, which one label map cannot hold")
+            ref = Volume(array=np.zeros(source.array.shape, np.uint8), affine=source.affine)
+            return place_on_grid(groups[0][0], ref), source.affine
         if not is_itk_image_path(path):
-            raise NapariSSLError(f"labels file {os.path.basename(path)}: give a NIfTI/NRRD/MHA label map")
+            raise NapariSSLError(f"labels file {os.path.basename(path)}: give a NIfTI/NRRD/MHA label map or a DICOM-SEG")
         vol = read_itk_volume(path)
         return vol.array, vol.affine
     return np.asarray(labels), labels_affine
@@ -146,7 +156,7 @@ def export_nifti(labels, source: Volume | str | os.PathLike, out_path: str | os.
     if not os.path.isdir(folder):
         raise NapariSSLError(f"output folder does not exist: {folder}")
     src = load_source(source)
-    arr, aff = load_labels(labels, labels_affine)
+    arr, aff = load_labels(labels, labels_affine, src)
     native = labels_on_source_grid(arr, src, aff)
     write_itk_volume(np.ascontiguousarray(native), native_affine(src), out_path)
     return out_path
@@ -176,7 +186,7 @@ def export_labels(
         from .seg_write import write_segmentation
 
         src = load_source(source)
-        arr, aff = load_labels(labels, labels_affine)
+        arr, aff = load_labels(labels, labels_affine, src)
         res = write_segmentation(arr, src, out_path, labels_affine=aff, names=names, labelmap=labelmap, model=model, **seg_kwargs)
         summary: dict[str, Any] = {
             "format": "DICOM-SEG",

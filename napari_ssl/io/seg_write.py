@@ -11,6 +11,7 @@ import copy
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
@@ -234,27 +235,30 @@ def build_segmentation(
     from .. import __version__
 
     try:
-        seg = hd.seg.Segmentation(
-            source_images=sources,
-            pixel_array=arr,
-            segmentation_type=seg_type,
-            segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(),
-            series_number=int(series_number),
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="napari-ssl",
-            manufacturer_model_name="napari-ssl",
-            software_versions=str(__version__),
-            device_serial_number="0",
-            series_description=series_description[:64],
-            content_description=series_description[:64],
-            content_label="SEGMENTATION",
-            omit_empty_frames=True,
-            workers=workers,
-            specific_character_set=_character_set(first),
-            **kwargs,
-        )
+        with warnings.catch_warnings():
+            # highdicom quotes the patient's name in this warning: never let it reach a log
+            warnings.filterwarnings("ignore", message=".*person name.*")
+            seg = hd.seg.Segmentation(
+                source_images=sources,
+                pixel_array=arr,
+                segmentation_type=seg_type,
+                segment_descriptions=descriptions,
+                series_instance_uid=hd.UID(),
+                series_number=int(series_number),
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                manufacturer="napari-ssl",
+                manufacturer_model_name="napari-ssl",
+                software_versions=str(__version__),
+                device_serial_number="0",
+                series_description=series_description[:64],
+                content_description=series_description[:64],
+                content_label="SEGMENTATION",
+                omit_empty_frames=True,
+                workers=workers,
+                specific_character_set=_character_set(first),
+                **kwargs,
+            )
     except (ValueError, AttributeError, TypeError) as exc:
         raise NapariSSLError(f"cannot build the DICOM-SEG from this source series: {str(exc).splitlines()[0]}") from None
     return seg, numbers, names_by_value
