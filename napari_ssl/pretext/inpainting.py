@@ -89,8 +89,7 @@ class Inpainting(PretextMethod):
         self.adversarial = float(self.opts["adv_weight"]) > 0
         if self.adversarial:
             self.discriminator = PatchDiscriminator(1, int(self.opts["disc_width"]))
-
-    find_unused_parameters = True  # the discriminator sits out the U-Net's update
+        self.find_unused_parameters = self.adversarial  # DDP: the discriminator sits out the U-Net's update
 
     def unet_classes(self) -> int:
         return 1
