@@ -384,6 +384,7 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
             config.classes = list(pre_meta["class_names"])
         data = prepare_data(config, pre_meta.get("normalization"))
         num_classes = len(data.class_names) + 1
+        torch.manual_seed(int(config.seed))  # the decoder (and a random encoder) start the same under one seed
         unet, source = build_initial_model(config, num_classes)
         meta_src = source.pop("_meta", {})
         encoder_name, in_channels = source.pop("_encoder"), int(source.pop("_in_channels"))
