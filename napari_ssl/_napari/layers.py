@@ -38,8 +38,9 @@ def layer_geometry(volume: Volume) -> dict[str, tuple[float, float, float]]:
     """``scale`` and ``translate`` (z, y, x, mm) of the napari layer for `volume` (see module doc)."""
     direction = volume.direction
     origin = np.asarray(volume.origin, dtype=float)
-    translate = tuple(float(origin @ direction[:, t]) for t in range(3))
-    return {"scale": tuple(float(s) for s in volume.spacing), "translate": translate}
+    # rounded to 1e-9 mm: float noise from direction normalisation would only clutter the display
+    translate = tuple(round(float(origin @ direction[:, t]), 9) for t in range(3))
+    return {"scale": tuple(round(float(s), 9) for s in volume.spacing), "translate": translate}
 
 
 def is_ct(volume: Volume) -> bool:
@@ -74,7 +75,8 @@ def layer_name(volume: Volume) -> str:
                 break
         desc = base
     modality = (volume.modality or "").strip()
-    name = f"{modality} {desc}".strip() if modality and not desc.upper().startswith(modality.upper()) else desc
+    first_word = desc.split()[0].upper() if desc.split() else ""
+    name = f"{modality} {desc}".strip() if modality and first_word != modality.upper() else desc
     return name or modality or "image"
 
 

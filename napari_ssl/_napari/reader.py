@@ -165,12 +165,12 @@ def _notify(kind: str, message: str) -> None:
 
 
 def _show_volume_warnings(volumes: Sequence[Any]) -> None:
-    for v in volumes:
-        ws = list(dict.fromkeys(v.warnings))
-        for w in ws[:_MAX_WARNINGS_SHOWN]:
-            _notify("warning", f"{layer_name(v)}: {w}")
-        if len(ws) > _MAX_WARNINGS_SHOWN:
-            _notify("warning", f"{layer_name(v)}: {len(ws) - _MAX_WARNINGS_SHOWN} more warnings (run `napari-ssl info` on the path to see all)")
+    """Each volume's warnings as napari warnings, at most a few in all (then a count)."""
+    messages = list(dict.fromkeys(f"{layer_name(v)}: {w}" for v in volumes for w in v.warnings))
+    for m in messages[:_MAX_WARNINGS_SHOWN]:
+        _notify("warning", m)
+    if len(messages) > _MAX_WARNINGS_SHOWN:
+        _notify("warning", f"{len(messages) - _MAX_WARNINGS_SHOWN} more warnings; run `napari-ssl info PATH` to see them all")
 
 
 def layers_from_paths(paths: Sequence[str]) -> list[LayerData]:
