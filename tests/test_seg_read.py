@@ -74,3 +74,43 @@ def test_not_a_seg_is_a_clear_error(dcmqi_dir):
     assert is_segmentation_file(str(dcmqi_dir / "liver.dcm"))
     with pytest.raises(NapariSSLError, match="not a readable DICOM-SEG"):
         read_segmentation(src)
+
+
+def test_fractional_seg_is_thresholded_at_one_half(tmp_path, dcmqi_dir):
+    """A FRACTIONAL SEG (written here with highdicom on the real CT) reads as voxels >= 0.5."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from napari_ssl.io import load_volume
+
+    src = load_volume(dcmqi_dir / "ct-3slice", canonical=False)
+    prob = np.zeros((*src.shape, 1), np.float32)
+    yy, xx = np.mgrid[:512, :512]
+    ramp = np.clip(1.0 - np.hypot(yy - 256, xx - 200) / 120.0, 0, 1)  # 1 at the centre, 0 beyond 120 px
+    prob[1, ..., 0] = ramp
+    prob[2, ..., 0] = ramp * 0.8
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Liver", segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=codes.SCT.Liver, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=src.source_datasets, pixel_array=prob, segmentation_type="FRACTIONAL", segment_descriptions=[desc],
+        series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(), instance_number=1, manufacturer="test",
+        manufacturer_model_name="test", software_versions="1", device_serial_number="1", max_fractional_value=255,
+        specific_character_set=None,  # the real CT has an empty one, which highdicom would refuse
+    )
+    path = tmp_path / "frac.dcm"
+    seg.save_as(path)
+    assert pydicom.dcmread(path).SegmentationType == "FRACTIONAL"
+    (vol, names), = read_segmentation(path, canonical=False)
+    assert names == {1: "Liver"}
+    stored = np.round(prob[..., 0] * 255) / 255  # what the 8-bit fractional frames hold
+    expected = (stored >= 0.5).astype(np.uint8)
+    # the SEG holds only the non-empty slices 1 and 2; place them by physical position
+    from napari_ssl.io.seg import place_on_grid
+    from napari_ssl.io.volume import Volume
+
+    got = place_on_grid(vol, Volume(array=np.zeros(src.shape, np.uint8), affine=src.affine))
+    assert expected.sum() > 1000 and expected[2].sum() < expected[1].sum()
+    np.testing.assert_array_equal(got, expected)
