@@ -77,6 +77,9 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*treespec.*")  # pytorch-lightning vs newer torch, harmless
     from ..train.events import ProgressPrinter
     from ..train.pretrain import run_pretraining
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import NoImageFound
-from .dicom_discovery import Header, Scan, is_enhanced, scan_path
+from .dicom_discovery import Header, Scan, is_enhanced, scan_path, value
 from .dicom_frames import Frame, frames_of
 from .dicom_geometry import Stack, build_stack, split_stacks
 from .dicom_pixels import read_raw, rescale, stored_dtype
@@ -64,9 +64,10 @@ class SeriesPlan:
 
 def _series_key(h: Header) -> tuple[str, str]:
     ds = h.ds
-    uid = str(ds.get("SeriesInstanceUID", "") or f"(no series UID) {os.path.dirname(h.path)}")
+    uid = str(value(ds, "SeriesInstanceUID", "") or f"(no series UID) {os.path.dirname(h.path)}")
     # Each multi-frame object is its own volume: frames of two objects are never interleaved.
-    inst = str(ds.get("SOPInstanceUID", h.path)) if int(ds.get("NumberOfFrames", 1) or 1) > 1 or is_enhanced(ds) else ""
+    multi = int(value(ds, "NumberOfFrames", 1) or 1) > 1 or is_enhanced(ds)
+    inst = str(value(ds, "SOPInstanceUID", h.path)) if multi else ""
     return uid, inst
 
 
@@ -101,7 +102,7 @@ def _plans_from_scan(scan: Scan) -> list[SeriesPlan]:
         frames: list[Frame] = []
         notes: list[str] = []
         for h in headers:
-            if int(h.ds.get("SamplesPerPixel", 1) or 1) != 1:
+            if int(value(h.ds, "SamplesPerPixel", 1) or 1) != 1:
                 note = f"{h.path}: colour image (SamplesPerPixel {h.ds.get('SamplesPerPixel')}); only greyscale volumes are read"
                 if note not in notes:
                     notes.append(note)

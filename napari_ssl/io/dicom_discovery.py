@@ -45,6 +45,56 @@ ENHANCED_SOP_CLASSES = {
 }
 
 
+_FAST_STRING_VRS = {"UI", "CS", "DS", "IS", "AS", "DA", "TM"}
+_FAST_BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FD": "d", "FL": "f"}
+_TAGS: dict[str, tuple[int, str]] = {}
+
+
+def _tag_vr(keyword: str) -> tuple[int, str]:
+    hit = _TAGS.get(keyword)
+    if hit is None:
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise KeyError(keyword)
+        hit = _TAGS[keyword] = (int(tag), dictionary_VR(tag))
+    return hit
+
+
+def value(ds: Any, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword)`` without pydicom's per-element conversion machinery, for the hot
+    attributes of the header scan (numbers, UIDs, code strings). Multi-valued numbers come back
+    as lists of float/int, single ones as float/int, strings as str; anything else (text with a
+    character set, sequences) goes through pydicom."""
+    tag, dict_vr = _tag_vr(keyword)
+    elem = ds._dict.get(tag)
+    if elem is None:
+        return default
+    raw = getattr(elem, "is_raw", False) and getattr(elem, "value", None)
+    if not raw or getattr(elem, "is_undefined_length", False):
+        return ds.get(keyword, default)
+    vr = elem.VR or dict_vr
+    data: bytes = elem.value
+    if vr in _FAST_STRING_VRS:
+        text = data.decode("latin-1").strip("\x00 ")
+        if vr in ("DS", "IS"):
+            try:
+                nums = [float(p) if vr == "DS" else int(float(p)) for p in text.split("\\") if p.strip()]
+            except ValueError:
+                return ds.get(keyword, default)
+            return default if not nums else nums[0] if len(nums) == 1 else nums
+        return text
+    code = _FAST_BINARY.get(vr)
+    if code is not None:
+        size = struct.calcsize(code)
+        if len(data) % size:
+            return ds.get(keyword, default)
+        vals = struct.unpack(("<" if elem.is_little_endian else ">") + code * (len(data) // size), data)
+        return default if not vals else vals[0] if len(vals) == 1 else list(vals)
+    return ds.get(keyword, default)
+
+
 @dataclass
 class Header:
     """One DICOM file's header plus where its pixel data lies on disk."""
@@ -98,29 +148,61 @@ def looks_like_dicom(head: bytes) -> Optional[bool]:
 
 
 def _is_non_image(ds: Any) -> bool:
-    sop = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+    sop = str(value(ds, "SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
     if sop.startswith(NON_IMAGE_SOP_PREFIXES):
         return True
-    if str(ds.get("Modality", "")).upper() in NON_IMAGE_MODALITIES:
+    if str(value(ds, "Modality", "")).upper() in NON_IMAGE_MODALITIES:
         return True
     return False
 
 
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT", b"SV", b"UV"}
+_PIXEL_TAGS = {PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA}
+
+
 def read_header(path: str, force: bool = False) -> Header:
-    """Parse one file's header (pixel data stays on disk). Raises on unreadable files."""
+    """Parse one file's header, stopping before the pixel data, and note where that lies.
+
+    pydicom leaves the file positioned at the pixel data element; its tag and length are
+    decoded here so that uncompressed frames can later be read straight from disk.
+    Raises on unreadable files.
+    """
     import pydicom
 
-    ds = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=force)
+    with open(path, "rb") as fp:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+        start = fp.tell()
+        head = fp.read(12)
     h = Header(path=path, ds=ds)
     meta = getattr(ds, "file_meta", None)
     h.transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
-    for tag in (PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA):
-        if tag in ds:
-            raw = ds.get_item(tag, keep_deferred=True)
-            h.has_pixels = True
-            h.pixel_offset = int(getattr(raw, "value_tell", -1) or -1)
-            h.pixel_length = int(getattr(raw, "length", 0) or 0)
-            break
+    ds.filename = path
+    if h.transfer_syntax == "1.2.840.10008.1.2.1.99":   # deflated: no file offsets to use
+        full = pydicom.dcmread(path, force=force)
+        h.has_pixels = any(t in full for t in _PIXEL_TAGS)
+        return h
+    if len(head) < 8:
+        return h
+    implicit = h.transfer_syntax == "1.2.840.10008.1.2" or (not h.transfer_syntax and getattr(ds, "is_implicit_VR", False))
+    big = h.transfer_syntax == "1.2.840.10008.1.2.2"
+    e = ">" if big else "<"
+    group, elem = struct.unpack(e + "HH", head[:4])
+    if ((group << 16) | elem) not in _PIXEL_TAGS:
+        return h
+    if implicit:
+        (length,) = struct.unpack(e + "I", head[4:8])
+        offset = start + 8
+    elif head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            return h
+        (length,) = struct.unpack(e + "I", head[8:12])
+        offset = start + 12
+    else:
+        (length,) = struct.unpack(e + "H", head[6:8])
+        offset = start + 8
+    h.has_pixels = True
+    h.pixel_offset = offset
+    h.pixel_length = length
     return h
 
 
@@ -202,6 +284,6 @@ def scan_path(path: str) -> Scan:
 
 def is_enhanced(ds: Any) -> bool:
     """Multi-frame object with functional groups (Enhanced CT/MR/PET and legacy-converted)."""
-    if str(ds.get("SOPClassUID", "")) in ENHANCED_SOP_CLASSES:
+    if str(value(ds, "SOPClassUID", "")) in ENHANCED_SOP_CLASSES:
         return True
     return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds

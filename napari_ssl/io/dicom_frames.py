@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .dicom_discovery import Header, is_enhanced
+from .dicom_discovery import Header, is_enhanced, value
 
 
 @dataclass
@@ -76,29 +76,29 @@ def _pixel_spacing(ps: Optional[np.ndarray]) -> tuple[tuple[float, float], bool]
 
 def classic_frames(h: Header) -> list[Frame]:
     ds = h.ds
-    ps = _floats(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"), 2)
+    ps = _floats(value(ds, "PixelSpacing") or value(ds, "ImagerPixelSpacing"), 2)
     spacing, missing = _pixel_spacing(ps)
-    nframes = int(_float(ds.get("NumberOfFrames"), 1) or 1)
+    nframes = int(_float(value(ds, "NumberOfFrames"), 1) or 1)
     base = dict(
-        position=_floats(ds.get("ImagePositionPatient"), 3),
-        orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+        position=_floats(value(ds, "ImagePositionPatient"), 3),
+        orientation=_floats(value(ds, "ImageOrientationPatient"), 6),
         pixel_spacing=spacing,
-        rows=int(ds.get("Rows", 0)),
-        cols=int(ds.get("Columns", 0)),
-        slope=_float(ds.get("RescaleSlope"), 1.0) or 1.0,
-        intercept=_float(ds.get("RescaleIntercept"), 0.0) or 0.0,
-        thickness=_float(ds.get("SliceThickness")),
-        spacing_between=_float(ds.get("SpacingBetweenSlices")),
+        rows=int(value(ds, "Rows", 0)),
+        cols=int(value(ds, "Columns", 0)),
+        slope=_float(value(ds, "RescaleSlope"), 1.0) or 1.0,
+        intercept=_float(value(ds, "RescaleIntercept"), 0.0) or 0.0,
+        thickness=_float(value(ds, "SliceThickness")),
+        spacing_between=_float(value(ds, "SpacingBetweenSlices")),
         spacing_missing=missing,
     )
     keys = {
-        "echo": str(ds.get("EchoNumbers", "")),
-        "temporal": str(ds.get("TemporalPositionIdentifier", "")),
-        "trigger": str(ds.get("TriggerTime", "")),
-        "acquisition": str(ds.get("AcquisitionNumber", "")),
-        "diffusion_b": str(ds.get("DiffusionBValue", "")),
+        "echo": str(value(ds, "EchoNumbers", "")),
+        "temporal": str(value(ds, "TemporalPositionIdentifier", "")),
+        "trigger": str(value(ds, "TriggerTime", "")),
+        "acquisition": str(value(ds, "AcquisitionNumber", "")),
+        "diffusion_b": str(value(ds, "DiffusionBValue", "")),
     }
-    inst = _float(ds.get("InstanceNumber"), 0.0) or 0.0
+    inst = _float(value(ds, "InstanceNumber"), 0.0) or 0.0
     if nframes > 1:
         # A multi-frame object without functional groups (e.g. NM, US, secondary capture):
         # frames follow the slice vector or, without it, are stacked 1 mm apart.

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from .dicom_discovery import value
 from .dicom_frames import Frame
 
 NATIVE_SYNTAXES = {
@@ -36,8 +37,8 @@ def stored_dtype(ds) -> np.dtype:
         return np.dtype(np.float32)
     if "DoubleFloatPixelData" in ds:
         return np.dtype(np.float64)
-    bits = int(ds.get("BitsAllocated", 16))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    bits = int(value(ds, "BitsAllocated", 16))
+    signed = int(value(ds, "PixelRepresentation", 0)) == 1
     if bits == 1:
         return np.dtype(np.uint8)
     if bits not in (8, 16, 32):
@@ -66,12 +67,12 @@ def _jobs(frames: list[Frame], dtype: np.dtype) -> list[_FileJob]:
         h = first[path].header
         ds = h.ds
         frame_bytes = first[path].rows * first[path].cols * dtype.itemsize
-        nframes = int(ds.get("NumberOfFrames", 1) or 1)
+        nframes = int(value(ds, "NumberOfFrames", 1) or 1)
         direct = (
             h.transfer_syntax in NATIVE_SYNTAXES
             and h.pixel_length != 0xFFFFFFFF
-            and int(ds.get("SamplesPerPixel", 1)) == 1
-            and int(ds.get("BitsAllocated", 16)) in (8, 16, 32)
+            and int(value(ds, "SamplesPerPixel", 1)) == 1
+            and int(value(ds, "BitsAllocated", 16)) in (8, 16, 32)
             and h.pixel_offset >= 0
             and h.pixel_length >= nframes * frame_bytes
         )
@@ -81,8 +82,8 @@ def _jobs(frames: list[Frame], dtype: np.dtype) -> list[_FileJob]:
 
 def _unused_bits_fix(arr: np.ndarray, ds) -> None:
     """Sign-extend (signed) or clear (unsigned) the bits above BitsStored, in place."""
-    alloc = int(ds.get("BitsAllocated", 16))
-    stored = int(ds.get("BitsStored", alloc))
+    alloc = int(value(ds, "BitsAllocated", 16))
+    stored = int(value(ds, "BitsStored", alloc))
     if arr.dtype.kind in "iu" and 0 < stored < alloc and alloc == arr.dtype.itemsize * 8:
         shift = alloc - stored
         np.left_shift(arr, shift, out=arr)
@@ -160,27 +161,32 @@ def rescale(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.n
         return raw
     target: np.dtype = np.dtype(np.float32)
     if raw.dtype.kind in "iu" and _integral(slopes) and _integral(intercepts):
-        lo = hi = None
-        for s in np.unique(np.stack([slopes, intercepts], 1), axis=0):
-            sel = (slopes == s[0]) & (intercepts == s[1])
-            part = raw[sel]
-            ends = np.array([part.min(), part.max()], dtype=np.int64) * int(s[0]) + int(s[1])
-            lo = ends.min() if lo is None else min(lo, ends.min())
-            hi = ends.max() if hi is None else max(hi, ends.max())
+        mins = raw.min(axis=(1, 2)).astype(np.int64)   # per slice, no copy of the volume
+        maxs = raw.max(axis=(1, 2)).astype(np.int64)
+        s_int = np.round(slopes).astype(np.int64)
+        c_int = np.round(intercepts).astype(np.int64)
+        ends = np.concatenate([mins * s_int + c_int, maxs * s_int + c_int])
+        lo, hi = int(ends.min()), int(ends.max())
         if INT16.min <= lo and hi <= INT16.max:
             target = np.dtype(np.int16)
         elif INT32.min <= lo and hi <= INT32.max:
             target = np.dtype(np.int32)
-    if target.itemsize == raw.dtype.itemsize and target.kind == "i":
-        out = raw.view(target)   # same memory: convert slice by slice in place
-    else:
-        out = np.empty(raw.shape, dtype=target)
-    work = np.int64 if target.kind == "i" else np.float64 if raw.dtype == np.float64 else np.float32
-    for z in range(raw.shape[0]):
-        tmp = raw[z].astype(work)
-        if slopes[z] != 1:
-            tmp *= work(slopes[z]) if target.kind == "i" else slopes[z]
-        if intercepts[z] != 0:
-            tmp += work(intercepts[z]) if target.kind == "i" else intercepts[z]
-        out[z] = tmp
+    if target.kind == "i":
+        # Integer arithmetic wraps modulo 2**bits; the true result fits `target`, so computing in
+        # `target` (even on a view of unsigned data) is exact and needs no temporary.
+        out = raw.view(target) if target.itemsize == raw.dtype.itemsize else raw.astype(target)
+        mod = 1 << (8 * target.itemsize)
+        half = mod >> 1
+
+        def wrap(v: np.ndarray) -> np.ndarray:
+            return ((np.round(v).astype(object) + half) % mod - half).astype(np.int64).astype(target)[:, None, None]
+
+        if np.any(slopes != 1):
+            np.multiply(out, wrap(slopes), out=out)
+        if np.any(intercepts != 0):
+            np.add(out, wrap(intercepts), out=out)
+        return out
+    out = raw.astype(np.float64 if raw.dtype == np.float64 else np.float32)
+    out *= slopes.astype(out.dtype)[:, None, None]
+    out += intercepts.astype(out.dtype)[:, None, None]
     return out

@@ -93,7 +93,7 @@ def state_digest(module: torch.nn.Module) -> str:
         h.update(k.encode())
         t = v.detach().to("cpu").contiguous()
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
