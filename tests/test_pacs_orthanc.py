@@ -1,0 +1,152 @@
+"""A real PACS round trip: Orthanc + its DICOMweb plugin on loopback, basic auth."""
+import json
+import os
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from napari_ssl.cli import main as cli_main
+from napari_ssl.errors import NapariSSLError
+from napari_ssl.io import dicomweb, load_volume
+from napari_ssl.io.nifti import read_itk_volume
+from napari_ssl.io.seg import read_segmentation
+
+from orthanc import PASSWORD, USER, start_orthanc  # tests/orthanc.py (tests/ is on sys.path under pytest)
+
+pytestmark = pytest.mark.pacs
+
+
+@pytest.fixture(scope="module")
+def orthanc():
+    server = start_orthanc()
+    yield server
+    server.stop()
+    assert server.process.poll() is not None  # really stopped
+
+
+@pytest.fixture(scope="module")
+def uploaded(orthanc, dcmqi_dir):
+    files = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm")) + [dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm", get_testdata_file("eCT_Supplemental.dcm")]
+    for f in files:
+        assert orthanc.upload(str(f))["Status"] in ("Success", "AlreadyStored")
+    return files
+
+
+@pytest.fixture()
+def pacs_env(orthanc, tmp_path, monkeypatch):
+    """Credentials in a config file, as a user would set them up (never on the command line)."""
+    cfg = tmp_path / "pacs.json"
+    cfg.write_text(json.dumps({"servers": [{"url": orthanc.dicomweb_url, "username": USER, "password": PASSWORD, "timeout": 10}]}))
+    cfg.chmod(0o600)
+    for k in (dicomweb.ENV_USER, dicomweb.ENV_PASSWORD, dicomweb.ENV_TOKEN, dicomweb.ENV_CA):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv(dicomweb.ENV_CONFIG, str(cfg))
+    monkeypatch.setenv(dicomweb.ENV_CACHE, str(tmp_path / "cache"))
+    return orthanc.dicomweb_url
+
+
+def test_query_studies_and_series_with_filters(uploaded, pacs_env, dcmqi_dir):
+    ct = pydicom.dcmread(dcmqi_dir / "ct-3slice" / "01.dcm", stop_before_pixels=True)
+    studies = dicomweb.search_studies(pacs_env)
+    assert ct.StudyInstanceUID in {s["StudyInstanceUID"] for s in studies} and len(studies) == 3
+    assert all("PatientName" not in s and "PatientID" not in s for s in studies)
+    by_date = dicomweb.search_studies(pacs_env, {"StudyDate": str(ct.StudyDate)})
+    assert [s["StudyInstanceUID"] for s in by_date] == [ct.StudyInstanceUID]
+    series = dicomweb.search_series(pacs_env, ct.StudyInstanceUID)
+    assert [(s["SeriesInstanceUID"], s["NumberOfSeriesRelatedInstances"]) for s in series] == [(ct.SeriesInstanceUID, 3)]
+    assert dicomweb.search_series(pacs_env, filters={"Modality": "MR"}) == []
+
+
+def test_pull_series_into_a_volume_identical_to_the_files(uploaded, pacs_env, dcmqi_dir, tmp_path):
+    ct = pydicom.dcmread(dcmqi_dir / "ct-3slice" / "01.dcm", stop_before_pixels=True)
+    vol = dicomweb.load_series(pacs_env, ct.SeriesInstanceUID)
+    direct = load_volume(dcmqi_dir / "ct-3slice")
+    np.testing.assert_array_equal(vol.array, direct.array)
+    np.testing.assert_allclose(vol.affine, direct.affine)
+    assert vol.series_instance_uid == direct.series_instance_uid and vol.array.dtype == direct.array.dtype
+
+    mf = pydicom.dcmread(dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm", stop_before_pixels=True)
+    out = tmp_path / "pulled"
+    rc = cli_main(["pacs", "pull", pacs_env, "--series", str(mf.SeriesInstanceUID), "--out", str(out)])
+    assert rc == 0 and os.listdir(out) == [f"{mf.SOPInstanceUID}.dcm"]
+    a, b = load_volume(out), load_volume(dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm")
+    np.testing.assert_array_equal(a.array, b.array)
+    np.testing.assert_allclose(a.affine, b.affine)
+
+
+def test_export_seg_with_stow_and_retrieve_it_back(uploaded, pacs_env, dcmqi_dir, tmp_path, capsys):
+    ct = pydicom.dcmread(dcmqi_dir / "ct-3slice" / "01.dcm", stop_before_pixels=True)
+    src = dicomweb.load_series(pacs_env, ct.SeriesInstanceUID)  # export onto what came from the PACS
+    lab = read_itk_volume(str(dcmqi_dir / "liver_seg.nrrd"))
+    nrrd = dcmqi_dir / "liver_seg.nrrd"
+    out = tmp_path / "liver_seg.dcm"
+    rc = cli_main(["export-seg", "--labels", str(nrrd), "--source", src.path or os.path.dirname(src.source_paths[0]), "--out", str(out),
+                   "--names", "Liver", "--stow", pacs_env])
+    assert rc == 0, capsys.readouterr().err
+    seg_uid = str(pydicom.dcmread(out, stop_before_pixels=True).SeriesInstanceUID)
+    found = dicomweb.search_series(pacs_env, ct.StudyInstanceUID, {"Modality": "SEG"})
+    assert [s["SeriesInstanceUID"] for s in found] == [seg_uid]
+    back_dir = tmp_path / "seg_back"
+    paths = dicomweb.retrieve_series(pacs_env, seg_uid, str(back_dir))
+    (back, names), = read_segmentation(paths[0])
+    (local, _), = read_segmentation(out)
+    (real, _), = read_segmentation(dcmqi_dir / "liver.dcm")
+    assert names == {1: "Liver"}
+    np.testing.assert_array_equal(back.array, local.array)
+    np.testing.assert_array_equal(back.array, real.array)
+    np.testing.assert_allclose(back.affine, real.affine, atol=1e-3)
+    assert lab.array.sum() == back.array.sum()
+
+
+def test_cli_listings_show_no_patient_identifiers(uploaded, pacs_env, dcmqi_dir, capsys):
+    ct = pydicom.dcmread(dcmqi_dir / "ct-3slice" / "01.dcm", stop_before_pixels=True)
+    assert cli_main(["pacs", "studies", pacs_env, "--filter", "ModalitiesInStudy=CT", "--json"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out)
+    assert ct.StudyInstanceUID in {r["StudyInstanceUID"] for r in rows}
+    assert str(ct.PatientName) not in out and str(ct.PatientID) not in out
+    assert cli_main(["pacs", "series", pacs_env, "--study", ct.StudyInstanceUID]) == 0
+    assert ct.SeriesInstanceUID in capsys.readouterr().out
+    assert cli_main(["pacs", "studies", pacs_env, "--filter", "NotAKeyword=1"]) == 2
+    assert "not a DICOM keyword" in capsys.readouterr().err
+
+
+def test_wrong_password_missing_series_and_down_server_are_clear_errors(uploaded, orthanc, pacs_env, dcmqi_dir, monkeypatch, tmp_path):
+    ct = pydicom.dcmread(dcmqi_dir / "ct-3slice" / "01.dcm", stop_before_pixels=True)
+    monkeypatch.setenv(dicomweb.ENV_USER, USER)
+    monkeypatch.setenv(dicomweb.ENV_PASSWORD, "wrong-password")
+    with pytest.raises(NapariSSLError, match=r"refused the credentials \(HTTP 401\)") as ei:
+        dicomweb.search_studies(pacs_env)
+    assert "wrong-password" not in str(ei.value)
+    monkeypatch.delenv(dicomweb.ENV_USER)
+    monkeypatch.delenv(dicomweb.ENV_PASSWORD)
+
+    with pytest.raises(NapariSSLError, match=r"HTTP 404"):
+        dicomweb.retrieve_series(pacs_env, "1.2.3.4.5.6.7", str(tmp_path / "x"), study_instance_uid=ct.StudyInstanceUID)
+    with pytest.raises(NapariSSLError, match="not found on the PACS"):
+        dicomweb.retrieve_series(pacs_env, "1.2.3.4.5.6.7", str(tmp_path / "x"))
+    assert not os.listdir(tmp_path / "x")
+
+    with pytest.raises(NapariSSLError, match="credentials in the URL"):
+        dicomweb.search_studies(pacs_env.replace("http://", f"http://{USER}:{PASSWORD}@"))
+    dead = f"http://127.0.0.1:{orthanc.http_port + 1 if orthanc.http_port < 65535 else 1}/dicom-web"
+    with pytest.raises(NapariSSLError, match="cannot reach the PACS"):
+        dicomweb.search_studies(dead)
+
+
+def test_https_verification_is_on_and_ca_bundle_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv(dicomweb.ENV_CONFIG, str(tmp_path / "none.json"))
+    monkeypatch.delenv(dicomweb.ENV_CA, raising=False)
+    c = dicomweb.client("https://pacs.invalid/dicom-web")
+    assert c._session.verify is True
+    monkeypatch.setenv(dicomweb.ENV_CA, str(tmp_path / "missing.pem"))
+    with pytest.raises(NapariSSLError, match="CA bundle not found"):
+        dicomweb.load_settings("https://pacs.invalid/dicom-web")
+    cfg = tmp_path / "pacs.json"
+    cfg.write_text(json.dumps({"servers": [{"url": "https://pacs.invalid", "token": "t0k", "verify": False}]}))
+    monkeypatch.setenv(dicomweb.ENV_CONFIG, str(cfg))
+    monkeypatch.delenv(dicomweb.ENV_CA)
+    with pytest.raises(NapariSSLError, match="not allowed"):
+        dicomweb.load_settings("https://pacs.invalid/dicom-web")
