@@ -27,6 +27,10 @@ def test_demo_headless_writes_screenshots_and_summary(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["samples"]) == {"mr", "ct"}
+    for name in ("mr", "ct"):  # the plugin's widgets are docked, as a user would open them
+        docks = " | ".join(summary["samples"][name]["dock_widgets"])
+        for widget in ("Pretrain", "Annotate & Train", "Export"):
+            assert widget in docks, docks
 
     mr = {ly["type"]: ly for ly in summary["samples"]["mr"]["layers"]}
     assert mr["image"]["shape"] == mr["labels"]["shape"] and len(mr["image"]["shape"]) == 3

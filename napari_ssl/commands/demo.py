@@ -159,8 +159,21 @@ def _open_viewer(sample_key: str, show: bool):
     viewer.dims.axis_labels = ("S", "P", "L")
     image.contrast_limits_range = [float(image.data.min()), float(image.data.max())]
     viewer.layers.selection.active = image
+    _dock_plugin_widgets(viewer)
     viewer.reset_view()
     return viewer
+
+
+WIDGETS = ("Pretrain", "Annotate & Train", "Export")
+
+
+def _dock_plugin_widgets(viewer) -> None:
+    """Open the plugin's three dock widgets (tabbed, Annotate & Train in front), as from Plugins > napari-ssl."""
+    docked = []
+    for name in WIDGETS:
+        dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=bool(docked))
+        docked.append(dock)
+    docked[1].raise_()
 
 
 def _show_best_slice(viewer, image, labels) -> None:
@@ -211,6 +224,7 @@ def run_headless(sample_names: list[str], out: Path) -> dict[str, Any]:
                 "sample": key,
                 "layers": [_layer_summary(ly) for ly in viewer.layers],
                 "slice_shown": [round(float(p), 3) for p in viewer.dims.point],
+                "dock_widgets": [name for name in viewer.window.dock_widgets.keys() if any(w in name for w in WIDGETS)],
                 "screenshots": shots,
             }
         finally:
