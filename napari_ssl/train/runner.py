@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -136,6 +137,40 @@ def _child_main(target: str, config: Any, q, stop_event, parent_pid: int, conn, 
 
 
 # ----------------------------------------------------------------------------- parent side
+class _main_not_reimported:
+    """While starting the child: keep spawn from re-running the parent's ``__main__`` script.
+
+    The job is named by import path, so the child never needs the parent's main module. Without
+    this, a user's script that opens napari at top level (no ``if __name__ == "__main__":`` guard)
+    would be re-executed in the child, opening a second viewer there and failing to start the job.
+    A job defined in ``__main__`` itself keeps the default behaviour (it needs the module).
+    """
+
+    def __init__(self, target: str):
+        self.active = not target.startswith("__main__:")
+        self.saved: dict = {}
+
+    def __enter__(self):
+        main = sys.modules.get("__main__")
+        if not self.active or main is None:
+            return self
+        for attr in ("__file__", "__spec__"):
+            if attr in vars(main):
+                self.saved[attr] = vars(main)[attr]
+        if "__file__" in self.saved:
+            del main.__file__
+        if self.saved.get("__spec__") is not None:
+            main.__spec__ = None
+        return self
+
+    def __exit__(self, *exc):
+        main = sys.modules.get("__main__")
+        if main is not None:
+            for attr, value in self.saved.items():
+                setattr(main, attr, value)
+        return False
+
+
 class JobRunner:
     """One job in one child process. Not thread-safe: use it from one thread (the Qt main thread)."""
 
@@ -170,7 +205,8 @@ class JobRunner:
             args=(self.target, self.config, self._q, self._stop, os.getpid(), reader,
                   self.orphan_exit_after_s, self.nice),
             daemon=False)  # a daemon child could not spawn DataLoader workers
-        self.process.start()
+        with _main_not_reimported(self.target):
+            self.process.start()
         _LIVE.add(self)
         reader.close()
         self._conn = writer
