@@ -178,7 +178,7 @@ def _check_config(config: PretrainConfig) -> None:
         raise NapariSSLError(f"--strategy {config.strategy!r}: use auto or ddp")
     import segmentation_models_pytorch as smp
 
-    if config.encoder not in smp.encoders.get_encoder_names():
+    if config.encoder not in smp.encoders.get_encoder_names() and config.encoder not in ENCODERS:
         raise NapariSSLError(f"unknown encoder {config.encoder!r}; try one of {', '.join(ENCODERS)}")
 
 
@@ -300,6 +300,10 @@ def _run(config: PretrainConfig, events, stop_event) -> str:
             os.replace(tmp_ckpt, os.path.join(out, "last.ckpt"))
             _atomic_write_bytes(os.path.join(out, "losses.csv"), cb.losses_csv().encode())
             cb.write_previews()
+            if getattr(method, "needs_unet", False) and isinstance(getattr(method, "unet", None), torch.nn.Module):
+                from safetensors.torch import save as _st_save  # whole U-Net too (fine-tuning's --transfer-decoder)
+
+                _atomic_write_bytes(os.path.join(out, "unet.safetensors"), _st_save({k: v.detach().cpu().contiguous() for k, v in method.unet.state_dict().items()}))
             save_weights(out, method.encoder.state_dict(), meta(status, step, cb), name="encoder")
             emit({"type": "checkpoint", "path": out, "step": step})
         state["saved"] = True

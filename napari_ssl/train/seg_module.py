@@ -72,6 +72,9 @@ class SegmentationModule(pl.LightningModule):
             p.requires_grad_(not frozen)
         self._frozen = frozen
 
+    def on_train_start(self) -> None:
+        self.unet.train()  # Lightning keeps the modes modules arrive in; a model evaluated before fit must still train with dropout/BatchNorm updates
+
     def on_train_batch_start(self, batch, batch_idx):
         self._set_encoder_frozen(self.global_step < self.freeze_encoder_steps)
         if self._frozen:

@@ -1,0 +1,577 @@
+#!/usr/bin/env python
+"""Label efficiency of few-shot fine-tuning: random init vs self-supervised pretrained inits (issue 4).
+
+Data: ../shared/data/msd_hippocampus (260 MR volumes). Split by volume: the 200 lowest-numbered
+volumes are the pool (pretraining data AND the slices that get labelled), the other 60 are the test
+set. For k in --ks labelled slices (drawn at random from the pool slices that show hippocampus; for
+one seed the k-slice set is nested in the larger ones) and every seed, each init is fine-tuned with
+the same budget (--finetune-steps steps of batch 8, Dice+CE, the project's own train_unet) and
+evaluated with 3-D Dice per class (anterior=1, posterior=2) on the 60 test volumes (on their own
+grids). Intermediate Dice is measured on a fixed subset of test volumes at a few steps, for the
+"steps to 90 % of final Dice" and "steps to reach random's final Dice" figures.
+
+Each pretraining method is run ONCE on the pool (napari_ssl.train.pretrain.run_pretraining), its
+folder cached under --work-dir (reused by later runs with the same settings). Fine-tuning results
+are cached too (runs.jsonl under --work-dir), so an interrupted run resumes where it stopped.
+
+Pretraining sees the pool slices on the same pixel grid fine-tuning uses (each slice scaled so its
+longer side is --image-size, then zero-padded): see prepare_pretrain_pool().
+
+  .venv/bin/python benchmarks/bench_label_efficiency.py --full            # the table (CPU, < 1 h)
+  .venv/bin/python benchmarks/bench_label_efficiency.py --quick           # smoke run (minutes)
+  .venv/bin/python benchmarks/bench_label_efficiency.py --variants NAME,.. # probe fine-tuning / pretraining variants
+  GPU / bigger: --device gpu --encoder resnet18 --image-size 64 --pretrain-steps 5000 --finetune-steps 1000 --seeds 5 --workers 1
+
+Writes benchmarks/results/bench_label_efficiency.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field, asdict
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "msd_hippocampus"))
+RESULTS = os.path.join(HERE, "results")
+OUT_JSON = os.path.join(RESULTS, "bench_label_efficiency.json")
+OUT_PNG = os.path.join(RESULTS, "bench_label_efficiency.png")
+CLASSES = ("anterior", "posterior")
+N_POOL = 200
+
+
+# ----------------------------------------------------------------------------- inits
+
+@dataclass
+class Init:
+    """A fine-tuning starting point: random, or a pretraining method + how it is transferred."""
+
+    name: str
+    method: str | None = None  # pretraining method (None: random init)
+    options: dict = field(default_factory=dict)  # pretraining --opt values
+    pretrain_steps: int | None = None  # None: --pretrain-steps
+    pretrain_lr: float = 1e-3
+    pretrain_batch: int = 32
+    matched_grid: bool = True  # pretrain on the pool resampled to fine-tuning's pixel grid
+    transfer_decoder: bool = False
+    encoder_lr_scale: float = 1.0
+    freeze_encoder_steps: int = 0
+    lr: float = 1e-3
+    augment: bool = True
+    note: str = ""
+
+
+# Inits of the final table: random, one pretext task, one joint-embedding method, one more.
+FINAL_INITS = [
+    Init("random"),
+    Init("inpainting", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True,
+         note="context-encoder in-painting, whole U-Net transferred (encoder + decoder)"),
+    Init("simclr", "simclr", {}, note="SimCLR (joint embedding), encoder transferred"),
+    Init("offset-heatmap", "offset-heatmap", {}, note="Blendowski offset heatmap (pretext), encoder transferred"),
+]
+
+# Probed variants (--variants): name -> Init. Results land in the JSON's "variants" section.
+VARIANTS = {v.name: v for v in [
+    Init("inpainting-enc-only", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, note="in-painting, encoder only"),
+    Init("inpainting-dec-lr0.3", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, encoder_lr_scale=0.3),
+    Init("inpainting-dec-freeze50", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, freeze_encoder_steps=50),
+    Init("inpainting-unmatched-grid", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, matched_grid=False,
+         note="pretrained on the raw pool slices (no rescale to the fine-tuning grid)"),
+    Init("inpainting-small-holes", "inpainting", {"holes": 6, "min_hole": 0.06, "max_hole": 0.16}, transfer_decoder=True),
+    Init("inpainting-big-holes", "inpainting", {"holes": 2, "min_hole": 0.25, "max_hole": 0.45}, transfer_decoder=True),
+    Init("simclr-lr0.3", "simclr", {}, encoder_lr_scale=0.3),
+    Init("vicreg", "vicreg", {}),
+    Init("byol", "byol", {}),
+    Init("rotation", "rotation", {}),
+    Init("offset-heatmap-lr0.3", "offset-heatmap", {}, encoder_lr_scale=0.3),
+    Init("random-noaug", None, augment=False),
+]}
+
+
+# ----------------------------------------------------------------------------- data
+
+def volume_ids() -> list[str]:
+    names = sorted(f for f in os.listdir(os.path.join(DATA, "images")) if f.endswith(".nii.gz") and not f.startswith("."))
+    return sorted(names, key=lambda f: int("".join(c for c in f if c.isdigit()) or 0))
+
+
+_CACHE: dict = {}
+
+
+def load_split(image_size: int, n_curve: int):
+    """Pool (normalised images + labels) and test (fitted tensors + labels); loaded once per process."""
+    key = (image_size, n_curve)
+    if key in _CACHE:
+        return _CACHE[key]
+    import torch
+
+    from napari_ssl.data.labelled_slices import fit_to_size
+    from napari_ssl.data.normalize import default_spec, normalize
+    from napari_ssl.train.finetune import load_image, load_labels
+
+    names = volume_ids()
+    pool, test = [], []
+    for i, f in enumerate(names):
+        img = load_image(os.path.join(DATA, "images", f))
+        lab = load_labels(os.path.join(DATA, "labels", f), img)
+        arr = normalize(img.array, default_spec(img.modality))
+        if i < N_POOL:
+            pool.append((arr, lab))
+        else:
+            x = fit_to_size(torch.from_numpy(np.ascontiguousarray(arr))[:, None], image_size)
+            test.append((x, lab))
+    # labelled candidates: every pool slice that shows some hippocampus
+    cand = [(v, z) for v, (_, lab) in enumerate(pool) for z in range(lab.shape[0]) if lab[z].any()]
+    _CACHE[key] = (pool, test, cand, names)
+    return _CACHE[key]
+
+
+def pick_slices(cand: list, k: int, seed: int) -> list:
+    """k (volume, slice) pairs; for one seed the sets are nested (k=1 in k=2 in ...)."""
+    order = np.random.default_rng(10_000 + seed).permutation(len(cand))
+    return [cand[i] for i in order[:k]]
+
+
+def prepare_pretrain_pool(work_dir: str, image_size: int, matched: bool) -> list[str]:
+    """The pool as NIfTI files for run_pretraining. matched=True: every slice rescaled so the longer
+    in-plane side is image_size (what fine-tuning's fit_to_size does; the engine then zero-pads to a
+    square), so pretraining and fine-tuning see anatomy at the same pixel scale. matched=False:
+    the original files (the engine zero-pads 35x50 slices to image_size without rescaling)."""
+    names = volume_ids()[:N_POOL]
+    if not matched:
+        return [os.path.join(DATA, "images", f) for f in names]
+    folder = os.path.join(work_dir, f"pool_grid{image_size}")
+    paths = [os.path.join(folder, f"pool_{i:03d}.nii.gz") for i in range(len(names))]
+    if all(os.path.isfile(p) for p in paths):
+        return paths
+    import SimpleITK as sitk
+    import torch
+    import torch.nn.functional as F
+
+    from napari_ssl.data.normalize import default_spec, normalize
+    from napari_ssl.train.finetune import load_image
+
+    os.makedirs(folder, exist_ok=True)
+    for f, p in zip(names, paths):
+        img = load_image(os.path.join(DATA, "images", f))
+        arr = normalize(img.array, default_spec(img.modality))  # [0,1]; re-normalising by percentiles is ~identity
+        d, h, w = arr.shape
+        s = image_size / max(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        x = F.interpolate(torch.from_numpy(np.ascontiguousarray(arr))[:, None], size=(nh, nw), mode="bilinear", align_corners=False)[:, 0]
+        sitk.WriteImage(sitk.GetImageFromArray(x.numpy().astype(np.float32)), p + ".tmp.nii.gz")
+        os.replace(p + ".tmp.nii.gz", p)
+    return paths
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def dice_per_class(pred: np.ndarray, lab: np.ndarray) -> list[float]:
+    out = []
+    for c in range(1, len(CLASSES) + 1):
+        p, t = pred == c, lab == c
+        den = int(p.sum()) + int(t.sum())
+        out.append(2.0 * int((p & t).sum()) / den if den else 1.0)
+    return out
+
+
+def evaluate(unet, test, vols=None, batch: int = 256) -> dict:
+    """Mean over volumes of 3-D Dice per class, predictions mapped back to each volume's own grid."""
+    import torch
+
+    from napari_ssl.data.labelled_slices import unfit_from_size
+
+    unet.eval()
+    dev = next(unet.parameters()).device
+    per = []
+    with torch.no_grad():
+        for i in (range(len(test)) if vols is None else vols):
+            x, lab = test[i]
+            logits = torch.cat([unet(x[j:j + batch].to(dev)).float().cpu() for j in range(0, len(x), batch)])
+            pred = unfit_from_size(logits, lab.shape[1:]).argmax(1).numpy()
+            per.append(dice_per_class(pred, lab))
+    per = np.asarray(per)
+    return {"per_class": per.mean(0).tolist(), "mean": float(per.mean()), "per_volume_mean": per.mean(1).tolist()}
+
+
+# ----------------------------------------------------------------------------- tasks
+
+def _setup_worker():
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        logging.getLogger(n).setLevel(logging.ERROR)
+
+
+def pretrain_key(init: Init, a: dict) -> str:
+    spec = {"method": init.method, "options": init.options, "steps": init.pretrain_steps or a["pretrain_steps"], "lr": init.pretrain_lr,
+            "batch": init.pretrain_batch, "matched": init.matched_grid, "encoder": a["encoder"], "size": a["image_size"], "seed": 0}
+    return f"{init.method}-{hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]}", spec
+
+
+def run_pretrain(init: Init, a: dict) -> dict:
+    """Pretrain once (or reuse the cached folder); returns the folder and timing."""
+    _setup_worker()
+    from napari_ssl.models.checkpoint import read_meta
+    from napari_ssl.train.pretrain import PretrainConfig, run_pretraining
+
+    key, spec = pretrain_key(init, a)
+    out = os.path.join(a["work_dir"], "pretrain", key)
+    if os.path.isfile(os.path.join(out, "model.json")) and read_meta(out).get("status") == "complete":
+        m = read_meta(out)
+        return {"key": key, "dir": out, "cached": True, "seconds": m.get("bench_seconds"), "final_loss": m.get("final_loss"), "spec": spec}
+    if os.path.isdir(out):
+        import shutil
+
+        shutil.rmtree(out)
+    paths = prepare_pretrain_pool(a["work_dir"], a["image_size"], init.matched_grid)
+    t0 = time.time()
+    cfg = PretrainConfig(method=init.method, data=paths, out=out, encoder=a["encoder"], in_channels=1, image_size=a["image_size"],
+                         steps=spec["steps"], batch_size=init.pretrain_batch, lr=init.pretrain_lr, devices=a["device"],
+                         options=dict(init.options), seed=0, preview_every_s=0.0, checkpoint_every_s=0.0)
+    run_pretraining(cfg)
+    secs = time.time() - t0
+    mpath = os.path.join(out, "model.json")
+    with open(mpath) as f:
+        meta = json.load(f)
+    meta["bench_seconds"] = secs
+    with open(mpath, "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True, default=str)
+    return {"key": key, "dir": out, "cached": False, "seconds": secs, "final_loss": meta.get("final_loss"), "spec": spec}
+
+
+def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) -> str:
+    spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note")}, "pre": pre_key, "k": k, "seed": seed,
+            "steps": a["finetune_steps"], "size": a["image_size"], "encoder": a["encoder"], "curve": a["curve_steps"], "ncurve": a["n_curve"], "v": 2}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) -> dict:
+    _setup_worker()
+    import torch
+
+    from napari_ssl.data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume
+    from napari_ssl.train.finetune import FinetuneConfig, build_initial_model, train_unet
+
+    pool, test, cand, _ = load_split(a["image_size"], a["n_curve"])
+    picks = pick_slices(cand, k, seed)
+    by_vol: dict[int, list[int]] = {}
+    for v, z in picks:
+        by_vol.setdefault(v, []).append(z)
+    vols = []
+    for v, zs in sorted(by_vol.items()):
+        img, lab = pool[v]
+        mask = np.zeros(lab.shape[0], bool)
+        mask[zs] = True
+        vols.append(LabelledVolume(image=img, labels=lab, annotated=mask))
+    ds = LabelledSliceDataset(vols, a["image_size"], 1, AugmentConfig() if init.augment else None)
+    cfg = FinetuneConfig(images=[], labels=[], out="", encoder_weights=pre_dir, encoder=a["encoder"], transfer_decoder=init.transfer_decoder)
+    torch.manual_seed(seed)
+    unet, source = build_initial_model(cfg, len(CLASSES) + 1)
+    curve_vols = list(range(a["n_curve"]))
+    curve: dict[int, float] = {}
+
+    def hook(step, model):
+        curve[int(step)] = evaluate(model, test, curve_vols)["mean"]
+
+    t0 = time.time()
+    steps = a["finetune_steps"]
+    hook_steps = sorted({s for s in a["curve_steps"] if 0 < s < steps})
+    if 0 in a["curve_steps"]:
+        hook(0, unet)
+    unet, info = train_unet(unet, ds, steps=steps, batch_size=8, lr=init.lr, loss="dice-ce", encoder_lr_scale=init.encoder_lr_scale,
+                            freeze_encoder_steps=init.freeze_encoder_steps, seed=seed, devices="cpu" if a["device"] == "cpu" else a["device"],
+                            hook=hook, hook_steps=hook_steps)
+    t_train = time.time() - t0
+    unet = unet.cpu()
+    final = evaluate(unet, test)
+    curve[steps] = evaluate(unet, test, curve_vols)["mean"]
+    return {"init": init.name, "k": k, "seed": seed, "dice": final["mean"], "dice_per_class": final["per_class"],
+            "curve": {str(s): v for s, v in sorted(curve.items())}, "train_seconds": t_train, "total_seconds": time.time() - t0,
+            "slices": [[int(v), int(z)] for v, z in picks], "source": {kk: v for kk, v in source.items() if not kk.startswith("_")}}
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log) -> tuple[list[dict], dict]:
+    """Pretrain what is needed, fine-tune every (init, k, seed); cached results are reused."""
+    import multiprocessing as mp
+
+    os.makedirs(a["work_dir"], exist_ok=True)
+    cache_path = os.path.join(a["work_dir"], "runs.jsonl")
+    done: dict[str, dict] = {}
+    if os.path.isfile(cache_path):
+        with open(cache_path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                    done[r["key"]] = r
+                except (ValueError, KeyError):
+                    pass
+    pre_info: dict[str, dict] = {}
+    results: list[dict] = []
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(a["workers"], initializer=_setup_worker)
+    pending = []
+    t0 = time.time()
+
+    def submit_ft(init, pre):
+        for k in ks:
+            for s in seeds:
+                key = finetune_key(init, k, s, a, pre["key"] if pre else None)
+                if key in done:
+                    results.append(done[key])
+                    continue
+                pending.append(("ft", key, pool.apply_async(run_finetune, (init, k, s, a, pre["dir"] if pre else None))))
+
+    pre_jobs = {}
+    for init in inits:
+        if init.method is None:
+            submit_ft(init, None)
+        else:
+            pk, _ = pretrain_key(init, a)
+            if pk not in pre_jobs:
+                pre_jobs[pk] = pool.apply_async(run_pretrain, (init, a))
+    # pretraining jobs go to the front of the queue: re-order so random fine-tunes fill idle workers
+    waiting = [i for i in inits if i.method is not None]
+    try:
+        while waiting or pending:
+            for init in list(waiting):
+                pk, _ = pretrain_key(init, a)
+                job = pre_jobs[pk]
+                if job.ready():
+                    try:
+                        info = job.get()
+                    except Exception as exc:  # a method that fails is reported, the others go on
+                        log(f"[{time.time() - t0:6.0f}s] pretraining {init.name} FAILED: {type(exc).__name__}: {exc}")
+                        pre_info[init.name] = {"error": f"{type(exc).__name__}: {exc}"}
+                        waiting.remove(init)
+                        continue
+                    pre_info[init.name] = info
+                    log(f"[{time.time() - t0:6.0f}s] pretrained {init.name} ({info['key']}): {'cached' if info['cached'] else '%.0f s' % info['seconds']}, loss {info['final_loss']}")
+                    submit_ft(init, info)
+                    waiting.remove(init)
+            for item in list(pending):
+                _, key, job = item
+                if job.ready():
+                    pending.remove(item)
+                    try:
+                        r = job.get()
+                    except Exception as exc:
+                        log(f"[{time.time() - t0:6.0f}s] fine-tuning FAILED: {type(exc).__name__}: {exc}")
+                        continue
+                    r["key"] = key
+                    with open(cache_path, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+                    results.append(r)
+                    log(f"[{time.time() - t0:6.0f}s] {r['init']:>24s} k={r['k']:<3d} seed={r['seed']} dice={r['dice']:.3f} "
+                        f"({r['dice_per_class'][0]:.3f}/{r['dice_per_class'][1]:.3f}) {r['total_seconds']:.0f}s")
+            time.sleep(0.5)
+    finally:
+        pool.close()
+        pool.join()
+    return results, pre_info
+
+
+# ----------------------------------------------------------------------------- summary
+
+def steps_to_fraction(curve: dict, frac: float = 0.9) -> int | None:
+    pts = sorted((int(s), v) for s, v in curve.items())
+    final = pts[-1][1]
+    for s, v in pts:
+        if v >= frac * final:
+            return s
+    return None
+
+
+def steps_to_reach(curve: dict, target: float) -> int | None:
+    for s, v in sorted((int(s), v) for s, v in curve.items()):
+        if v >= target:
+            return s
+    return None
+
+
+def summarize(results: list[dict], inits: list[Init], ks: list[int], seeds: list[int], steps: int) -> dict:
+    by = {(r["init"], r["k"], r["seed"]): r for r in results}
+    table: dict = {}
+    for init in inits:
+        row = {}
+        for k in ks:
+            rs = [by[(init.name, k, s)] for s in seeds if (init.name, k, s) in by]
+            if not rs:
+                continue
+            d = np.array([r["dice"] for r in rs])
+            pc = np.array([r["dice_per_class"] for r in rs])
+            s90 = [steps_to_fraction(r["curve"]) for r in rs]
+            rnd = [by.get(("random", k, r["seed"])) for r in rs]
+            reach = [steps_to_reach(r["curve"], rr["curve"][str(steps)]) if rr else None for r, rr in zip(rs, rnd)]
+            row[str(k)] = {
+                "n": len(rs), "mean_dice": float(d.mean()), "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                "per_class_mean": pc.mean(0).tolist(), "per_class_sd": (pc.std(0, ddof=1) if len(pc) > 1 else 0 * pc[0]).tolist(),
+                "per_seed": d.tolist(), "steps_to_90pct": s90, "steps_to_90pct_mean": float(np.mean([s for s in s90 if s is not None])) if any(s is not None for s in s90) else None,
+                "steps_to_random_final": reach,
+            }
+        table[init.name] = row
+    # goal checks
+    goal = {}
+    rnd = table.get("random", {})
+    for init in inits:
+        if init.name == "random" or init.name not in table:
+            continue
+        gains = {k: table[init.name][k]["mean_dice"] - rnd[k]["mean_dice"] for k in table[init.name] if k in rnd}
+        small = {k: g for k, g in gains.items() if int(k) <= 10}
+        reach = [x for k in table[init.name] for x in table[init.name][k]["steps_to_random_final"]]
+        fast = [x is not None and x <= steps / 3 for x in reach]
+        goal[init.name] = {"gain_vs_random": gains, "gain_ge_0.05_all_k_le_10": bool(small) and all(g >= 0.05 for g in small.values()),
+                           "min_gain_k_le_10": min(small.values()) if small else None,
+                           "fraction_of_runs_reaching_random_final_within_third": float(np.mean(fast)) if fast else None,
+                           "median_steps_to_random_final": float(np.median([x for x in reach if x is not None])) if any(x is not None for x in reach) else None}
+    return {"table": table, "goal": goal}
+
+
+def plot(summary: dict, results: list[dict], inits: list[Init], ks: list[int], steps: int, path: str, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    ax = axes[0]
+    for init in inits:
+        row = summary["table"].get(init.name, {})
+        kk = [k for k in ks if str(k) in row]
+        if not kk:
+            continue
+        m = np.array([row[str(k)]["mean_dice"] for k in kk])
+        sd = np.array([row[str(k)]["sd"] for k in kk])
+        ax.errorbar(kk, m, yerr=sd, marker="o", capsize=3, label=init.name)
+    ax.set_xscale("log")
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("labelled slices k")
+    ax.set_ylabel("mean Dice (60 test volumes)")
+    ax.set_title("Dice vs k (mean ± sd over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for ax, kshow in zip(axes[1:], [k for k in (2, 10) if k in ks] or ks[:2]):
+        for init in inits:
+            rs = [r for r in results if r["init"] == init.name and r["k"] == kshow]
+            if not rs:
+                continue
+            st = sorted(int(s) for s in rs[0]["curve"])
+            v = np.array([[r["curve"].get(str(s), np.nan) for s in st] for r in rs])
+            mu, sd = np.nanmean(v, 0), np.nanstd(v, 0)
+            ax.plot(st, mu, marker=".", label=init.name)
+            ax.fill_between(st, mu - sd, mu + sd, alpha=0.15)
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("mean Dice (curve subset)")
+        ax.set_title(f"Dice vs steps, k={kshow}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="smoke run: k=2,10, 1 seed, short pretraining/fine-tuning")
+    g.add_argument("--full", action="store_true", help="the full table (default)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--encoder", default="mobilenetv3-small-lite", help="U-Net encoder (napari-ssl preset or smp name, e.g. resnet18)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
+    p.add_argument("--ks", default=None, help="comma-separated k values (default 1,2,5,10,20,50)")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps per method (batch 32)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps (batch 8), same for every init")
+    p.add_argument("--curve-steps", default=None, help="steps at which Dice is measured on the curve subset")
+    p.add_argument("--n-curve", type=int, default=8, help="test volumes in the curve subset")
+    p.add_argument("--device", default="cpu", help="cpu, gpu, auto")
+    p.add_argument("--workers", type=int, default=2, help="parallel worker processes (1 thread each on the CPU)")
+    p.add_argument("--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "napari_ssl_bench", "label_efficiency"), help="cache of pretrained folders and runs")
+    p.add_argument("--inits", default=None, help="comma-separated subset of the final inits")
+    p.add_argument("--variants", default=None, help="comma-separated VARIANTS to probe (stored in the JSON's variants section); 'list' lists them")
+    p.add_argument("--out", default=OUT_JSON)
+    args = p.parse_args(argv)
+    if args.variants == "list":
+        for v in VARIANTS.values():
+            print(v.name, asdict(v))
+        return 0
+    quick = args.quick
+    ks = [int(x) for x in args.ks.split(",")] if args.ks else ([2, 10] if quick or args.variants else [1, 2, 5, 10, 20, 50])
+    seeds = list(range(args.seeds if args.seeds else (1 if quick else (2 if args.variants else 3))))
+    a = {
+        "image_size": args.image_size, "encoder": args.encoder, "device": args.device, "workers": args.workers, "work_dir": args.work_dir,
+        "pretrain_steps": args.pretrain_steps or (60 if quick else 600),
+        "finetune_steps": args.finetune_steps or (60 if quick else 300),
+        "n_curve": args.n_curve,
+    }
+    a["curve_steps"] = [int(x) for x in args.curve_steps.split(",")] if args.curve_steps else sorted(
+        {s for s in (25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 750, 1000, 1500, 2000) if s < a["finetune_steps"]} | {a["finetune_steps"]})
+    if args.variants:
+        inits = [FINAL_INITS[0]] + [VARIANTS[n] for n in args.variants.split(",")]
+    else:
+        inits = FINAL_INITS if not args.inits else [i for i in FINAL_INITS if i.name in args.inits.split(",")]
+    os.makedirs(RESULTS, exist_ok=True)
+    t0 = time.time()
+
+    def log(msg):
+        print(msg, flush=True)
+
+    log(f"label efficiency: inits {[i.name for i in inits]}, k {ks}, seeds {seeds}, {a}")
+    results, pre_info = run_all(inits, ks, seeds, a, log)
+    wall = time.time() - t0
+    summary = summarize(results, inits, ks, seeds, a["finetune_steps"])
+    cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_label_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    prev = {}
+    if os.path.isfile(args.out):
+        try:
+            with open(args.out) as f:
+                prev = json.load(f)
+        except ValueError:
+            prev = {}
+    section = {
+        "command": cmd, "wall_seconds": wall, "settings": {**a, "ks": ks, "seeds": seeds, "batch_size": 8, "loss": "dice-ce",
+                                                           "pretrain_batch": 32, "split": {"pool": "200 lowest-numbered volumes", "test": "other 60"}},
+        "inits": [asdict(i) for i in inits], "pretraining": pre_info, **summary,
+        "runs": [{kk: v for kk, v in r.items() if kk not in ("slices",)} for r in results],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if args.variants:
+        out = prev
+        out.setdefault("variants", {})
+        tag = f"{args.variants}|k{','.join(map(str, ks))}|s{len(seeds)}|ft{a['finetune_steps']}|pt{a['pretrain_steps']}|{a['encoder']}|{a['image_size']}"
+        out["variants"][tag] = section
+    else:
+        out = {**prev, **section, "variants": prev.get("variants", {}), "quick": quick}
+        plot(summary, results, inits, ks, a["finetune_steps"], OUT_PNG if args.out == OUT_JSON else os.path.splitext(args.out)[0] + ".png",
+             f"{a['encoder']} U-Net, {a['image_size']} px, fine-tune {a['finetune_steps']} steps x 8, pretrain {a['pretrain_steps']} x 32; wall {wall / 60:.1f} min")
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1, default=float)
+    log(f"\nwall {wall:.0f} s -> {args.out}")
+    for name, row in summary["table"].items():
+        log(f"{name:>26s} " + "  ".join(f"k={k}: {v['mean_dice']:.3f}±{v['sd']:.3f} (s90 {v['steps_to_90pct_mean']})" for k, v in row.items()))
+    for name, gl in summary["goal"].items():
+        log(f"{name:>26s} gain k<=10 min {gl['min_gain_k_le_10']}, reach random final within 1/3 steps: {gl['fraction_of_runs_reaching_random_final_within_third']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
