@@ -92,6 +92,8 @@ VARIANTS = {v.name: v for v in [
     Init("rotation", "rotation", {}),
     Init("offset-heatmap-lr0.3", "offset-heatmap", {}, encoder_lr_scale=0.3),
     Init("random-noaug", None, augment=False),
+    Init("inpainting-long", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, pretrain_steps=1200, transfer_decoder=True,
+         note="3x longer in-painting pretraining"),
 ]}
 
 
@@ -166,8 +168,9 @@ def prepare_pretrain_pool(work_dir: str, image_size: int, matched: bool) -> list
         s = image_size / max(h, w)
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
         x = F.interpolate(torch.from_numpy(np.ascontiguousarray(arr))[:, None], size=(nh, nw), mode="bilinear", align_corners=False)[:, 0]
-        sitk.WriteImage(sitk.GetImageFromArray(x.numpy().astype(np.float32)), p + ".tmp.nii.gz")
-        os.replace(p + ".tmp.nii.gz", p)
+        tmp = f"{p}.{os.getpid()}.tmp.nii.gz"
+        sitk.WriteImage(sitk.GetImageFromArray(x.numpy().astype(np.float32)), tmp)
+        os.replace(tmp, p)
     return paths
 
 
@@ -307,7 +310,7 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
 
 # ----------------------------------------------------------------------------- scheduling
 
-def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log) -> tuple[list[dict], dict]:
+def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, cached_only: tuple = ()) -> tuple[list[dict], dict]:
     """Pretrain what is needed, fine-tune every (init, k, seed); cached results are reused."""
     import multiprocessing as mp
 
@@ -335,6 +338,8 @@ def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log) ->
                 key = finetune_key(init, k, s, a, pre["key"] if pre else None)
                 if key in done:
                     results.append(done[key])
+                    continue
+                if init.name in cached_only:
                     continue
                 pending.append(("ft", key, pool.apply_async(run_finetune, (init, k, s, a, pre["dir"] if pre else None))))
 
@@ -508,6 +513,7 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "napari_ssl_bench", "label_efficiency"), help="cache of pretrained folders and runs")
     p.add_argument("--inits", default=None, help="comma-separated subset of the final inits")
     p.add_argument("--variants", default=None, help="comma-separated VARIANTS to probe (stored in the JSON's variants section); 'list' lists them")
+    p.add_argument("--no-baseline", action="store_true", help="with --variants: take random-init runs from the cache only (do not run them)")
     p.add_argument("--out", default=OUT_JSON)
     args = p.parse_args(argv)
     if args.variants == "list":
@@ -536,7 +542,7 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     log(f"label efficiency: inits {[i.name for i in inits]}, k {ks}, seeds {seeds}, {a}")
-    results, pre_info = run_all(inits, ks, seeds, a, log)
+    results, pre_info = run_all(inits, ks, seeds, a, log, cached_only=("random",) if args.variants and args.no_baseline else ())
     wall = time.time() - t0
     summary = summarize(results, inits, ks, seeds, a["finetune_steps"])
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_label_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
