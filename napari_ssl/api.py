@@ -7,6 +7,7 @@
     pred = api.predict("runs/seg", vol, tta=True)       # arrays on vol's (canonical) grid
     api.save_prediction(pred, vol, "mask.nii.gz", uncertainty="unc.nii.gz")
     api.suggest("runs/seg", vol, labels="labels.nii.gz", n=5)
+    api.suggest_pool("runs/seg", [vol, "other.nii.gz"], n=4)   # rank over several scans: adds "volume"
 
 Slice indices are along axis 0 of the canonical array (what napari shows as the first
 dimension). Images may be given as paths or as :class:`~napari_ssl.io.Volume`; label maps as
@@ -29,7 +30,7 @@ PathLike = Union[str, os.PathLike]
 ImageLike = Union[PathLike, Volume]
 LabelsLike = Union[PathLike, Volume, np.ndarray]
 
-__all__ = ["load_volume", "pretrain", "finetune", "predict", "save_prediction", "suggest", "annotated_slices", "Prediction"]
+__all__ = ["load_volume", "pretrain", "finetune", "predict", "save_prediction", "suggest", "suggest_pool", "annotated_slices", "Prediction"]
 
 
 def load_volume(path: PathLike) -> Volume:
@@ -113,22 +114,77 @@ def annotated_slices(labels: LabelsLike, image: Optional[ImageLike] = None, empt
     return sparse_labels.annotated_slices(arr, empty_slices)
 
 
+def _annotated_for(model_classes: int, vol: Volume, labels: Optional[LabelsLike], empty_slices: Sequence[int]) -> np.ndarray:
+    from .data import sparse_labels
+
+    if labels is None:
+        return sparse_labels.annotated_slices(np.zeros((vol.shape[0], 1), np.uint8), empty_slices)
+    from .train.finetune import load_labels
+
+    arr = load_labels(labels, vol)
+    top = int(arr.max()) if arr.size else 0
+    if top > model_classes:
+        raise NapariSSLError(f"label index {top} has no class in the model (it predicts classes 1..{model_classes}); give the label map this model was trained for")
+    return sparse_labels.annotated_slices(arr, empty_slices)
+
+
+def _model_classes(model: PathLike) -> int:
+    from .active.predict import load_segmentation_model_meta
+
+    return int(load_segmentation_model_meta(os.fspath(model))["num_classes"]) - 1
+
+
 def suggest(model: PathLike, image: ImageLike, labels: Optional[LabelsLike] = None, *, n: int = 5, min_distance: Optional[int] = None,
-            empty_slices: Sequence[int] = (), tta: bool = True, mc_dropout: int = 0, prediction: Optional[Prediction] = None) -> list[dict]:
+            empty_slices: Sequence[int] = (), tta: bool = True, mc_dropout: int = 0, prediction: Optional[Prediction] = None,
+            device: Optional[str] = None) -> list[dict]:
     """The unannotated slices to annotate next, best first: [{"rank", "slice", "uncertainty", "min_distance"}].
 
     Pass `prediction` to reuse one already computed (its slice_uncertainty is used)."""
     from .active.suggest import suggest_slices
 
+    if int(n) < 1:
+        raise NapariSSLError("-n must be at least 1")
     vol = image if isinstance(image, Volume) else load_volume(image)
-    ann = annotated_slices(labels, vol, empty_slices) if labels is not None else None
-    if ann is None and empty_slices:
-        ann = np.zeros(vol.shape[0], bool)
-        ann[list(empty_slices)] = True
-    pred = prediction or predict(model, vol, tta=tta, mc_dropout=mc_dropout)
+    ann = _annotated_for(_model_classes(model), vol, labels, empty_slices)
+    pred = prediction or predict(model, vol, tta=tta, mc_dropout=mc_dropout, device=device)
     if pred.slice_uncertainty.shape[0] != vol.shape[0]:
         raise NapariSSLError(f"the prediction has {pred.slice_uncertainty.shape[0]} slices but the image has {vol.shape[0]}")
     return suggest_slices(pred.slice_uncertainty, ann, n=n, min_distance=min_distance)
+
+
+def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[Sequence[Optional[LabelsLike]]] = None, *, n: int = 5,
+                 min_distance: Optional[int] = None, max_per_volume: Optional[int] = None, empty_slices: Optional[Sequence[Sequence[int]]] = None,
+                 tta: bool = True, mc_dropout: int = 0, predictions: Optional[Sequence[Prediction]] = None,
+                 batch_size: int = 64, device: Optional[str] = None) -> list[dict]:
+    """Rank the unannotated slices of several scans together (the union of their slices):
+    [{"rank", "volume", "slice", "uncertainty", "min_distance"}], best first; ``volume`` indexes `images`.
+
+    `labels` / `empty_slices`: one entry (or None) per image. A batch spreads over scans first
+    (at most ceil(n / scans) picks per scan while that is possible), and picks in one scan keep
+    `min_distance` slices apart from each other and from its annotated slices."""
+    from .active.suggest import rank_pool
+
+    if int(n) < 1:
+        raise NapariSSLError("-n must be at least 1")
+    vols = [i if isinstance(i, Volume) else load_volume(i) for i in images]
+    labs = list(labels) if labels is not None else [None] * len(vols)
+    empt = list(empty_slices) if empty_slices is not None else [()] * len(vols)
+    if len(labs) != len(vols) or len(empt) != len(vols):
+        raise NapariSSLError(f"{len(vols)} image(s) but {len(labs)} label map(s) / {len(empt)} empty-slice list(s); give one per image (None for none)")
+    k = _model_classes(model)
+    anns = [_annotated_for(k, v, l, e or ()) for v, l, e in zip(vols, labs, empt)]
+    if predictions is None:
+        import torch
+
+        from .active.predict import load_segmentation_model, predict_volume
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        loaded = load_segmentation_model(os.fspath(model), dev)
+        predictions = [predict_volume(os.fspath(model), v, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=dev, loaded=loaded)
+                       for v in vols]
+    if len(predictions) != len(vols):
+        raise NapariSSLError(f"{len(vols)} image(s) but {len(predictions)} prediction(s)")
+    return rank_pool([p.slice_uncertainty for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume)
 
 
 def _opt_path(p: Optional[PathLike]) -> Optional[str]:

@@ -39,10 +39,9 @@ class Prediction:
     method: str
 
 
-def load_segmentation_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """(U-Net in eval mode, model.json) from a fine-tuned model folder; safetensors only."""
-    from ..models.checkpoint import load_weights, read_meta
-    from ..models.unet import build_unet
+def load_segmentation_model_meta(model_dir: str) -> dict:
+    """model.json of a fine-tuned model folder, checked for what prediction needs."""
+    from ..models.checkpoint import read_meta
 
     if not os.path.isdir(model_dir):
         raise NapariSSLError(f"--model: no such model folder: {model_dir}")
@@ -50,15 +49,30 @@ def load_segmentation_model(model_dir: str, device: str | torch.device = "cpu") 
     if meta.get("kind") != "segmentation":
         raise NapariSSLError(f"{model_dir} is not a fine-tuned segmentation model (run napari-ssl finetune first)")
     try:
-        enc, ch, k = meta["encoder_name"], int(meta["in_channels"]), int(meta["num_classes"])
+        int(meta["in_channels"]), int(meta["num_classes"]), str(meta["encoder_name"])
     except (KeyError, ValueError, TypeError):
         raise NapariSSLError(f"{model_dir}/model.json lacks encoder_name / in_channels / num_classes") from None
-    unet = build_unet(enc, in_channels=ch, classes=k)
+    return meta
+
+
+def load_segmentation_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(U-Net in eval mode, model.json) from a fine-tuned model folder; safetensors only."""
+    from ..models.checkpoint import load_weights
+    from ..models.unet import build_unet
+
+    meta = load_segmentation_model_meta(model_dir)
+    enc, ch, k = meta["encoder_name"], int(meta["in_channels"]), int(meta["num_classes"])
+    try:
+        unet = build_unet(enc, in_channels=ch, classes=k)
+    except NapariSSLError:
+        raise
+    except Exception as exc:  # an encoder name smp does not know
+        raise NapariSSLError(f"{model_dir}: cannot build a U-Net with encoder {enc!r} ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
     sd, _ = load_weights(model_dir, name="model")
     try:
         unet.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        raise NapariSSLError(f"{model_dir}: weights do not match the {enc} encoder with {ch} channel(s) and {k} classes named in model.json ({str(exc).splitlines()[0][:120]})") from None
+        raise NapariSSLError(f"{model_dir}: weights do not match the {enc} encoder with {ch} channel(s) and {k} classes named in model.json ({str(exc).strip().splitlines()[0][:120]})") from None
     return unet.to(device).eval(), meta
 
 
@@ -114,13 +128,16 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
 
 
 def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
-                   device: Optional[str] = None) -> Prediction:
-    """Predict a :class:`~napari_ssl.io.Volume` (canonical grid) with the model in `model_dir`."""
+                   device: Optional[str] = None, loaded: Optional[tuple[torch.nn.Module, dict]] = None) -> Prediction:
+    """Predict a :class:`~napari_ssl.io.Volume` (canonical grid) with the model in `model_dir`
+    (or `loaded`, the (unet, meta) pair of :func:`load_segmentation_model`, to predict many volumes)."""
     from ..data.normalize import normalize
     from ..train.finetune import resolve_normalization
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    unet, meta = load_segmentation_model(model_dir, dev)
+    unet, meta = loaded if loaded is not None else load_segmentation_model(model_dir, dev)
+    if volume.array.ndim != 3:
+        raise NapariSSLError(f"the image must be a 3-D volume; got shape {list(volume.array.shape)}")
     spec = resolve_normalization(meta.get("normalization"), volume.modality)
     img = normalize(volume.array, spec)
     return predict_array(unet, img, image_size=int(meta.get("image_size", 64)), in_channels=int(meta["in_channels"]), batch_size=batch_size,
@@ -163,23 +180,25 @@ def _write_vector(array_zyxk: np.ndarray, affine: np.ndarray, path: str) -> None
 def write_prediction(pred: Prediction, volume, out: str, probabilities: Optional[str] = None, uncertainty: Optional[str] = None) -> None:
     """Labels (and optionally probabilities, uncertainty) in the source geometry of `volume`.
 
-    Probabilities: one foreground class -> a 3-D map of its probability; several -> one
-    component per foreground class (in the order of model.json's class_names)."""
+    Probabilities: with one foreground class a 3-D map of its probability; with several, a
+    multi-component image with one component per class *including background* (component 0 =
+    background, then model.json's class_names in order), so the components sum to 1 per voxel."""
     from ..io import write_itk_volume
 
     for p in (out, probabilities, uncertainty):
         if p and os.path.dirname(os.path.abspath(p)) and not os.path.isdir(os.path.dirname(os.path.abspath(p))):
             raise NapariSSLError(f"output folder does not exist: {os.path.dirname(os.path.abspath(p))}")
+    if pred.labels.shape != tuple(volume.shape):
+        raise NapariSSLError(f"the prediction has shape {list(pred.labels.shape)} but the image has {list(volume.shape)}")
     lab, aff = to_source_grid(pred.labels, volume)
     write_itk_volume(lab.astype(np.uint8), aff, out)
     if uncertainty:
         u, aff = to_source_grid(pred.uncertainty, volume)
         write_itk_volume(u.astype(np.float32), aff, uncertainty)
     if probabilities:
-        fg = pred.probabilities[1:]
-        if fg.shape[0] == 1:
-            p, aff = to_source_grid(fg[0], volume)
+        if pred.probabilities.shape[0] == 2:
+            p, aff = to_source_grid(pred.probabilities[1], volume)
             write_itk_volume(p.astype(np.float32), aff, probabilities)
         else:
-            p, aff = to_source_grid(np.moveaxis(fg, 0, -1), volume)
+            p, aff = to_source_grid(np.moveaxis(pred.probabilities, 0, -1), volume)
             _write_vector(p.astype(np.float32), aff, probabilities)

@@ -8,13 +8,13 @@ def add_arguments(p) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="fine-tuned model folder")
     p.add_argument("--image", required=True, metavar="PATH", help="image volume (NIfTI/NRRD file or DICOM series folder)")
     p.add_argument("--out", required=True, metavar="LABELS.nii.gz", help="output label map")
-    p.add_argument("--probabilities", metavar="P.nii.gz", help="also write the class probabilities (one component per foreground class)")
-    p.add_argument("--uncertainty", metavar="U.nii.gz", help="also write the voxel uncertainty (normalised predictive entropy, 0..1)")
+    p.add_argument("--probabilities", metavar="P.nii.gz", help="also write the class probabilities: one foreground class -> its probability map; several -> one component per class, background first (sums to 1)")
+    p.add_argument("--uncertainty", metavar="U.nii.gz", help="also write the voxel uncertainty (predictive entropy divided by log(classes incl. background): 0..1)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (flips, gamma) for probabilities and uncertainty")
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="N Monte-Carlo dropout passes (per TTA variant)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help='"cpu" or "cuda" (default: cuda when available)')
-    p.add_argument("--json", action="store_true", help="print the per-slice uncertainty as JSON")
+    p.add_argument("--json", action="store_true", help="print a JSON summary with the per-slice uncertainty (slices along the first axis of the canonical grid, as napari shows it)")
 
 
 def run(args) -> int:
@@ -27,7 +27,8 @@ def run(args) -> int:
     api.save_prediction(pred, vol, args.out, probabilities=args.probabilities, uncertainty=args.uncertainty)
     counts = {name: int((pred.labels == i + 1).sum()) for i, name in enumerate(pred.class_names)}
     if args.json:
-        print(json.dumps({"out": args.out, "voxels": counts, "method": pred.method,
+        print(json.dumps({"out": args.out, "voxels": counts, "method": pred.method, "passes": pred.passes,
+                          "classes": ["background", *pred.class_names],
                           "slice_uncertainty": [round(float(u), 5) for u in pred.slice_uncertainty]}, indent=2))
     else:
         print(f"wrote {args.out} ({', '.join(f'{k}: {v} voxels' for k, v in counts.items())}; uncertainty from {pred.method}, {pred.passes} pass(es))")

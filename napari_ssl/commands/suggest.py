@@ -1,4 +1,4 @@
-"""`napari-ssl suggest`: which unannotated slices to annotate next."""
+"""`napari-ssl suggest`: which unannotated slices to annotate next (in one scan or over several)."""
 from __future__ import annotations
 
 HELP = "rank the unannotated slices by model uncertainty, spread apart, to annotate next"
@@ -6,14 +6,18 @@ HELP = "rank the unannotated slices by model uncertainty, spread apart, to annot
 
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="fine-tuned model folder")
-    p.add_argument("--image", required=True, metavar="PATH", help="image volume")
-    p.add_argument("--labels", metavar="PATH", help="current label map: its annotated slices are never suggested")
-    p.add_argument("--empty-slices", metavar="LIST", help="slices already annotated as empty (e.g. 3,17)")
+    p.add_argument("--image", required=True, action="append", metavar="PATH",
+                   help="image volume; repeat to rank the slices of several scans together")
+    p.add_argument("--labels", action="append", metavar="PATH",
+                   help="current label map of the (matching) --image: its annotated slices are never suggested; repeat per --image")
+    p.add_argument("--empty-slices", action="append", metavar="LIST",
+                   help="slices already annotated as empty (e.g. 3,17); repeat per --image")
     p.add_argument("-n", type=int, default=5, help="how many slices (default 5)")
-    p.add_argument("--min-distance", type=int, help="minimum spacing in slices between suggestions (default: depth / (2 n), at least 2)")
+    p.add_argument("--min-distance", type=int, help="minimum spacing in slices between suggestions in one scan (default: depth / (2 n), at least 2)")
     p.add_argument("--no-tta", action="store_true", help="single-pass uncertainty (faster, less informative)")
-    p.add_argument("--mc-dropout", type=int, default=0, metavar="N")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="N Monte-Carlo dropout passes (per TTA variant)")
+    p.add_argument("--device", help='"cpu" or "cuda" (default: cuda when available)')
+    p.add_argument("--json", action="store_true", help="print JSON: {\"suggestions\": [{rank, slice, uncertainty, min_distance[, volume, image]}]}")
 
 
 def run(args) -> int:
@@ -21,15 +25,32 @@ def run(args) -> int:
 
     from .. import api
     from ..data.sparse_labels import parse_index_list
+    from ..errors import NapariSSLError
 
-    vol = api.load_volume(args.image)
-    picks = api.suggest(args.model, vol, args.labels, n=args.n, min_distance=args.min_distance,
-                        empty_slices=parse_index_list(args.empty_slices), tta=not args.no_tta, mc_dropout=args.mc_dropout)
+    images = list(args.image)
+    labels = list(args.labels or [])
+    empties = [parse_index_list(e) for e in (args.empty_slices or [])]
+    if labels and len(labels) != len(images):
+        raise NapariSSLError(f"{len(images)} --image but {len(labels)} --labels; give one --labels per --image (or none)")
+    if empties and len(empties) != len(images):
+        raise NapariSSLError(f"{len(images)} --image but {len(empties)} --empty-slices; give one per --image (or none)")
+    if args.n < 1:
+        raise NapariSSLError("-n must be at least 1")
+    if len(images) == 1:
+        picks = api.suggest(args.model, images[0], labels[0] if labels else None, n=args.n, min_distance=args.min_distance,
+                            empty_slices=empties[0] if empties else (), tta=not args.no_tta, mc_dropout=args.mc_dropout,
+                            device=args.device)
+    else:
+        picks = api.suggest_pool(args.model, images, labels or None, n=args.n, min_distance=args.min_distance, empty_slices=empties or None,
+                                 tta=not args.no_tta, mc_dropout=args.mc_dropout, device=args.device)
+        for p in picks:
+            p["image"] = images[p["volume"]]
     if args.json:
         print(json.dumps({"suggestions": picks}, indent=2))
     else:
         if not picks:
             print("every slice is annotated; nothing to suggest")
         for p in picks:
-            print(f"{p['rank']}. slice {p['slice']}  uncertainty {p['uncertainty']:.4f}")
+            where = f"{p['image']} " if "image" in p else ""
+            print(f"{p['rank']}. {where}slice {p['slice']}  uncertainty {p['uncertainty']:.4f}")
     return 0
