@@ -196,6 +196,38 @@ def test_non_contiguous_label_values_become_segments_1_to_k(tmp_path, ct3):
     np.testing.assert_array_equal(back, np.select([lab == 7, lab == 300], [1, 2], 0))
 
 
+@pytest.mark.parametrize("labelmap", [False, True])
+def test_unlabelled_slices_are_left_out_yet_the_whole_series_is_referenced(tmp_path, dcmqi_dir, ct3, labelmap):
+    # labels on the first and last slice only (a gap in the middle), values 2 and 5 (1, 3, 4 absent)
+    lab = np.zeros(ct3.shape, np.uint8)
+    lab[0, 100:200, 150:300] = 2
+    lab[2, 250:400, 200:260] = 5
+    lab[2, 10:20, 10:20] = 2
+    out = tmp_path / "gap.dcm"
+    res = write_segmentation(lab, ct3, out, labels_affine=ct3.affine, names={2: "liver", 5: "kidney"}, labelmap=labelmap)
+    assert res.segment_numbers == {2: 1, 5: 2}
+    assert res.num_frames == (2 if labelmap else 3)  # slice 0: segment 1; slice 2: segments 1 and 2
+    errors = dciodvfy_errors(out)
+    if labelmap:  # dciodvfy predates the Label Map IOD (see test_labelmap_option)
+        known = set(dciodvfy_errors(dcmqi_dir / "sparse-labelmap-noppv.dcm"))
+        assert set(errors) <= known
+    else:
+        assert errors == []
+    back, names, _ = readback_on(out, ct3)
+    assert names == {1: "liver", 2: "kidney"}
+    np.testing.assert_array_equal(back, np.select([lab == 2, lab == 5], [1, 2], 0))
+    ds = pydicom.dcmread(out)
+    all_uids = [str(d.SOPInstanceUID) for d in ct3.source_datasets]
+    assert [str(r.ReferencedSOPInstanceUID) for r in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence] == all_uids
+    assert [str(r.ReferencedSOPInstanceUID) for r in ds.SourceImageSequence] == all_uids
+    native = reorient_array(lab, ct3.affine, ct3.native_affine)
+    labelled = {all_uids[i] for i in range(native.shape[0]) if native[i].any()}
+    refs = {str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID) for f in ds.PerFrameFunctionalGroupsSequence}
+    assert refs == labelled and len(labelled) == 2
+    spacing = float(ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices)
+    assert spacing == pytest.approx(ct3.spacing[0], abs=1e-4)  # the series' spacing, not the gap's
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 def test_bad_inputs_give_one_line_errors_and_leave_nothing(tmp_path, ct3, liver, hippo_dir):

@@ -191,8 +191,9 @@ def build_segmentation(
 
     require_dicom_source(source)
     native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
-    arr = labels_on_source_grid(labels, source, labels_affine)
-    values = [int(v) for v in np.unique(arr) if v != 0]
+    arr = np.ascontiguousarray(labels_on_source_grid(labels, source, labels_affine))
+    slice_max = arr.reshape(arr.shape[0], -1).max(axis=1) if arr.size else np.zeros(arr.shape[0], arr.dtype)
+    values = _label_values(arr, slice_max)
     if not values:
         raise NapariSSLError("the mask is empty (no labelled voxel): nothing to export")
     names_by_value = normalize_names(names, values)
@@ -220,6 +221,17 @@ def build_segmentation(
     if not source.source_datasets[0].get("FrameOfReferenceUID"):
         raise NapariSSLError("the source series has no Frame of Reference UID, so a DICOM-SEG cannot reference it; export NIfTI instead")
     dss, positions = _native_sources(source, arr.shape[0])
+    all_dss = dss
+    keep = None
+    if positions is None and len(dss) == arr.shape[0] > 1:
+        # One single-frame source per slice: leave the slices without any label out before
+        # highdicom (their frames would be omitted anyway), so its per-source work (positions,
+        # derivation references) scales with the labelled slices, not the whole series.
+        nonempty = np.flatnonzero(slice_max > 0)
+        if 0 < len(nonempty) < arr.shape[0]:
+            keep = nonempty
+            dss = [dss[i] for i in keep]
+            arr = arr[keep]
     first = _clean_header(dss[0])
     sources = [first] + dss[1:]
     kwargs: dict[str, Any] = {}
@@ -261,7 +273,54 @@ def build_segmentation(
             )
     except (ValueError, AttributeError, TypeError) as exc:
         raise NapariSSLError(f"cannot build the DICOM-SEG from this source series: {str(exc).splitlines()[0]}") from None
+    if keep is not None:
+        _reference_whole_series(seg, all_dss, native)
     return seg, numbers, names_by_value
+
+
+def _label_values(arr: np.ndarray, slice_max: np.ndarray) -> list[int]:
+    """Sorted non-zero values present in a label map, given each slice's maximum.
+
+    ``np.unique`` sorts or hashes every voxel (about a second on a 300-slice CT mask); a label
+    map holds few values, so each candidate value is looked for in a few slices at a time, in
+    the slices whose maximum allows it, stopping at the first hit.
+    """
+    top = int(slice_max.max(initial=0))
+    if top == 0:
+        return []
+    if top > 64:
+        return [int(v) for v in np.unique(arr[slice_max > 0]) if v != 0]
+    values = []
+    for v in range(1, top + 1):
+        candidates = np.flatnonzero(slice_max >= v)
+        for start in range(0, len(candidates), 8):
+            if np.any(arr[candidates[start:start + 8]] == v):
+                values.append(v)
+                break
+    return values
+
+
+def _reference_whole_series(seg, dss: list, native: np.ndarray) -> None:
+    """After building from the labelled slices only: reference every source instance (as highdicom
+    does when given them all) and keep the series' slice spacing for readers filling the gaps."""
+    from pydicom.dataset import Dataset
+
+    refs = []
+    for ds in dss:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = ds.SOPClassUID
+        ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        refs.append(ref)
+    seg.SourceImageSequence = refs
+    series = seg.ReferencedSeriesSequence[0]
+    series.ReferencedInstanceSequence = refs
+    # highdicom infers the spacing from the positions it was given: none, or a made-up 1.0, when
+    # the labelled slices are not evenly spaced or are a single slice. The series' own spacing
+    # (its positions were checked to be regular by _native_sources) is the right one.
+    from pydicom.valuerep import format_number_as_ds
+
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    measures.SpacingBetweenSlices = format_number_as_ds(float(np.linalg.norm(native[:3, 0])))
 
 
 def write_dataset_atomic(ds, path: str) -> None:
