@@ -310,8 +310,15 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
 
 # ----------------------------------------------------------------------------- scheduling
 
+K_PRIORITY = (10, 2, 50, 5, 1, 20)  # order in which k values are run within a seed (partial runs stay informative)
+
+
 def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, cached_only: tuple = ()) -> tuple[list[dict], dict]:
-    """Pretrain what is needed, fine-tune every (init, k, seed); cached results are reused."""
+    """Pretrain what is needed, fine-tune every (init, k, seed); cached results are reused.
+
+    At most --workers jobs run at once; the next job is the one with the highest priority:
+    pretraining first, then fine-tuning seed by seed, k in K_PRIORITY order, inits in table order.
+    """
     import multiprocessing as mp
 
     os.makedirs(a["work_dir"], exist_ok=True)
@@ -328,11 +335,13 @@ def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, ca
     pre_info: dict[str, dict] = {}
     results: list[dict] = []
     ctx = mp.get_context("spawn")
-    pool = ctx.Pool(a["workers"], initializer=_setup_worker)
-    pending = []
+    pool = ctx.Pool(a["workers"], initializer=_setup_worker, maxtasksperchild=None)
     t0 = time.time()
+    kprio = {k: i for i, k in enumerate(K_PRIORITY)}
+    queue: list[tuple] = []  # (priority, kind, payload)
+    running: list[tuple] = []  # (kind, payload, async result)
 
-    def submit_ft(init, pre):
+    def queue_ft(init_i, init, pre):
         for k in ks:
             for s in seeds:
                 key = finetune_key(init, k, s, a, pre["key"] if pre else None)
@@ -341,51 +350,60 @@ def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, ca
                     continue
                 if init.name in cached_only:
                     continue
-                pending.append(("ft", key, pool.apply_async(run_finetune, (init, k, s, a, pre["dir"] if pre else None))))
+                queue.append(((1, s, kprio.get(k, 99), k, init_i), "ft", (key, init, k, s, pre["dir"] if pre else None)))
 
-    pre_jobs = {}
-    for init in inits:
+    waiting: dict[str, list] = {}
+    for i, init in enumerate(inits):
         if init.method is None:
-            submit_ft(init, None)
-        else:
-            pk, _ = pretrain_key(init, a)
-            if pk not in pre_jobs:
-                pre_jobs[pk] = pool.apply_async(run_pretrain, (init, a))
-    # pretraining jobs go to the front of the queue: re-order so random fine-tunes fill idle workers
-    waiting = [i for i in inits if i.method is not None]
+            queue_ft(i, init, None)
+            continue
+        pk, _ = pretrain_key(init, a)
+        if pk not in waiting:
+            queue.append(((0, i), "pre", (pk, init)))
+            waiting[pk] = []
+        waiting[pk].append((i, init))
     try:
-        while waiting or pending:
-            for init in list(waiting):
-                pk, _ = pretrain_key(init, a)
-                job = pre_jobs[pk]
-                if job.ready():
+        while queue or running:
+            while queue and len(running) < a["workers"]:
+                queue.sort(key=lambda q: q[0])
+                _, kind, payload = queue.pop(0)
+                if kind == "pre":
+                    running.append((kind, payload, pool.apply_async(run_pretrain, (payload[1], a))))
+                else:
+                    key, init, k, s, pdir = payload
+                    running.append((kind, payload, pool.apply_async(run_finetune, (init, k, s, a, pdir))))
+            time.sleep(0.5)
+            for item in list(running):
+                kind, payload, job = item
+                if not job.ready():
+                    continue
+                running.remove(item)
+                if kind == "pre":
+                    pk, init0 = payload
                     try:
                         info = job.get()
                     except Exception as exc:  # a method that fails is reported, the others go on
-                        log(f"[{time.time() - t0:6.0f}s] pretraining {init.name} FAILED: {type(exc).__name__}: {exc}")
-                        pre_info[init.name] = {"error": f"{type(exc).__name__}: {exc}"}
-                        waiting.remove(init)
+                        log(f"[{time.time() - t0:6.0f}s] pretraining {init0.method} FAILED: {type(exc).__name__}: {exc}")
+                        for _, init in waiting[pk]:
+                            pre_info[init.name] = {"error": f"{type(exc).__name__}: {exc}"}
                         continue
-                    pre_info[init.name] = info
-                    log(f"[{time.time() - t0:6.0f}s] pretrained {init.name} ({info['key']}): {'cached' if info['cached'] else '%.0f s' % info['seconds']}, loss {info['final_loss']}")
-                    submit_ft(init, info)
-                    waiting.remove(init)
-            for item in list(pending):
-                _, key, job = item
-                if job.ready():
-                    pending.remove(item)
-                    try:
-                        r = job.get()
-                    except Exception as exc:
-                        log(f"[{time.time() - t0:6.0f}s] fine-tuning FAILED: {type(exc).__name__}: {exc}")
-                        continue
-                    r["key"] = key
-                    with open(cache_path, "a") as f:
-                        f.write(json.dumps(r) + "\n")
-                    results.append(r)
-                    log(f"[{time.time() - t0:6.0f}s] {r['init']:>24s} k={r['k']:<3d} seed={r['seed']} dice={r['dice']:.3f} "
-                        f"({r['dice_per_class'][0]:.3f}/{r['dice_per_class'][1]:.3f}) {r['total_seconds']:.0f}s")
-            time.sleep(0.5)
+                    log(f"[{time.time() - t0:6.0f}s] pretrained {init0.method} ({info['key']}): {'cached' if info['cached'] else '%.0f s' % info['seconds']}, loss {info['final_loss']}")
+                    for i, init in waiting[pk]:
+                        pre_info[init.name] = info
+                        queue_ft(i, init, info)
+                    continue
+                key = payload[0]
+                try:
+                    r = job.get()
+                except Exception as exc:
+                    log(f"[{time.time() - t0:6.0f}s] fine-tuning {payload[1].name} k={payload[2]} seed={payload[3]} FAILED: {type(exc).__name__}: {exc}")
+                    continue
+                r["key"] = key
+                with open(cache_path, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+                results.append(r)
+                log(f"[{time.time() - t0:6.0f}s] {r['init']:>24s} k={r['k']:<3d} seed={r['seed']} dice={r['dice']:.3f} "
+                    f"({r['dice_per_class'][0]:.3f}/{r['dice_per_class'][1]:.3f}) {r['total_seconds']:.0f}s")
     finally:
         pool.close()
         pool.join()
@@ -507,7 +525,7 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps per method (batch 32)")
     p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps (batch 8), same for every init")
     p.add_argument("--curve-steps", default=None, help="steps at which Dice is measured on the curve subset")
-    p.add_argument("--n-curve", type=int, default=8, help="test volumes in the curve subset")
+    p.add_argument("--n-curve", type=int, default=6, help="test volumes in the curve subset")
     p.add_argument("--device", default="cpu", help="cpu, gpu, auto")
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes (1 thread each on the CPU)")
     p.add_argument("--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "napari_ssl_bench", "label_efficiency"), help="cache of pretrained folders and runs")
@@ -525,12 +543,12 @@ def main(argv=None) -> int:
     seeds = list(range(args.seeds if args.seeds else (1 if quick else (2 if args.variants else 3))))
     a = {
         "image_size": args.image_size, "encoder": args.encoder, "device": args.device, "workers": args.workers, "work_dir": args.work_dir,
-        "pretrain_steps": args.pretrain_steps or (60 if quick else 600),
-        "finetune_steps": args.finetune_steps or (60 if quick else 300),
+        "pretrain_steps": args.pretrain_steps or (60 if quick else 400),
+        "finetune_steps": args.finetune_steps or (60 if quick else 200),
         "n_curve": args.n_curve,
     }
     a["curve_steps"] = [int(x) for x in args.curve_steps.split(",")] if args.curve_steps else sorted(
-        {s for s in (25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 750, 1000, 1500, 2000) if s < a["finetune_steps"]} | {a["finetune_steps"]})
+        {s for s in (25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000) if s < a["finetune_steps"]} | {a["finetune_steps"]})
     if args.variants:
         inits = [FINAL_INITS[0]] + [VARIANTS[n] for n in args.variants.split(",")]
     else:
