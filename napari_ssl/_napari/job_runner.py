@@ -7,6 +7,7 @@ weights, and makes sure no child process is left behind.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any, Callable
 
@@ -153,16 +154,20 @@ class QtJob(QObject):
 
     # -- napari's task registry: the close dialog names the job, and closing the window stops it
     def _register_with_window(self) -> None:
+        # napari's task registry is private (it warns that it may go away); without it, quitting the app
+        # (aboutToQuit), this process exiting (atexit) and the child's parent watch still stop the job.
         viewer = self._viewer() if self._viewer else None
         window = getattr(viewer, "window", None)
-        if window is None or not hasattr(window, "_register_task_status"):
-            return
         try:
-            from napari.utils.task_status import Status
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                register = getattr(window, "_register_task_status", None)
+                if register is None:
+                    return
+                from napari.utils.task_status import Status
 
-            self._task_id = window._register_task_status(
-                "napari-ssl", Status.BUSY, self.label, cancel_callback=lambda: bool(self.stop_and_wait())
-            )
+                self._task_id = register("napari-ssl", Status.BUSY, self.label,
+                                         cancel_callback=lambda: bool(self.stop_and_wait()))
         except Exception:
             self._task_id = None
 
@@ -175,7 +180,9 @@ class QtJob(QObject):
             from napari.utils.task_status import Status
 
             status = Status.COMPLETED if ev.get("type") == "done" else Status.FAILED
-            window._update_task_status(self._task_id, status, self.label)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                window._update_task_status(self._task_id, status, self.label)
         except Exception:
             pass
         self._task_id = None

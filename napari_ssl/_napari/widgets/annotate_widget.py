@@ -24,7 +24,8 @@ from qtpy.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout, QGr
 
 from ..annotations_autosave import AnnotationAutosave, autosave_folder, read_annotations
 from ..job_runner import QtJob
-from .common import LayerCombo, device_choices, image_layers, layer_volume, safe_name, timestamp
+from .common import (DockWidgetBase, LayerCombo, compact_combo, device_choices, image_layers, layer_volume, safe_name,
+                     timestamp)
 from .loss_plot import LossPlot
 from .runs_list import list_runs, runs_dir
 
@@ -54,7 +55,7 @@ def annotated_slice_mask(labels: np.ndarray, empty_slices) -> np.ndarray:
     return mask
 
 
-class AnnotateTrainWidget(QWidget):
+class AnnotateTrainWidget(DockWidgetBase):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -105,7 +106,9 @@ class AnnotateTrainWidget(QWidget):
         al.addWidget(self.count_label)
 
         # --- training
-        self.init_combo = QComboBox()
+        self.init_combo = compact_combo(QComboBox())
+        self.init_combo.setToolTip("A pretrained encoder (the U-Net's encoder starts from it), a fine-tuned model "
+                                   "(the whole U-Net starts from it), or random weights")
         self.refresh_init_choices()
         self.warm_start = QCheckBox("Warm-start from the last model")
         self.warm_start.setEnabled(False)
@@ -120,7 +123,7 @@ class AnnotateTrainWidget(QWidget):
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 1024)
         self.batch_size.setValue(8)
-        self.device = QComboBox()
+        self.device = compact_combo(QComboBox())
         for label, value in device_choices():
             self.device.addItem(label, value)
         self.train_button = QPushButton("Train")
@@ -365,8 +368,12 @@ class AnnotateTrainWidget(QWidget):
         current = self.init_combo.currentData()
         self.init_combo.clear()
         self.init_combo.addItem("random initialisation (from scratch)", None)
-        for r in list_runs(kind="pretrain"):
-            self.init_combo.addItem(f"{r.name} ({r.method}, {r.encoder}, {r.date})", r.path)
+        for r in list_runs():
+            what = "encoder" if r.kind == "pretrain" else "model"
+            i = self.init_combo.count()
+            self.init_combo.addItem(f"{what}: {r.name} ({r.method}, {r.date})", r.path)
+            self.init_combo.setItemData(i, r.kind, Qt.UserRole + 1)
+            self.init_combo.setItemData(i, f"{r.path}\n{r.method}, {r.encoder}, {r.date}\ndata: {r.data}", Qt.ToolTipRole)
         i = self.init_combo.findData(current)
         self.init_combo.setCurrentIndex(max(0, i))
 
@@ -411,7 +418,8 @@ class AnnotateTrainWidget(QWidget):
         if self.warm_start.isChecked() and self.last_model:
             ft["init_model"] = self.last_model
         elif self.init_combo.currentData():
-            ft["encoder_weights"] = self.init_combo.currentData()
+            kind = self.init_combo.itemData(self.init_combo.currentIndex(), Qt.UserRole + 1)
+            ft["init_model" if kind == "model" else "encoder_weights"] = self.init_combo.currentData()
         cfg = {"finetune": ft,
                "predict": {"image": image, "out": str(runs_dir() / ".predictions" / out.name),
                            "annotated_slices": mask, "n": 5, "device": self.device.currentData() or "cpu"}}

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtCore import QSize, QTimer
+from qtpy.QtWidgets import QComboBox, QDockWidget, QWidget
 
 from ...io.nifti import is_itk_image_path
 
@@ -50,11 +51,49 @@ def labels_layers(viewer):
     return [lay for lay in viewer.layers if isinstance(lay, napari.layers.Labels)]
 
 
+DOCK_WIDTH = 400  # preferred width of the dock widgets (the canvas keeps the rest of the window)
+
+
+def compact_combo(combo: QComboBox, chars: int = 18) -> QComboBox:
+    """A combo box whose width does not follow its longest entry (long run names would widen the dock)."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    return combo
+
+
+class DockWidgetBase(QWidget):
+    """What the three dock widgets share: a sensible preferred width, and a tab title that shows '&'.
+
+    Qt reads '&' in a tab label as a keyboard mnemonic, so the docked tab of "Annotate & Train"
+    would read "Annotate _Train"; the dock's window title (which only the tab bar uses; napari's
+    own title bar shows the name) is escaped once the widget is docked.
+    """
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+        hint = super().sizeHint()
+        return QSize(max(DOCK_WIDTH, self.minimumSizeHint().width()), hint.height())
+
+    def showEvent(self, event) -> None:  # noqa: N802
+        super().showEvent(event)
+        QTimer.singleShot(0, self._escape_dock_title)
+
+    def _escape_dock_title(self) -> None:
+        w = self.parentWidget()
+        while w is not None and not isinstance(w, QDockWidget):
+            w = w.parentWidget()
+        if w is None:
+            return
+        title = w.windowTitle()
+        if "&" in title and "&&" not in title:
+            w.setWindowTitle(title.replace("&", "&&"))
+
+
 class LayerCombo(QComboBox):
     """A combo box of the viewer's layers of one kind, kept in sync with the layer list."""
 
     def __init__(self, viewer, lister, parent=None):
         super().__init__(parent)
+        compact_combo(self)
         self.viewer = viewer
         self.lister = lister
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.reordered):

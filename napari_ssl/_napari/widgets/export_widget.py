@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from ...io.volume import Volume
 from ..job_runner import QtJob
-from .common import LayerCombo, image_layers, labels_layers, layer_volume, safe_name
+from .common import DockWidgetBase, LayerCombo, compact_combo, image_layers, labels_layers, layer_volume, safe_name
 from .runs_list import ssl_home
 
 FORMATS = ("DICOM-SEG", "NIfTI")
@@ -56,7 +56,7 @@ def pacs_url() -> str | None:
     return None
 
 
-class ExportWidget(QWidget):
+class ExportWidget(DockWidgetBase):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -70,7 +70,8 @@ class ExportWidget(QWidget):
         self.format = QComboBox()
         self.format.addItems(FORMATS)
         self.format.currentIndexChanged.connect(self._on_format)
-        self.labelmap = QCheckBox("LABELMAP (one frame per slice) instead of BINARY")
+        self.labelmap = QCheckBox("LABELMAP encoding")
+        self.labelmap.setToolTip("DICOM-SEG as one LABELMAP frame per slice instead of one BINARY frame per segment and slice")
         self.segments = QTableWidget(0, 4)
         self.segments.setHorizontalHeaderLabels(["Value", "Name", "Structure", "Category / type"])
         self.segments.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
@@ -103,7 +104,9 @@ class ExportWidget(QWidget):
         form.addRow("PACS", self.pacs)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
-        lay.addWidget(QLabel("Segments (names editable; the code follows the name or the chosen structure):"))
+        seg_help = QLabel("Segments (names editable; the code follows the name or the chosen structure):")
+        seg_help.setWordWrap(True)
+        lay.addWidget(seg_help)
         lay.addWidget(self.segments)
         lay.addWidget(self.export_button)
         lay.addWidget(self.status)
@@ -154,7 +157,7 @@ class ExportWidget(QWidget):
             item.setFlags(item.flags() & ~Qt.ItemIsEditable)
             self.segments.setItem(r, 0, item)
             self.segments.setItem(r, 1, QTableWidgetItem(names.get(v, f"segment {v}")))
-            combo = QComboBox()
+            combo = compact_combo(QComboBox(), 10)
             combo.addItem("(from name)")
             combo.addItems(choices)
             combo.currentTextChanged.connect(lambda text, row=r: self._on_structure(row, text))

@@ -15,11 +15,11 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGro
                             QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..job_runner import QtJob
-from .common import device_choices, image_layers, layer_as_path, safe_name, timestamp
+from .common import DockWidgetBase, compact_combo, device_choices, image_layers, layer_as_path, safe_name, timestamp
 from .loss_plot import LossPlot
 from .runs_list import RunsList, runs_dir
 
-PREVIEW_PREFIX = "pretrain preview: "
+PREVIEW_PREFIX = "preview: "
 _ROLE_KIND = Qt.UserRole + 1  # "layer" or "folder"
 
 
@@ -36,7 +36,7 @@ def encoder_choices() -> tuple[str, ...]:
     return tuple(ENCODERS)
 
 
-class PretrainWidget(QWidget):
+class PretrainWidget(DockWidgetBase):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -63,7 +63,7 @@ class PretrainWidget(QWidget):
         dl.addLayout(row)
 
         # --- settings
-        self.method = QComboBox()
+        self.method = compact_combo(QComboBox())
         self.method_help = QLabel()
         self.method_help.setWordWrap(True)
         self.method_help.setStyleSheet("font-style: italic;")
@@ -71,7 +71,7 @@ class PretrainWidget(QWidget):
             self.method.addItem(name)
             self.method.setItemData(self.method.count() - 1, summary, Qt.ToolTipRole)
         self.method.currentIndexChanged.connect(self._on_method)
-        self.encoder = QComboBox()
+        self.encoder = compact_combo(QComboBox())
         self.encoder.addItems(encoder_choices())
         self.image_size = QSpinBox()
         self.image_size.setRange(32, 1024)
@@ -86,7 +86,7 @@ class PretrainWidget(QWidget):
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 4096)
         self.batch_size.setValue(32)
-        self.device = QComboBox()
+        self.device = compact_combo(QComboBox())
         for label, value in device_choices():
             self.device.addItem(label, value)
         self.run_name = QLineEdit()
@@ -285,12 +285,13 @@ class PretrainWidget(QWidget):
         x0, y0, height = self._preview_anchor()
         gap = 0.05 * height
         x = x0
+        created = False
         for name, img in images.items():
             img = np.asarray(img, dtype=np.float32)
             if img.ndim == 3 and img.shape[-1] not in (3, 4):
                 img = img[img.shape[0] // 2]
             scale = height / max(1, img.shape[0])
-            layer_name = PREVIEW_PREFIX + name
+            layer_name = PREVIEW_PREFIX + name.replace("_", " ")
             layer = self.viewer.layers[layer_name] if layer_name in self.viewer.layers else None
             if layer is not None and np.shape(layer.data) == img.shape:
                 layer.data = img
@@ -300,6 +301,7 @@ class PretrainWidget(QWidget):
                 if layer is not None:
                     self.viewer.layers.remove(layer)
                 rgb = img.ndim == 3
+                created = True
                 layer = self.viewer.add_image(img, name=layer_name, rgb=rgb, scale=(scale, scale), translate=(y0, x),
                                               colormap=None if rgb else ("magma" if "heat" in name.lower() else "gray"),
                                               metadata={"napari_ssl_preview": True})
@@ -308,6 +310,8 @@ class PretrainWidget(QWidget):
                 layer.contrast_limits = (lo, hi if hi > lo else lo + 1.0)
             self.preview_layers[name] = layer
             x += img.shape[1] * scale + gap
+        if created:  # the previews sit beside the scans: show both
+            self.viewer.reset_view()
 
     def _preview_anchor(self) -> tuple[float, float, float]:
         """(x, y, height) in world units: to the right of the scans, as tall as they are."""

@@ -153,12 +153,14 @@ class RunsList(QWidget):
         for r in self.runs:
             item = QTreeWidgetItem([r.name, r.method, r.encoder, r.date, r.data])
             item.setData(0, Qt.UserRole, r.path)
-            item.setToolTip(0, r.path)
+            for col in range(len(self.COLUMNS)):
+                item.setToolTip(col, f"{r.name}\n{r.path}\n{r.method}, {r.encoder}, {r.date}\ndata: {r.data}")
             self.tree.addTopLevelItem(item)
             if r.path == current:
                 item.setSelected(True)
-        for i in range(len(self.COLUMNS) - 1):
+        for i in range(len(self.COLUMNS) - 1):  # narrow columns; full name and path in the tooltip
             self.tree.resizeColumnToContents(i)
+            self.tree.setColumnWidth(i, min(self.tree.columnWidth(i), 150 if i == 0 else 110))
 
     def selected_path(self) -> str | None:
         items = self.tree.selectedItems()
