@@ -228,6 +228,99 @@ def test_unlabelled_slices_are_left_out_yet_the_whole_series_is_referenced(tmp_p
     assert spacing == pytest.approx(ct3.spacing[0], abs=1e-4)  # the series' spacing, not the gap's
 
 
+@pytest.fixture(scope="module")
+def ct8(tmp_path_factory, dcmqi_dir):
+    """An 8-slice series from the three real CT slices (new UIDs, positions 2.5 mm apart)."""
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path_factory.mktemp("ct8")
+    src = [pydicom.dcmread(f) for f in sorted((dcmqi_dir / "ct-3slice").glob("*.dcm"))]
+    iop = np.array(src[0].ImageOrientationPatient, float)
+    normal, origin, series = np.cross(iop[:3], iop[3:]), np.array(src[0].ImagePositionPatient, float), generate_uid()
+    for i in range(8):
+        ds = src[i % 3].copy()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SeriesInstanceUID, ds.InstanceNumber = series, i + 1
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + 2.5 * i * normal]
+        ds.save_as(folder / f"{7 - i}.dcm")
+    return load_volume(folder)
+
+
+_PER_INSTANCE = {"SOPInstanceUID", "SeriesInstanceUID", "DimensionOrganizationUID", "InstanceCreationDate",
+                 "InstanceCreationTime", "ContentDate", "ContentTime", "TrackingUID", "ContributionDateTime"}
+
+
+def _differences(a, b, path=""):
+    """Attribute-by-attribute differences between two datasets, ignoring per-instance UIDs and times."""
+    out = []
+    ka, kb = {e.tag for e in a}, {e.tag for e in b}
+    out += [f"{path}{t}: only in {'first' if t in ka else 'second'}" for t in sorted(ka ^ kb)]
+    for t in sorted(ka & kb):
+        ea, eb = a[t], b[t]
+        if ea.keyword in _PER_INSTANCE:
+            continue
+        if ea.VR == "SQ":
+            if len(ea.value) != len(eb.value):
+                out.append(f"{path}{ea.keyword}: {len(ea.value)} vs {len(eb.value)} items")
+            else:
+                for i, (x, y) in enumerate(zip(ea.value, eb.value)):
+                    out += _differences(x, y, f"{path}{ea.keyword}[{i}].")
+        elif ea.VR != eb.VR or ea.value != eb.value:
+            out.append(f"{path}{ea.keyword}: {str(ea.value)[:50]!r} vs {str(eb.value)[:50]!r}")
+    return out
+
+
+def _mask8(shape, kind):
+    lab = np.zeros(shape, np.uint8)
+    if kind == "one segment":           # segment identification shared, "3D" organisation
+        lab[2:6, 100:300, 100:300] = 1
+    else:
+        lab[1:4, 100:300, 100:300] = 1
+        lab[3:7, 250:400, 280:330] = 2
+        lab[5, 50:60, 50:60] = 3
+        if kind == "gap":               # unlabelled slices inside the labelled range
+            lab[2] = 0
+    return lab
+
+
+@pytest.mark.parametrize("labelmap", [False, True])
+@pytest.mark.parametrize("kind", ["three segments", "one segment", "gap"])
+def test_fast_build_equals_highdicoms_own(ct8, kind, labelmap):
+    """The per-frame part built by napari_ssl equals what highdicom's constructor builds, item by item."""
+    from napari_ssl.io.seg_write import build_segmentation
+
+    lab = _mask8(ct8.shape, kind)
+    names = ["a", "b", "c"][: int(lab.max())]
+    fast, numbers, _ = build_segmentation(lab, ct8, ct8.affine, names, labelmap=labelmap)
+    full, numbers_full, _ = build_segmentation(lab, ct8, ct8.affine, names, labelmap=labelmap, fast=False)
+    assert numbers == numbers_full
+    assert _differences(fast, full) == []
+    assert fast.PixelData == full.PixelData and int(fast.NumberOfFrames) == int(full.NumberOfFrames) > 0
+
+
+@pytest.mark.parametrize("labelmap", [False, True])
+def test_fast_file_encoding_gives_pydicoms_bytes(tmp_path, ct8, labelmap):
+    import io
+
+    from napari_ssl.io.dicom_encode import encode_file
+    from napari_ssl.io.seg_write import build_segmentation
+
+    seg, _, _ = build_segmentation(_mask8(ct8.shape, "three segments"), ct8, ct8.affine, ["a", "b", "c"], labelmap=labelmap)
+    seg.PatientName = "Müller^Jörg"  # non-ASCII text goes through pydicom's own element writer
+    seg.SpecificCharacterSet = "ISO_IR 100"
+    chunks = encode_file(seg)
+    assert chunks is not None, "the fast encoder fell back to pydicom on a plain SEG"
+    ref = io.BytesIO()
+    seg.save_as(ref, enforce_file_format=True)
+    assert b"".join(chunks) == ref.getvalue()
+    out = tmp_path / "seg.dcm"
+    write_segmentation(_mask8(ct8.shape, "three segments"), ct8, out, labels_affine=ct8.affine, names=["a", "b", "c"], labelmap=labelmap)
+    if not labelmap:
+        assert dciodvfy_errors(out) == []
+    back, _, _ = readback_on(out, ct8)
+    np.testing.assert_array_equal(back, _mask8(ct8.shape, "three segments"))
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 def test_bad_inputs_give_one_line_errors_and_leave_nothing(tmp_path, ct3, liver, hippo_dir):

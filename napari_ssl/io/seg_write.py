@@ -178,6 +178,7 @@ def build_segmentation(
     series_description: str = "napari-ssl segmentation",
     series_number: int = 1000,
     workers: int = 0,
+    fast: bool = True,
 ):
     """The highdicom Segmentation for `labels` on `source` (not written anywhere).
 
@@ -185,7 +186,8 @@ def build_segmentation(
     array order as ``source.array``. ``names`` maps label values to names, or lists names of
     labels 1, 2, ... in order. ``algorithm_type`` defaults to SEMIAUTOMATIC (napari-ssl
     predictions edited by hand), AUTOMATIC when a model name is given; MANUAL omits the
-    algorithm identification.
+    algorithm identification. ``fast`` (default) builds the per-frame part for a series of
+    single-frame sources directly (see :func:`_fast_segmentation`); ``False`` leaves it all to highdicom.
     """
     import highdicom as hd
 
@@ -246,36 +248,152 @@ def build_segmentation(
         seg_type = hd.seg.SegmentationTypeValues.BINARY
     from .. import __version__
 
+    common = dict(
+        segmentation_type=seg_type,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=int(series_number),
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="napari-ssl",
+        manufacturer_model_name="napari-ssl",
+        software_versions=str(__version__),
+        device_serial_number="0",
+        series_description=series_description[:64],
+        content_description=series_description[:64],
+        content_label="SEGMENTATION",
+        omit_empty_frames=True,
+        workers=workers,
+        specific_character_set=_character_set(first),
+        **kwargs,
+    )
+    one_per_slice = positions is None and len(all_dss) == len(source.source_datasets) and len(all_dss) > 1
     try:
         with warnings.catch_warnings():
             # highdicom quotes the patient's name in this warning: never let it reach a log
             warnings.filterwarnings("ignore", message=".*person name.*")
-            seg = hd.seg.Segmentation(
-                source_images=sources,
-                pixel_array=arr,
-                segmentation_type=seg_type,
-                segment_descriptions=descriptions,
-                series_instance_uid=hd.UID(),
-                series_number=int(series_number),
-                sop_instance_uid=hd.UID(),
-                instance_number=1,
-                manufacturer="napari-ssl",
-                manufacturer_model_name="napari-ssl",
-                software_versions=str(__version__),
-                device_serial_number="0",
-                series_description=series_description[:64],
-                content_description=series_description[:64],
-                content_label="SEGMENTATION",
-                omit_empty_frames=True,
-                workers=workers,
-                specific_character_set=_character_set(first),
-                **kwargs,
-            )
+            if fast and one_per_slice and arr.shape[0] > 2:
+                seg = _fast_segmentation(sources, arr, common)
+            else:
+                seg = hd.seg.Segmentation(source_images=sources, pixel_array=arr, **common)
     except (ValueError, AttributeError, TypeError) as exc:
         raise NapariSSLError(f"cannot build the DICOM-SEG from this source series: {str(exc).splitlines()[0]}") from None
-    if keep is not None:
+    if one_per_slice and (keep is not None or fast):
         _reference_whole_series(seg, all_dss, native)
     return seg, numbers, names_by_value
+
+
+def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
+    """The SEG highdicom builds from one single-frame source per slice, without its per-source cost.
+
+    highdicom's constructor spends most of its time per source image and per frame (plane
+    positions read back from every header, derivation references, one functional-groups item
+    per frame built through pydicom's generic machinery): several seconds on a 300-slice CT.
+    Here highdicom builds the SEG from the first and last slice only -- every module, code,
+    description and shared functional group comes from it -- and the per-frame items, pixel
+    data and frame count are then filled in for all slices exactly as its frame loop does
+    (segment-major, planes in its sort order along the normal, empty frames omitted). The
+    result equals highdicom's own (tests/test_seg_export.py compares them attribute by attribute).
+    """
+    import highdicom as hd
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+
+    n = arr.shape[0]
+    seg = hd.seg.Segmentation(source_images=[sources[0], sources[-1]], pixel_array=arr[[0, n - 1]], **common)
+    template = seg.PerFrameFunctionalGroupsSequence[0]
+    derivation_item = template.DerivationImageSequence[0]
+    derivation_code = derivation_item.DerivationCodeSequence[0]
+    src_item = derivation_item.SourceImageSequence[0]
+    purpose_code = src_item.PurposeOfReferenceCodeSequence[0]
+    preserved = src_item.SpatialLocationsPreserved
+    per_frame_segment = "SegmentIdentificationSequence" in template
+    labelmap = str(seg.SegmentationType) == "LABELMAP"
+
+    # highdicom's plane order: ours or reversed (a regular stack is monotonic along the normal)
+    first_pos = [float(v) for v in template.PlanePositionSequence[0].ImagePositionPatient]
+    first_is_ours = np.allclose(first_pos, [float(v) for v in sources[0].ImagePositionPatient], atol=1e-4)
+    dim = template.FrameContentSequence[0].DimensionIndexValues
+    first_index = int(dim if isinstance(dim, int) else dim[-1])
+    order = list(range(n)) if (first_is_ours == (first_index == 1)) else list(range(n - 1, -1, -1))
+    position_index = {plane: k + 1 for k, plane in enumerate(order)}
+
+    plane_positions = [
+        hd.PlanePositionSequence(coordinate_system=hd.CoordinateSystemNames.PATIENT, image_position=ds.ImagePositionPatient)
+        for ds in sources
+    ]
+
+    def elem(tag: int, vr: str, val: Any) -> DataElement:
+        # values taken from validated headers or built here: skip pydicom's per-value validation
+        return DataElement(tag, vr, val, validation_mode=config.IGNORE)
+
+    derivations = []
+    for ds in sources:
+        ref = Dataset()
+        ref.add(elem(0x00081150, "UI", ds[0x00080016].value))  # ReferencedSOPClassUID
+        ref.add(elem(0x00081155, "UI", ds[0x00080018].value))  # ReferencedSOPInstanceUID
+        ref.add(elem(0x0040A170, "SQ", [purpose_code]))       # PurposeOfReferenceCodeSequence
+        ref.add(elem(0x0028135A, "CS", preserved))            # SpatialLocationsPreserved
+        item = Dataset()
+        item.add(elem(0x00089215, "SQ", [derivation_code]))   # DerivationCodeSequence
+        item.add(elem(0x00082112, "SQ", [ref]))               # SourceImageSequence
+        derivations.append(item)
+
+    def frame_item(plane: int, dim: list[int], segment: Optional[int]) -> Dataset:
+        content = Dataset()
+        content.add(elem(0x00209157, "UL", dim))                     # DimensionIndexValues
+        item = Dataset()
+        item.add(elem(0x00209111, "SQ", [content]))                  # FrameContentSequence
+        item.add(elem(0x00209113, "SQ", plane_positions[plane]))     # PlanePositionSequence
+        item.add(elem(0x00089124, "SQ", [derivations[plane]]))       # DerivationImageSequence
+        if segment is not None:
+            ident = Dataset()
+            ident.add(elem(0x0062000B, "US", int(segment)))          # ReferencedSegmentNumber
+            item.add(elem(0x0062000A, "SQ", [ident]))                # SegmentIdentificationSequence
+        return item
+
+    items = []
+    if labelmap:
+        dtype = np.uint8 if int(seg.BitsAllocated) == 8 else np.dtype("<u2")
+        planes = [p for p in order if arr[p].any()]
+        items = [frame_item(p, [position_index[p]], None) for p in planes]
+        pixel_data = arr[planes].astype(dtype, copy=False).tobytes()
+    else:
+        numbers = [int(d.SegmentNumber) for d in seg.SegmentSequence]
+        chunks = []
+        rows_cols = arr.shape[1] * arr.shape[2]
+        for k, number in enumerate(numbers):
+            for p in order:
+                m = arr[p] == number
+                if m.any():
+                    items.append(frame_item(p, [k + 1, position_index[p]], number if per_frame_segment else None))
+                    chunks.append(m)
+        if rows_cols % 8 == 0:   # frames end on a byte: pack each on its own (no stacked copy)
+            pixel_data = b"".join(np.packbits(m, axis=None, bitorder="little").tobytes() for m in chunks)
+        else:                    # bits run on across frames
+            pixel_data = np.packbits(np.stack(chunks).ravel(), bitorder="little").tobytes()
+    if len(pixel_data) % 2:
+        pixel_data += b"0"  # highdicom's padding byte
+    seg.PerFrameFunctionalGroupsSequence = items
+    seg.NumberOfFrames = len(items)
+    seg.PixelData = pixel_data
+
+    # Dimension Organization Type, decided as highdicom does: "3D" only without several segment
+    # channels (LABELMAP, or a single segment) and when the stored planes are evenly spaced.
+    stored = [p for p in range(n) if arr[p].any()]
+    spacing = None
+    if len(stored) > 1 and (labelmap or len(seg.SegmentSequence) == 1):
+        spacing, _ = hd.spatial.get_volume_positions(
+            image_positions=[[float(v) for v in sources[p].ImagePositionPatient] for p in stored],
+            image_orientation=seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient,
+            sort=False,
+        )
+    if spacing is not None and spacing > 0.0:
+        seg.DimensionOrganizationType = "3D"
+    elif "DimensionOrganizationType" in seg:
+        del seg.DimensionOrganizationType
+    return seg
 
 
 def _label_values(arr: np.ndarray, slice_max: np.ndarray) -> list[int]:
@@ -332,7 +450,15 @@ def write_dataset_atomic(ds, path: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".dcm")
     os.close(fd)
     try:
-        ds.save_as(tmp, enforce_file_format=True)
+        from .dicom_encode import encode_file
+
+        chunks = encode_file(ds)   # the bytes pydicom's writer gives, several times faster on large SEGs
+        if chunks is None:
+            ds.save_as(tmp, enforce_file_format=True)
+        else:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,199 @@
+"""Export a 3-class mask on a 512x512 CT series of >= 300 slices as DICOM-SEG, timed against reading that series.
+
+One command: ``.venv/bin/python benchmarks/bench_seg_export.py [--slices 320] [--repeats 5]``.
+
+The series is built by ``bench_dicom_read.build_series`` (three real dcmqi CT slices, BSD-3,
+repeated with new UIDs and positions 1 mm apart). The mask is thresholded HU structures on
+sub-ranges of slices, as a user or a model would produce: 1 = bone (HU >= 300) on slices
+10%-75%, 2 = soft tissue (20..80 HU) on 30%-60%, 3 = lung/airway (-950..-500 HU) on 45%-85%;
+the other slices are empty (BINARY SEGs omit empty frames, as the product does).
+
+Measured, each in a fresh subprocess with imports (numpy, pydicom, pydicom.pixels, highdicom,
+napari_ssl.io, napari_ssl.io.seg_write) done before the clock starts:
+  * ``read``: ``napari_ssl.io.load_volumes(folder)`` (what the napari reader calls);
+  * ``export_binary`` / ``export_labelmap``: ``napari_ssl.io.export.export_labels(mask, volume,
+    out.dcm, labels_affine=volume.affine, names=...)`` -- exactly what the Export widget's job runs
+    (the mask in the viewer's canonical order, the Volume from the reader) -- from the in-memory
+    Volume to the SEG file on disk. The volume is read before the clock starts.
+Order alternates (read, binary, labelmap / reversed); medians of the repeats are reported.
+Goal (issue 6): BINARY export time <= 1.0x the read time; LABELMAP reported separately.
+
+Once, outside the timing, each SEG is read back with highdicom
+(``Segmentation.get_pixels_by_source_instance`` over the source SOP Instance UIDs, segments
+combined) and compared voxel by voxel with the mask on the source grid.
+Writes benchmarks/results/bench_seg_export.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_dicom_read import build_series  # noqa: E402  (the same series builder)
+
+RESULTS = REPO / "benchmarks" / "results"
+TASKS = ("read", "export_binary", "export_labelmap")
+NAMES = ["bone", "soft tissue", "lung"]
+
+
+def make_mask(hu):
+    """3-class uint8 mask from HU thresholds on sub-ranges of slices (z is the first axis)."""
+    import numpy as np
+
+    n = hu.shape[0]
+    mask = np.zeros(hu.shape, np.uint8)
+    z = np.arange(n)[:, None, None]
+
+    def rng(a, b):
+        return (z >= int(a * n)) & (z < int(b * n))
+
+    mask[(hu >= 300) & rng(0.10, 0.75)] = 1
+    mask[(hu >= 20) & (hu <= 80) & rng(0.30, 0.60)] = 2
+    mask[(hu >= -950) & (hu <= -500) & rng(0.45, 0.85)] = 3
+    return mask
+
+
+def _imports():
+    import numpy  # noqa: F401
+    import highdicom  # noqa: F401
+    import pydicom  # noqa: F401
+    import pydicom.pixels  # noqa: F401
+
+    import napari_ssl.io  # noqa: F401
+    import napari_ssl.io.export  # noqa: F401
+    import napari_ssl.io.seg_write  # noqa: F401
+
+
+def worker(task: str, folder: str, out_dir: str) -> dict:
+    _imports()
+    from napari_ssl.io import load_volumes
+    from napari_ssl.io.export import export_labels
+
+    if task == "read":
+        t0 = time.perf_counter()
+        (vol,) = load_volumes(folder)
+        seconds = time.perf_counter() - t0
+        return {"task": task, "seconds": seconds, "shape": list(vol.shape)}
+    (vol,) = load_volumes(folder)
+    mask = make_mask(vol.array)
+    out = os.path.join(out_dir, f"{task}.dcm")
+    t0 = time.perf_counter()
+    summary = export_labels(mask, vol, out, labels_affine=vol.affine, names=NAMES, labelmap=task == "export_labelmap")
+    seconds = time.perf_counter() - t0
+    return {"task": task, "seconds": seconds, "frames": summary["frames"], "bytes": os.path.getsize(out),
+            "segmentation_type": summary["segmentation_type"], "path": out}
+
+
+def measure(task: str, folder: Path, out_dir: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", task, str(folder), str(out_dir)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode:
+        raise RuntimeError(f"{task} worker failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def verify(folder: Path, seg_path: str) -> dict:
+    """Read the SEG back with highdicom and compare with the mask on the source grid."""
+    import highdicom as hd
+    import numpy as np
+
+    from napari_ssl.io import load_volumes
+    from napari_ssl.io.export import labels_on_source_grid
+
+    (vol,) = load_volumes(str(folder))
+    mask = make_mask(vol.array)
+    expected = np.asarray(labels_on_source_grid(mask, vol, vol.affine))   # native order = source_datasets order
+    uids = [str(ds.SOPInstanceUID) for ds in vol.source_datasets]
+    seg = hd.seg.segread(seg_path)
+    got = seg.get_pixels_by_source_instance(uids, segment_numbers=[1, 2, 3], combine_segments=True, relabel=False)
+    counts = {str(v): int((expected == v).sum()) for v in (1, 2, 3)}
+    return {"identical": bool(got.shape == expected.shape and np.array_equal(got, expected)),
+            "voxels_per_class": counts,
+            "nonempty_slices": int(np.any(expected > 0, axis=(1, 2)).sum()), "slices": int(expected.shape[0]),
+            "sop_class_uid": str(seg.SOPClassUID)}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    med = [result["tasks"][t]["median_seconds"] for t in TASKS]
+    ax.bar(range(len(TASKS)), med, color=["tab:gray", "tab:blue", "tab:orange"])
+    for i, t in enumerate(TASKS):
+        pts = result["tasks"][t]["seconds"]
+        ax.plot([i] * len(pts), pts, "k.", ms=4)
+        if t != "read":
+            ax.text(i, med[i], f"{result['ratios'][t + '_over_read']:.2f}x read", ha="center", va="bottom")
+    ax.axhline(result["tasks"]["read"]["median_seconds"], color="r", ls="--", lw=1, label="read time (goal: export <= 1.0x)")
+    ax.set_xticks(range(len(TASKS)), ["read series", "export BINARY", "export LABELMAP"])
+    ax.set_ylabel("seconds (median, dots = repeats)")
+    ax.set_title(f"3-class DICOM-SEG export, {result['slices']} x 512 x 512 CT")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slices", type=int, default=320)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--worker", nargs=3, metavar=("TASK", "FOLDER", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker)))
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="bench_seg_"))
+    result = {"benchmark": "bench_seg_export", "slices": args.slices, "repeats": args.repeats,
+              "cpu_count": os.cpu_count(), "machine": platform.platform(), "python": platform.python_version(),
+              "data": "dcmqi ct-3slice (BSD-3), repeated with new UIDs and positions; mask: HU thresholds on slice ranges"}
+    try:
+        folder, out_dir = tmp / "series", tmp / "out"
+        out_dir.mkdir()
+        t = time.perf_counter()
+        build_series(folder, args.slices)
+        print(f"built {args.slices} slices in {time.perf_counter() - t:.1f}s", flush=True)
+        for task in TASKS:   # warm-up (page cache, .pyc), not counted
+            measure(task, folder, out_dir)
+        runs = {t: [] for t in TASKS}
+        last = {}
+        for k in range(args.repeats):
+            for task in (TASKS if k % 2 == 0 else TASKS[::-1]):
+                r = measure(task, folder, out_dir)
+                runs[task].append(r["seconds"])
+                last[task] = r
+        result["tasks"] = {t: {"seconds": runs[t], "median_seconds": statistics.median(runs[t])} for t in TASKS}
+        for t in TASKS[1:]:
+            result["tasks"][t].update({k: last[t][k] for k in ("frames", "bytes", "segmentation_type")})
+        read = result["tasks"]["read"]["median_seconds"]
+        result["ratios"] = {t + "_over_read": result["tasks"][t]["median_seconds"] / read for t in TASKS[1:]}
+        result["readback"] = {t: verify(folder, last[t]["path"]) for t in TASKS[1:]}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_seg_export.json").write_text(json.dumps(result, indent=2))
+    plot(result, RESULTS / "bench_seg_export.png")
+    tk = result["tasks"]
+    print(f"read {tk['read']['median_seconds']:.3f}s  export BINARY {tk['export_binary']['median_seconds']:.3f}s "
+          f"({result['ratios']['export_binary_over_read']:.2f}x read, {tk['export_binary']['frames']} frames)  "
+          f"export LABELMAP {tk['export_labelmap']['median_seconds']:.3f}s ({result['ratios']['export_labelmap_over_read']:.2f}x read)  "
+          f"read back identical: " + ", ".join(f"{k}={v['identical']}" for k, v in result["readback"].items()))
+    print(f"wrote {RESULTS / 'bench_seg_export.json'} and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
