@@ -17,6 +17,7 @@ Strategies
   suggest   napari_ssl.api.suggest_pool (the product code): TTA predictive-entropy per slice, ranked
             over the union of the rank-pool volumes, spacing within a volume and at most
             ceil(n / volumes) picks per volume
+  suggest-v1  (--strategies) the first version: without the cross-volume depth spacing
   uncertainty  (ablation, --strategies) the top-`per_round` slices by the same uncertainty, no diversity
 
 The rank pool is `rank_volumes` volumes drawn from the 200 pool volumes with the seed (predicting all
@@ -68,6 +69,9 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     ap.add_argument("--name", default="bench_active_learning")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 2 rounds, 4 test volumes, few steps")
+    ap.add_argument("--merge", nargs="+", metavar="JSON[:OLD=NEW,...]",
+                    help="combine the results of runs made with the same settings and seeds (e.g. one strategy each, run in "
+                         "parallel) into --name, renaming strategies; round 0 must agree (it is deterministic); no training")
     a = ap.parse_args(argv)
     if a.quick:
         a.seeds, a.rounds, a.test_volumes, a.steps_first, a.steps, a.rank_volumes = 1, 2, 4, 10, 5, 4
@@ -142,7 +146,7 @@ def pick_random(pool, picks, n, rng) -> list[tuple[int, int]]:
     return [cands[i] for i in idx]
 
 
-def pick_suggest(pool, picks, n, model_dir, args, diversity: bool = True) -> list[tuple[int, int]]:
+def pick_suggest(pool, picks, n, model_dir, args, variant: str = "suggest") -> list[tuple[int, int]]:
     from napari_ssl import api
 
     vols = [img for img, _ in pool]
@@ -154,11 +158,10 @@ def pick_suggest(pool, picks, n, model_dir, args, diversity: bool = True) -> lis
         sparse[zs] = gt[zs]
         labels.append(sparse)
         empties.append([z for z in zs if not gt[z].any()])
-    if diversity:
-        res = api.suggest_pool(model_dir, vols, labels, n=n, empty_slices=empties, tta=not args.no_tta, batch_size=256, device=args.device)
-    else:  # ablation: plain top-n uncertainty over the union, no spacing, no per-volume cap
-        res = api.suggest_pool(model_dir, vols, labels, n=n, empty_slices=empties, tta=not args.no_tta, batch_size=256, device=args.device,
-                               min_distance=0, max_per_volume=n)
+    extra = {"suggest": {},  # the product's defaults
+             "suggest-v1": {"depth_spacing": 0.0},  # first version: spacing within a volume + per-volume cap only
+             "uncertainty": {"min_distance": 0, "max_per_volume": n, "depth_spacing": 0.0}}[variant]  # no diversity at all
+    res = api.suggest_pool(model_dir, vols, labels, n=n, empty_slices=empties, tta=not args.no_tta, batch_size=256, device=args.device, **extra)
     return [(p["volume"], p["slice"]) for p in res]
 
 
@@ -219,8 +222,65 @@ def plot(summary: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def merge(args) -> int:
+    """Combine runs made with identical settings and seeds into one result (JSON + plot)."""
+    results: dict = {}
+    configs, sources = [], []
+    for spec in args.merge:
+        path, _, ren = spec.partition(":")
+        renames = dict(r.split("=", 1) for r in ren.split(",") if r)
+        with open(path) as f:
+            run = json.load(f)
+        configs.append(run["config"])
+        sources.append({"file": os.path.basename(path), "strategies": run["config"]["strategies"], "renamed": renames,
+                        "elapsed_s": run.get("elapsed_s"), "complete": run.get("complete")})
+        for seed, per in run["results"].items():
+            for strat, rows in per.items():
+                name = renames.get(strat, strat)
+                dst = results.setdefault(int(seed), {})
+                for other in dst.values():  # round 0 is shared: the runs must agree on it
+                    if abs(other[0]["mean_dice"] - rows[0]["mean_dice"]) > 1e-6:
+                        raise SystemExit(f"seed {seed}: round 0 differs between runs ({other[0]['mean_dice']} vs {rows[0]['mean_dice']}); not comparable")
+                if name in dst:
+                    raise SystemExit(f"strategy {name} appears twice for seed {seed}; rename it (file.json:{strat}=NEW)")
+                dst[name] = rows
+    keys = ("seeds", "rounds", "init", "per_round", "image_size", "batch_size", "steps_first", "steps", "from_scratch", "rank_volumes",
+            "test_volumes", "encoder", "no_tta")
+    for c in configs[1:]:
+        diff = [k for k in keys if c.get(k) != configs[0].get(k)]
+        if diff:
+            raise SystemExit(f"runs differ in {diff}; not comparable")
+    seeds = sorted(results)
+    common = [s for s in results[seeds[0]] if all(s in results[k] for k in seeds)]
+    order = ["random"] + sorted(s for s in common if s != "random")
+    results = {k: {s: results[k][s] for s in order} for k in seeds}
+    summary = summarize(results, order)
+    config = dict(configs[0], strategies=order, merged_from=sources)
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, args.name + ".json")
+    with open(json_path, "w") as f:
+        json.dump({"benchmark": "active learning (suggest vs random)", "config": config, "summary": summary,
+                   "results": {str(k): v for k, v in results.items()}, "round0_identical_across_runs": True}, f, indent=1)
+    c = configs[0]
+    title = (f"msd_hippocampus active learning: {len(seeds)} seeds, {c['encoder']} {c['image_size']}px, "
+             f"{'scratch' if c['from_scratch'] else 'warm start'}, {c['steps_first']}+{c['steps']} steps/round, {c['rank_volumes']} rank volumes, "
+             f"{c['test_volumes']} test volumes")
+    plot(summary, os.path.join(args.out, args.name + ".png"), title)
+    print_summary(summary, json_path)
+    return 0
+
+
+def print_summary(summary: dict, json_path: str) -> None:
+    print(f"-> {json_path}")
+    for s, v in summary.items():
+        extra = f"  paired diff vs random {v.get('paired_diff_to_random_mean')}, wins {v.get('wins_vs_random')}" if s != "random" else ""
+        print(f"{s:>11}: mean Dice per round {v['mean_dice']}  picks with hippocampus {v['picked_foreground_fraction_per_round']}{extra}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -267,8 +327,8 @@ def main(argv=None) -> int:
                     ts = time.time()
                     if s == "random":
                         new = pick_random(pool, picks, args.per_round, np.random.default_rng(seed * 1000 + r))
-                    elif s in ("suggest", "uncertainty"):
-                        new = pick_suggest(pool, picks, args.per_round, prev, args, diversity=(s == "suggest"))
+                    elif s in ("suggest", "suggest-v1", "uncertainty"):
+                        new = pick_suggest(pool, picks, args.per_round, prev, args, variant=s)
                     else:
                         raise SystemExit(f"unknown strategy {s}")
                     t_pick = time.time() - ts
@@ -304,10 +364,8 @@ def main(argv=None) -> int:
              f"{'scratch' if args.from_scratch else 'warm start'}, {args.steps_first}+{args.steps} steps/round, {args.rank_volumes} rank volumes, "
              f"{len(test)} test volumes")
     plot(summary, os.path.join(args.out, args.name + ".png"), title)
-    print(f"done in {time.time() - t0:.0f}s -> {json_path}")
-    for s, v in summary.items():
-        extra = f"  paired diff vs random {v.get('paired_diff_to_random_mean')}, wins {v.get('wins_vs_random')}" if s != "random" else ""
-        print(f"{s:>11}: mean Dice per round {v['mean_dice']}  picks with hippocampus {v['picked_foreground_fraction_per_round']}{extra}")
+    print(f"done in {time.time() - t0:.0f}s")
+    print_summary(summary, json_path)
     return 0
 
 

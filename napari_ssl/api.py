@@ -153,7 +153,8 @@ def suggest(model: PathLike, image: ImageLike, labels: Optional[LabelsLike] = No
 
 
 def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[Sequence[Optional[LabelsLike]]] = None, *, n: int = 5,
-                 min_distance: Optional[int] = None, max_per_volume: Optional[int] = None, empty_slices: Optional[Sequence[Sequence[int]]] = None,
+                 min_distance: Optional[int] = None, max_per_volume: Optional[int] = None, depth_spacing: Optional[float] = None,
+                 empty_slices: Optional[Sequence[Sequence[int]]] = None,
                  tta: bool = True, mc_dropout: int = 0, predictions: Optional[Sequence[Prediction]] = None,
                  batch_size: int = 64, device: Optional[str] = None) -> list[dict]:
     """Rank the unannotated slices of several scans together (the union of their slices):
@@ -161,7 +162,8 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
 
     `labels` / `empty_slices`: one entry (or None) per image. A batch spreads over scans first
     (at most ceil(n / scans) picks per scan while that is possible), and picks in one scan keep
-    `min_distance` slices apart from each other and from its annotated slices."""
+    `min_distance` slices apart from each other and from its annotated slices; picks in different
+    scans keep `depth_spacing` apart in relative depth (slice / depth; default 0.5 / n, 0 = off)."""
     from .active.suggest import rank_pool
 
     if int(n) < 1:
@@ -184,7 +186,8 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
                        for v in vols]
     if len(predictions) != len(vols):
         raise NapariSSLError(f"{len(vols)} image(s) but {len(predictions)} prediction(s)")
-    return rank_pool([p.slice_uncertainty for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume)
+    return rank_pool([p.slice_uncertainty for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume,
+                     depth_spacing=depth_spacing)
 
 
 def _opt_path(p: Optional[PathLike]) -> Optional[str]:

@@ -204,10 +204,15 @@ def test_rank_pool_spreads_picks():
     assert min(abs(a - b) for i, a in enumerate(zs) for b in zs[:i]) >= 4  # default spacing 40 // 10
     plain = sorted(np.argsort(-u)[:5].tolist())
     assert max(plain) - min(plain) == 4 and sorted(zs) != plain
-    # over several volumes: the first picks come from distinct volumes, each pick reports its volume
+    # over several volumes: the picks come from distinct volumes and, with the depth spacing off, each
+    # takes its volume's most uncertain slice; with it (default 0.5 / n), the batch covers different levels
     u2 = [u, u * 0.9, u * 0.8]
+    plain = rank_pool(u2, n=3, depth_spacing=0)
+    assert [p["volume"] for p in plain] == [0, 1, 2] and all(p["slice"] == 20 for p in plain)
     picks = rank_pool(u2, n=3)
-    assert [p["volume"] for p in picks] == [0, 1, 2] and all(p["slice"] == 20 for p in picks)
+    assert sorted(p["volume"] for p in picks) == [0, 1, 2] and picks[0] == plain[0]
+    rel = [p["slice"] / 40 for p in picks]
+    assert min(abs(a - b) for i, a in enumerate(rel) for b in rel[:i]) >= 0.5 / 3
     ann = [np.zeros(40, bool) for _ in u2]
     ann[0][18:23] = True
     picks = rank_pool(u2, ann, n=6)
