@@ -299,6 +299,8 @@ def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
     from pydicom import config
     from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.tag import BaseTag
 
     n = arr.shape[0]
     seg = hd.seg.Segmentation(source_images=[sources[0], sources[-1]], pixel_array=arr[[0, n - 1]], **common)
@@ -328,30 +330,37 @@ def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
         # values taken from validated headers or built here: skip pydicom's per-value validation
         return DataElement(tag, vr, val, validation_mode=config.IGNORE)
 
+    def dataset(*elems: DataElement) -> Dataset:
+        return Dataset({BaseTag(e.tag): e for e in elems})   # pydicom's dict constructor: no per-add bookkeeping
+
+    # Items that do not change from frame to frame are built once and shared, as highdicom shares
+    # its code items (the file encoder then encodes each shared item once).
     derivations = []
     for ds in sources:
-        ref = Dataset()
-        ref.add(elem(0x00081150, "UI", ds[0x00080016].value))  # ReferencedSOPClassUID
-        ref.add(elem(0x00081155, "UI", ds[0x00080018].value))  # ReferencedSOPInstanceUID
-        ref.add(elem(0x0040A170, "SQ", [purpose_code]))       # PurposeOfReferenceCodeSequence
-        ref.add(elem(0x0028135A, "CS", preserved))            # SpatialLocationsPreserved
-        item = Dataset()
-        item.add(elem(0x00089215, "SQ", [derivation_code]))   # DerivationCodeSequence
-        item.add(elem(0x00082112, "SQ", [ref]))               # SourceImageSequence
-        derivations.append(item)
+        ref = dataset(
+            elem(0x00081150, "UI", ds[0x00080016].value),             # ReferencedSOPClassUID
+            elem(0x00081155, "UI", ds[0x00080018].value),             # ReferencedSOPInstanceUID
+            elem(0x0040A170, "SQ", Sequence([purpose_code])),         # PurposeOfReferenceCodeSequence
+            elem(0x0028135A, "CS", preserved),                        # SpatialLocationsPreserved
+        )
+        item = dataset(
+            elem(0x00089215, "SQ", Sequence([derivation_code])),      # DerivationCodeSequence
+            elem(0x00082112, "SQ", Sequence([ref])),                  # SourceImageSequence
+        )
+        derivations.append(Sequence([item]))
+    identifications: dict[int, Sequence] = {}
 
     def frame_item(plane: int, dim: list[int], segment: Optional[int]) -> Dataset:
-        content = Dataset()
-        content.add(elem(0x00209157, "UL", dim))                     # DimensionIndexValues
-        item = Dataset()
-        item.add(elem(0x00209111, "SQ", [content]))                  # FrameContentSequence
-        item.add(elem(0x00209113, "SQ", plane_positions[plane]))     # PlanePositionSequence
-        item.add(elem(0x00089124, "SQ", [derivations[plane]]))       # DerivationImageSequence
+        elems = [
+            elem(0x00209111, "SQ", Sequence([dataset(elem(0x00209157, "UL", dim))])),  # FrameContent: DimensionIndexValues
+            elem(0x00209113, "SQ", plane_positions[plane]),                           # PlanePositionSequence
+            elem(0x00089124, "SQ", derivations[plane]),                               # DerivationImageSequence
+        ]
         if segment is not None:
-            ident = Dataset()
-            ident.add(elem(0x0062000B, "US", int(segment)))          # ReferencedSegmentNumber
-            item.add(elem(0x0062000A, "SQ", [ident]))                # SegmentIdentificationSequence
-        return item
+            if segment not in identifications:
+                identifications[segment] = Sequence([dataset(elem(0x0062000B, "US", int(segment)))])  # ReferencedSegmentNumber
+            elems.append(elem(0x0062000A, "SQ", identifications[segment]))         # SegmentIdentificationSequence
+        return dataset(*elems)
 
     items = []
     if labelmap:
@@ -421,14 +430,18 @@ def _label_values(arr: np.ndarray, slice_max: np.ndarray) -> list[int]:
 def _reference_whole_series(seg, dss: list, native: np.ndarray) -> None:
     """After building from the labelled slices only: reference every source instance (as highdicom
     does when given them all) and keep the series' slice spacing for readers filling the gaps."""
+    from pydicom import config
+    from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset
+
+    from pydicom.tag import BaseTag
 
     refs = []
     for ds in dss:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = ds.SOPClassUID
-        ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-        refs.append(ref)
+        refs.append(Dataset({
+            BaseTag(0x00081150): DataElement(0x00081150, "UI", ds[0x00080016].value, validation_mode=config.IGNORE),  # ReferencedSOPClassUID
+            BaseTag(0x00081155): DataElement(0x00081155, "UI", ds[0x00080018].value, validation_mode=config.IGNORE),  # ReferencedSOPInstanceUID
+        }))
     seg.SourceImageSequence = refs
     series = seg.ReferencedSeriesSequence[0]
     series.ReferencedInstanceSequence = refs
