@@ -63,6 +63,7 @@ class Init:
     transfer_decoder: bool = False
     encoder_lr_scale: float = 1.0
     freeze_encoder_steps: int = 0
+    freeze_encoder_bn: bool = False  # keep the pretrained encoder's BatchNorm statistics while fine-tuning
     lr: float = 1e-3
     augment: bool = True
     note: str = ""
@@ -73,8 +74,8 @@ FINAL_INITS = [
     Init("random"),
     Init("inpainting", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True,
          note="context-encoder in-painting, whole U-Net transferred (encoder + decoder)"),
-    Init("simclr", "simclr", {}, note="SimCLR (joint embedding), encoder transferred"),
-    Init("offset-heatmap", "offset-heatmap", {}, note="Blendowski offset heatmap (pretext), encoder transferred"),
+    Init("simclr", "simclr", {}, pretrain_batch=16, note="SimCLR (joint embedding, 2 views of batch 16), encoder transferred"),
+    Init("offset-heatmap", "offset-heatmap", {}, pretrain_batch=16, note="Blendowski offset heatmap (pretext, pairs of batch 16), encoder transferred"),
 ]
 
 # Probed variants (--variants): name -> Init. Results land in the JSON's "variants" section.
@@ -86,11 +87,14 @@ VARIANTS = {v.name: v for v in [
          note="pretrained on the raw pool slices (no rescale to the fine-tuning grid)"),
     Init("inpainting-small-holes", "inpainting", {"holes": 6, "min_hole": 0.06, "max_hole": 0.16}, transfer_decoder=True),
     Init("inpainting-big-holes", "inpainting", {"holes": 2, "min_hole": 0.25, "max_hole": 0.45}, transfer_decoder=True),
-    Init("simclr-lr0.3", "simclr", {}, encoder_lr_scale=0.3),
-    Init("vicreg", "vicreg", {}),
-    Init("byol", "byol", {}),
+    Init("simclr-lr0.3", "simclr", {}, pretrain_batch=16, encoder_lr_scale=0.3),
+    Init("inpainting-dec-bnfrozen", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, freeze_encoder_bn=True),
+    Init("simclr-bnfrozen", "simclr", {}, pretrain_batch=16, freeze_encoder_bn=True),
+    Init("offset-heatmap-bnfrozen", "offset-heatmap", {}, pretrain_batch=16, freeze_encoder_bn=True),
+    Init("vicreg", "vicreg", {}, pretrain_batch=16),
+    Init("byol", "byol", {}, pretrain_batch=16),
     Init("rotation", "rotation", {}),
-    Init("offset-heatmap-lr0.3", "offset-heatmap", {}, encoder_lr_scale=0.3),
+    Init("offset-heatmap-lr0.3", "offset-heatmap", {}, pretrain_batch=16, encoder_lr_scale=0.3),
     Init("random-noaug", None, augment=False),
     Init("inpainting-long", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, pretrain_steps=1200, transfer_decoder=True,
          note="3x longer in-painting pretraining"),
@@ -258,7 +262,8 @@ def run_pretrain(init: Init, a: dict) -> dict:
 
 
 def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) -> str:
-    spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note")}, "pre": pre_key, "k": k, "seed": seed,
+    later = {"freeze_encoder_bn": False}  # fields added later: left out of the key at their default (cache stays valid)
+    spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note") and not (kk in later and v == later[kk])}, "pre": pre_key, "k": k, "seed": seed,
             "steps": a["finetune_steps"], "size": a["image_size"], "encoder": a["encoder"], "curve": a["curve_steps"], "ncurve": a["n_curve"], "v": 2}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -297,7 +302,7 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
     if 0 in a["curve_steps"]:
         hook(0, unet)
     unet, info = train_unet(unet, ds, steps=steps, batch_size=8, lr=init.lr, loss="dice-ce", encoder_lr_scale=init.encoder_lr_scale,
-                            freeze_encoder_steps=init.freeze_encoder_steps, seed=seed, devices="cpu" if a["device"] == "cpu" else a["device"],
+                            freeze_encoder_steps=init.freeze_encoder_steps, freeze_encoder_bn=init.freeze_encoder_bn, seed=seed, devices="cpu" if a["device"] == "cpu" else a["device"],
                             hook=hook, hook_steps=hook_steps)
     t_train = time.time() - t0
     unet = unet.cpu()
@@ -313,7 +318,7 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
 K_PRIORITY = (10, 2, 50, 5, 1, 20)  # order in which k values are run within a seed (partial runs stay informative)
 
 
-def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, cached_only: tuple = ()) -> tuple[list[dict], dict]:
+def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, cached_only: tuple = (), from_cache: bool = False) -> tuple[list[dict], dict]:
     """Pretrain what is needed, fine-tune every (init, k, seed); cached results are reused.
 
     At most --workers jobs run at once; the next job is the one with the highest priority:
@@ -353,11 +358,23 @@ def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, ca
                 queue.append(((1, s, kprio.get(k, 99), k, init_i), "ft", (key, init, k, s, pre["dir"] if pre else None)))
 
     waiting: dict[str, list] = {}
+    if from_cache:  # summarise what is cached, run nothing
+        cached_only = tuple(i.name for i in inits)
     for i, init in enumerate(inits):
         if init.method is None:
             queue_ft(i, init, None)
             continue
         pk, _ = pretrain_key(init, a)
+        if from_cache:
+            pdir = os.path.join(a["work_dir"], "pretrain", pk)
+            meta_path = os.path.join(pdir, "model.json")
+            pre_info[init.name] = {"key": pk, "dir": pdir, "cached": True}
+            if os.path.isfile(meta_path):
+                with open(meta_path) as f:
+                    m = json.load(f)
+                pre_info[init.name].update(seconds=m.get("bench_seconds"), final_loss=m.get("final_loss"), spec=pretrain_key(init, a)[1])
+            queue_ft(i, init, pre_info[init.name])
+            continue
         if pk not in waiting:
             queue.append(((0, i), "pre", (pk, init)))
             waiting[pk] = []
@@ -532,6 +549,7 @@ def main(argv=None) -> int:
     p.add_argument("--inits", default=None, help="comma-separated subset of the final inits")
     p.add_argument("--variants", default=None, help="comma-separated VARIANTS to probe (stored in the JSON's variants section); 'list' lists them")
     p.add_argument("--no-baseline", action="store_true", help="with --variants: take random-init runs from the cache only (do not run them)")
+    p.add_argument("--from-cache", action="store_true", help="run nothing: summarise the cached runs of this configuration (partial results)")
     p.add_argument("--out", default=OUT_JSON)
     args = p.parse_args(argv)
     if args.variants == "list":
@@ -560,7 +578,8 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     log(f"label efficiency: inits {[i.name for i in inits]}, k {ks}, seeds {seeds}, {a}")
-    results, pre_info = run_all(inits, ks, seeds, a, log, cached_only=("random",) if args.variants and args.no_baseline else ())
+    results, pre_info = run_all(inits, ks, seeds, a, log, cached_only=("random",) if args.variants and args.no_baseline else (),
+                                from_cache=args.from_cache)
     wall = time.time() - t0
     summary = summarize(results, inits, ks, seeds, a["finetune_steps"])
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_label_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -577,6 +596,10 @@ def main(argv=None) -> int:
         "inits": [asdict(i) for i in inits], "pretraining": pre_info, **summary,
         "runs": [{kk: v for kk, v in r.items() if kk not in ("slices",)} for r in results],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "from_cache": bool(args.from_cache),
+        "complete": len(results) == len(inits) * len(ks) * len(seeds),
+        "worker_seconds": {"finetune_runs": float(sum(r.get("total_seconds", 0) for r in results)),
+                           "pretraining": float(sum((v.get("seconds") or 0) for v in pre_info.values() if isinstance(v, dict)))},
     }
     if args.variants:
         out = prev

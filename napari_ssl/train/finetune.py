@@ -52,6 +52,7 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     encoder_lr_scale: float = 1.0
     freeze_encoder_steps: int = 0
+    freeze_encoder_bn: bool = False  # keep the pretrained encoder's BatchNorm statistics (affine parameters still train)
     transfer_decoder: bool = False  # also load the pretrained decoder (in-painting / heatmap methods)
     augment: bool = True
     normalization: Optional[dict] = None  # override; default: the pretrained model's spec
@@ -315,7 +316,7 @@ class _EventCallback:
 
 def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: int, batch_size: int = 8, lr: float = 1e-3,
                weight_decay: float = 1e-4, loss: str = "dice-ce", encoder_lr_scale: float = 1.0, freeze_encoder_steps: int = 0,
-               seed: int = 0, devices: str = "auto", precision: str = "32", num_workers: int = 0, emit: Callable[[dict], None] = lambda e: None,
+               freeze_encoder_bn: bool = False, seed: int = 0, devices: str = "auto", precision: str = "32", num_workers: int = 0, emit: Callable[[dict], None] = lambda e: None,
                stop_event=None, preview_every_s: float = 0.0, hook: Optional[Callable[[int, torch.nn.Module], None]] = None,
                hook_steps: Optional[list[int]] = None) -> tuple[torch.nn.Module, dict]:
     """Train `unet` in place with a Lightning Trainer for `steps` optimiser steps; returns (unet, info)."""
@@ -327,7 +328,7 @@ def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: i
         logging.getLogger(name).setLevel(logging.WARNING)  # no banner per run (the benchmark runs hundreds)
     pl.seed_everything(int(seed), workers=True, verbose=False)
     module = SegmentationModule(unet, loss=loss, lr=lr, weight_decay=weight_decay, total_steps=steps,
-                                encoder_lr_scale=encoder_lr_scale, freeze_encoder_steps=freeze_encoder_steps)
+                                encoder_lr_scale=encoder_lr_scale, freeze_encoder_steps=freeze_encoder_steps, freeze_encoder_bn=freeze_encoder_bn)
     loader = make_loader(dataset, batch_size, steps, seed, num_workers)
     cb = _EventCallback(emit, stop_event, steps, preview_every_s, hook, hook_steps)
     accelerator, dev = ("cpu", 1) if devices in ("cpu",) else ("auto", "auto" if devices == "auto" else _parse_devices(devices))
@@ -395,6 +396,7 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
         steps = resolve_steps(config, len(dataset))
         unet, info = train_unet(unet, dataset, steps=steps, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
                                 loss=config.loss, encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
+                                freeze_encoder_bn=config.freeze_encoder_bn,
                                 seed=config.seed, devices=config.devices, precision=config.precision, num_workers=config.num_workers,
                                 emit=emit, stop_event=stop_event, preview_every_s=config.preview_every_s)
         unet = unet.cpu()
@@ -415,6 +417,7 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
             "pretrained": source if source.get("init") == "pretrained-encoder" else source.get("pretrained"),
             "training": {"steps": info["steps"], "requested_steps": steps, "batch_size": config.batch_size, "lr": config.lr,
                          "loss": config.loss, "encoder_lr_scale": config.encoder_lr_scale, "freeze_encoder_steps": config.freeze_encoder_steps,
+                         "freeze_encoder_bn": config.freeze_encoder_bn,
                          "augment": config.augment, "seed": config.seed, "stopped": info["stopped"]},
             "metrics": {"final_loss": info["final_loss"], "train_dice": dict(zip(data.class_names, dice))},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -47,7 +47,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "d
 
 class SegmentationModule(pl.LightningModule):
     def __init__(self, unet: torch.nn.Module, loss: str = "dice-ce", lr: float = 1e-3, weight_decay: float = 1e-4,
-                 total_steps: int = 500, encoder_lr_scale: float = 1.0, freeze_encoder_steps: int = 0, warmup_fraction: float = 0.05):
+                 total_steps: int = 500, encoder_lr_scale: float = 1.0, freeze_encoder_steps: int = 0, warmup_fraction: float = 0.05,
+                 freeze_encoder_bn: bool = False):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}")
@@ -58,6 +59,7 @@ class SegmentationModule(pl.LightningModule):
         self.total_steps = max(1, int(total_steps))
         self.encoder_lr_scale = float(encoder_lr_scale)
         self.freeze_encoder_steps = int(freeze_encoder_steps)
+        self.freeze_encoder_bn = bool(freeze_encoder_bn)  # keep the (pretrained) encoder's BatchNorm statistics for the whole run
         self.warmup_steps = int(warmup_fraction * self.total_steps)
         self.last_loss = float("nan")
         self._frozen = False
@@ -81,6 +83,10 @@ class SegmentationModule(pl.LightningModule):
             self.unet.encoder.eval()  # keep pretrained BatchNorm statistics during the warm-up
         else:
             self.unet.encoder.train()
+            if self.freeze_encoder_bn:
+                for m in self.unet.encoder.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.eval()
 
     def training_step(self, batch, batch_idx):
         logits = self.unet(batch["image"])
