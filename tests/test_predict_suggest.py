@@ -222,13 +222,21 @@ def test_rank_pool_spreads_picks():
         rank_pool([u], [np.zeros(3, bool)], n=2)
 
 
-def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path):
+def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
     vols = [api.load_volume(files[3][0]), api.load_volume(files[1][0])]
     picks = api.suggest_pool(model, vols, [None, files[1][1]], n=3, tta=False)
     assert len(picks) == 3
     ann1 = api.annotated_slices(files[1][1], vols[1])
     assert all(not ann1[p["slice"]] for p in picks if p["volume"] == 1)
     assert {p["volume"] for p in picks[:2]} == {0, 1}  # spread over both scans first
+    # the command ranks over several scans too (one --labels per --image)
+    capsys.readouterr()
+    assert main(["suggest", "--model", model, "--image", files[3][0], "--image", files[1][0], "--labels", files[3][1], "--labels", files[1][1],
+                 "-n", "3", "--no-tta", "--json"]) == 0
+    multi = json.loads(capsys.readouterr().out)["suggestions"]
+    assert len(multi) == 3 and {p["volume"] for p in multi} == {0, 1}
+    ann = [api.annotated_slices(files[3][1], vols[0]), ann1]
+    assert all(p["image"] == [files[3][0], files[1][0]][p["volume"]] and not ann[p["volume"]][p["slice"]] for p in multi)
     preds = [api.predict(model, v) for v in vols]
     again = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds)
     assert again == picks  # same ranking from precomputed predictions
