@@ -99,6 +99,36 @@ def test_non_integral_rescale_gives_float32():
     np.testing.assert_allclose(vol.array[0], pydicom_values(path), rtol=1e-6, atol=1e-3)
 
 
+def test_float_rescale_series_is_converted_in_place(tmp_path, dcmqi_dir):
+    """Per-slice non-integer rescales (as MR/PET write them): float32 values as pydicom computes
+    them, read into the float volume itself (peak allocation about the float volume, not 1.5x)."""
+    import tracemalloc
+
+    folder = tmp_path / "float"
+    folder.mkdir()
+    src = [pydicom.dcmread(f) for f in sorted((dcmqi_dir / "ct-3slice").glob("*.dcm"))]
+    series = generate_uid()
+    for i in range(12):
+        ds = src[i % 3].copy()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SeriesInstanceUID, ds.InstanceNumber = series, i + 1
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], f"{-200 + 2.5 * i:.2f}"]
+        ds.RescaleSlope, ds.RescaleIntercept = f"{0.5 + 0.25 * (i % 4)}", f"{-1024.5 + i}"
+        ds.save_as(folder / f"{i:02d}.dcm")
+    load_dicom_volumes(folder)  # warm-up: imports and caches outside the measurement
+    tracemalloc.start()
+    try:
+        (vol,) = load_dicom_volumes(folder)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert vol.array.dtype == np.float32
+    for z, ds in enumerate(vol.source_datasets):
+        np.testing.assert_allclose(vol.array[z], pydicom_values(vol.source_paths[z]), rtol=1e-6)
+    assert vol.shape == (12, 512, 512)
+    assert peak < 1.2 * vol.array.nbytes, f"peak {peak / vol.array.nbytes:.2f}x the float volume"
+
+
 @pytest.mark.parametrize("name", [
     "MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
     "MR_small_bigendian.dcm", "MR_small_implicit.dcm",

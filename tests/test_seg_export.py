@@ -296,6 +296,9 @@ def test_fast_build_equals_highdicoms_own(ct8, kind, labelmap):
     assert numbers == numbers_full
     assert _differences(fast, full) == []
     assert fast.PixelData == full.PixelData and int(fast.NumberOfFrames) == int(full.NumberOfFrames) > 0
+    uids = [str(d.SOPInstanceUID) for d in ct8.source_datasets]  # the returned object reads back in memory too
+    got = fast.get_pixels_by_source_instance(uids, segment_numbers=sorted(numbers.values()), combine_segments=True)
+    np.testing.assert_array_equal(got, reorient_array(lab, ct8.affine, ct8.native_affine))
 
 
 @pytest.mark.parametrize("labelmap", [False, True])

@@ -24,7 +24,7 @@ from ..errors import NoImageFound
 from .dicom_discovery import Header, Scan, is_enhanced, scan_path, value
 from .dicom_frames import Frame, frames_of
 from .dicom_geometry import Stack, build_stack, split_stacks
-from .dicom_pixels import read_raw, rescale, stored_dtype
+from .dicom_pixels import float_target, read_raw, rescale, rescale_into, stored_dtype, widening_buffer
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,19 @@ def read_plan(plan: SeriesPlan, workers: Optional[int] = None, errors: Optional[
     """Decode the pixels of a planned stack into a Volume (None if no slice could be decoded)."""
     stack = plan.stack
     warnings = list(plan.warnings)
-    raw, failed, messages = read_raw(stack.frames, workers=workers)
+    frames = stack.frames
+    stored = stored_dtype(frames[0].header.ds)
+    slopes = np.array([f.slope for f in frames])
+    intercepts = np.array([f.intercept for f in frames])
+    target = float_target(stored, slopes, intercepts)
+    widened = None
+    if target is not None and target.itemsize > stored.itemsize and target.itemsize % stored.itemsize == 0:
+        # a float result (non-integer rescale): read into the tail of the float volume and convert
+        # in place, instead of a stored-dtype volume plus its float copy
+        widened, raw = widening_buffer((len(frames), frames[0].rows, frames[0].cols), stored, target)
+        raw, failed, messages = read_raw(frames, workers=workers, out=raw)
+    else:
+        raw, failed, messages = read_raw(frames, workers=workers)
     if failed:
         for m in messages:
             log.warning("%s", m)
@@ -172,10 +184,16 @@ def read_plan(plan: SeriesPlan, workers: Optional[int] = None, errors: Optional[
                 errors.extend(messages)
             return None
         raw = raw[np.setdiff1d(np.arange(len(stack.frames)), failed)]
+        widened = None
         stack = build_stack(keep)  # geometry again, with the gap the failed slices leave
         warnings = [w for w in warnings if w not in plan.stack.warnings] + [m + "; left out" for m in messages] + stack.warnings
     frames = stack.frames
-    array = rescale(raw, np.array([f.slope for f in frames]), np.array([f.intercept for f in frames]))
+    slopes = np.array([f.slope for f in frames])
+    intercepts = np.array([f.intercept for f in frames])
+    if widened is not None:
+        array = rescale_into(widened, raw, slopes, intercepts)
+    else:
+        array = rescale(raw, slopes, intercepts)
     ds0 = frames[0].header.ds
     enhanced = is_enhanced(ds0) or int(ds0.get("NumberOfFrames", 1) or 1) > 1
     unique: dict[int, Header] = {}

@@ -122,11 +122,14 @@ def _read_file(job: _FileJob, out: np.ndarray, ds) -> Optional[str]:
     return None
 
 
-def read_raw(frames: list[Frame], workers: Optional[int] = None) -> tuple[np.ndarray, list[int], list[str]]:
-    """Stored values of `frames` as one (z, y, x) array; z indices that failed, with messages."""
+def read_raw(frames: list[Frame], workers: Optional[int] = None, out: Optional[np.ndarray] = None) -> tuple[np.ndarray, list[int], list[str]]:
+    """Stored values of `frames` as one (z, y, x) array; z indices that failed, with messages.
+
+    ``out`` (optional): the array to fill, of the stored dtype and the stack's shape."""
     ds0 = frames[0].header.ds
     dtype = stored_dtype(ds0)
-    out = np.empty((len(frames), frames[0].rows, frames[0].cols), dtype=dtype)
+    if out is None:
+        out = np.empty((len(frames), frames[0].rows, frames[0].cols), dtype=dtype)
     jobs = _jobs(frames, dtype)
     ds_of = {f.header.path: f.header.ds for f in frames}
     workers = workers or max_workers()
@@ -142,6 +145,45 @@ def read_raw(frames: list[Frame], workers: Optional[int] = None) -> tuple[np.nda
             failed.extend(z for _, z in job.items)
             messages.append(err)
     return out, sorted(failed), messages
+
+
+def float_target(stored: np.dtype, slopes: np.ndarray, intercepts: np.ndarray) -> Optional[np.dtype]:
+    """The floating dtype :func:`rescale` will give (known from the headers alone), else None."""
+    slopes = np.asarray(slopes, float)
+    intercepts = np.asarray(intercepts, float)
+    if np.all(slopes == 1) and np.all(intercepts == 0):
+        return None
+    if stored.kind in "iu" and _integral(slopes) and _integral(intercepts):
+        return None   # integer result (in place, or int32 if the range needs it)
+    return np.dtype(np.float64 if stored == np.float64 else np.float32)
+
+
+def widening_buffer(shape: tuple[int, int, int], stored: np.dtype, target: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(volume of `target` dtype, view of its last bytes as the stored-dtype stack of the same shape).
+
+    Reading the stored values into the tail and converting slice by slice from the front
+    (:func:`rescale_into`) needs no second full-size array: slice z of the result ends before
+    stored slice z+1 begins, whatever the ratio of the item sizes.
+    """
+    if target.itemsize % stored.itemsize:
+        raise ValueError("target item size must be a multiple of the stored one")
+    out = np.empty(shape, dtype=target)
+    nbytes = int(np.prod(shape)) * stored.itemsize
+    raw = out.reshape(-1).view(np.uint8)[out.nbytes - nbytes:].view(stored).reshape(shape)
+    return out, raw
+
+
+def rescale_into(out: np.ndarray, raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+    """value = stored * slope + intercept per slice, from `raw` (the tail of `out`, see
+    :func:`widening_buffer`) into `out`, front to back; same arithmetic as :func:`rescale`."""
+    s = np.asarray(slopes, float).astype(out.dtype)
+    c = np.asarray(intercepts, float).astype(out.dtype)
+    for z in range(out.shape[0]):
+        # numpy casts in small buffers and copies an input that overlaps its output (only the
+        # last slice can overlap itself), so no slice-sized temporary is needed
+        np.multiply(raw[z], s[z], out=out[z], dtype=out.dtype)
+        np.add(out[z], c[z], out=out[z])
+    return out
 
 
 def _integral(v: np.ndarray) -> bool:
