@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     pretrained = pre.out_dir
     for name in list(pre.preview_layers):
         viewer.layers.remove(pre.preview_layers.pop(name))
+    viewer.reset_view()
 
     # --- 2. Annotate & Train
     ann_dock, ann = dock("Annotate & Train", tabify=True)
@@ -116,6 +117,7 @@ def main(argv=None) -> int:
     ann.mark_current_slice_empty()
     ann.go_to_slice(int(zs[len(zs) // 2]))
     ann.update_count()
+    viewer.reset_view()
     shot("annotate_labels")
     ann.select_pretrained(pretrained)
     ann.steps.setValue(60)
@@ -126,6 +128,7 @@ def main(argv=None) -> int:
     if (ann.last_result or {}).get("type") != "done":
         raise RuntimeError(f"fine-tuning failed: {ann.last_result}")
     z = ann.next_slice()
+    viewer.reset_view()
     shot("annotate_prediction")
     ann.accept_current_slice()
     ann.update_count()

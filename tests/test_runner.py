@@ -193,3 +193,23 @@ def test_no_orphan_when_the_parent_dies(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_script_without_main_guard_is_not_rerun_in_the_child(tmp_path):
+    """`python my_script.py` that opens napari and starts a job at top level (no __main__ guard):
+    spawn must not execute the script again in the child (it would open a second viewer there)."""
+    script = tmp_path / "user_script.py"
+    out = tmp_path / "out.txt"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        with open({str(out)!r}, "a") as f:
+            f.write("top level ran\\n")
+        from napari_ssl.train.runner import JobRunner
+        res = JobRunner("test_runner:counting_job", {{"steps": 3, "out": "x"}}).start().wait(60)
+        print(res["type"], res.get("out"), sys.modules["__main__"].__file__ == __file__, flush=True)
+    """))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["done", "x", "True"], (run.stdout, run.stderr[-2000:])  # __file__ restored
+    assert out.read_text() == "top level ran\n"  # once: in the parent only

@@ -25,6 +25,21 @@ def _stop_all_on_quit() -> None:
         job.stop_and_wait(grace_s=15.0)
 
 
+def default_nice() -> int:
+    """Niceness added to job processes: the viewer's event loop wins the CPU when both want it.
+
+    A CPU-bound training process at the same priority as the GUI competes with it for every time
+    slice; at +10 it yields to the GUI (and to nothing else when the machine is otherwise idle, so
+    training speed is unchanged there). ``$NAPARI_SSL_JOB_NICE`` overrides it (0: same priority).
+    """
+    import os
+
+    try:
+        return max(0, int(os.environ.get("NAPARI_SSL_JOB_NICE", "10")))
+    except ValueError:
+        return 10
+
+
 class QtJob(QObject):
     """One job in a child process, driven from the Qt event loop.
 
@@ -36,10 +51,12 @@ class QtJob(QObject):
     finished = Signal(dict)
 
     def __init__(self, target: str | Callable, config: Any, *, label: str, viewer=None,
-                 interval_ms: int = 50, stop_grace_s: float = 60.0, parent: QObject | None = None):
+                 interval_ms: int = 50, stop_grace_s: float = 60.0, nice: int | None = None,
+                 parent: QObject | None = None):
         super().__init__(parent)
         self.label = label
-        self.runner = JobRunner(target, config, label=label, stop_grace_s=stop_grace_s)
+        self.runner = JobRunner(target, config, label=label, stop_grace_s=stop_grace_s,
+                                nice=default_nice() if nice is None else int(nice))
         self._viewer = weakref.ref(viewer) if viewer is not None else None
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)

@@ -246,7 +246,7 @@ class PretrainWidget(DockWidgetBase):
                 self.plot.add_point(ev.get("step", len(self.plot.values)), values["loss"])
         elif t == "progress":
             total = ev.get("total_steps")
-            if not self.job.runner.stop_requested:
+            if not (self.job is not None and self.job.runner.stop_requested):
                 self.status.setText(f"Step {ev.get('step')}" + (f" / {total}" if total else "") +
                                     (f", epoch {ev['epoch']}" if ev.get("epoch") is not None else ""))
         elif t == "preview" and self.show_previews.isChecked():
