@@ -52,6 +52,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "msd_hippocampus"))
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (run seeds in separate processes, then --merge)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--init", type=int, default=2, help="slices annotated before round 1")
     ap.add_argument("--per-round", type=int, default=2)
@@ -175,7 +176,7 @@ def summarize(results: dict, strategies: list[str]) -> dict:
         mean = np.array([[x[i]["mean_dice"] for i in range(r)] for x in runs])
         per_class = {c: np.array([[x[i]["dice"][c] for i in range(r)] for x in runs]).mean(0).round(4).tolist() for c in CLASSES}
         fg = [np.mean([x[i]["picked_foreground_fraction"] for x in runs]) for i in range(1, r)]
-        summ[s] = {"slices": [runs[0][i]["annotated_slices"] for i in range(r)], "mean_dice": mean.mean(0).round(4).tolist(),
+        summ[s] = {"seeds": len(runs), "slices": [runs[0][i]["annotated_slices"] for i in range(r)], "mean_dice": mean.mean(0).round(4).tolist(),
                    "mean_dice_std_over_seeds": mean.std(0).round(4).tolist(), "dice_per_class": per_class,
                    "mean_dice_after_round0": round(float(mean[:, 1:].mean()), 4) if r > 1 else None,
                    "picked_foreground_fraction_per_round": [round(float(f), 3) for f in fg]}
@@ -244,16 +245,16 @@ def merge(args) -> int:
                 if name in dst:
                     raise SystemExit(f"strategy {name} appears twice for seed {seed}; rename it (file.json:{strat}=NEW)")
                 dst[name] = rows
-    keys = ("seeds", "rounds", "init", "per_round", "image_size", "batch_size", "steps_first", "steps", "from_scratch", "rank_volumes",
+    keys = ("rounds", "init", "per_round", "image_size", "batch_size", "steps_first", "steps", "from_scratch", "rank_volumes",
             "test_volumes", "encoder", "no_tta")
     for c in configs[1:]:
         diff = [k for k in keys if c.get(k) != configs[0].get(k)]
         if diff:
             raise SystemExit(f"runs differ in {diff}; not comparable")
     seeds = sorted(results)
-    common = [s for s in results[seeds[0]] if all(s in results[k] for k in seeds)]
-    order = ["random"] + sorted(s for s in common if s != "random")
-    results = {k: {s: results[k][s] for s in order} for k in seeds}
+    names = {s for k in seeds for s in results[k]}
+    order = ["random"] + sorted(s for s in names if s != "random")
+    results = {k: {s: results[k][s] for s in order if s in results[k]} for k in seeds}
     summary = summarize(results, order)
     config = dict(configs[0], strategies=order, merged_from=sources)
     os.makedirs(args.out, exist_ok=True)
@@ -301,7 +302,7 @@ def main(argv=None) -> int:
     config.update({"pool": "200 lowest-numbered volumes", "test": f"{len(test)} of the other 60", "warm_start": not args.from_scratch,
                    "threads": torch.get_num_threads(), "strategies": strategies})
     try:
-        for seed in range(args.seeds):
+        for seed in range(args.seed_start, args.seed_start + args.seeds):
             rng = np.random.default_rng(1000 + seed)
             rank_idx = sorted(rng.choice(len(pool_files), size=min(args.rank_volumes, len(pool_files)), replace=False).tolist())
             pool = [load_case(args.data, pool_files[i]) for i in rank_idx]
@@ -356,7 +357,7 @@ def main(argv=None) -> int:
             with open(json_path, "w") as f:
                 json.dump({"benchmark": "active learning (suggest vs random)", "config": config, "summary": summary,
                            "results": {str(k): v for k, v in results.items()}, "elapsed_s": round(time.time() - t0, 1),
-                           "complete": seed == args.seeds - 1}, f, indent=1)
+                           "complete": seed == args.seed_start + args.seeds - 1}, f, indent=1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = summarize(results, strategies)
