@@ -29,10 +29,16 @@ class _Fallback(Exception):
     """Something this encoder does not reproduce: let pydicom write the whole file."""
 
 
-def _multi(value: Any) -> bool:
-    from pydicom.multival import MultiValue
+_MULTI: tuple = ()
 
-    return isinstance(value, (MultiValue, list, tuple))
+
+def _multi(value: Any) -> bool:
+    global _MULTI
+    if not _MULTI:
+        from pydicom.multival import MultiValue
+
+        _MULTI = (MultiValue, list, tuple)
+    return isinstance(value, _MULTI)
 
 
 class _Encoder:
@@ -62,7 +68,8 @@ class _Encoder:
 
     # --- datasets and elements --------------------------------------------------------
     def dataset(self, ds: Any, parent_encoding: Any) -> bytes:
-        encoding = ds.get("SpecificCharacterSet", parent_encoding)
+        charset = ds._dict.get(0x00080005)   # SpecificCharacterSet, as pydicom's write_dataset looks it up
+        encoding = parent_encoding if charset is None else ds[0x00080005].value
         out = []
         for tag in sorted(ds._dict):
             if (tag & 0xFFFF) == 0 and (tag >> 16) > 6:

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import NapariSSLError
+from .dicom_discovery import value
 from .export import labels_on_source_grid, normalize_names, require_dicom_source
 from .volume import Volume
 
@@ -102,7 +103,7 @@ def _native_sources(source: Volume, n_slices: int) -> tuple[list, Optional[list]
     elif len(dss) == n_slices:
         ipps = []
         for ds in dss:
-            ipp = ds.get("ImagePositionPatient")
+            ipp = value(ds, "ImagePositionPatient")
             ipps.append(None if ipp is None else np.asarray([float(v) for v in ipp]))
         expected = [native[:3, :3] @ [i, 0, 0] + native[:3, 3] for i in range(n_slices)]
         tol = 0.05 * float(np.linalg.norm(native[:3, 0]))
@@ -306,6 +307,7 @@ def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
     from pydicom.tag import BaseTag
+    from pydicom.valuerep import DS
 
     n = arr.shape[0]
     seg = hd.seg.Segmentation(source_images=[sources[0], sources[-1]], pixel_array=arr[[0, n - 1]], **common)
@@ -326,11 +328,6 @@ def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
     order = list(range(n)) if (first_is_ours == (first_index == 1)) else list(range(n - 1, -1, -1))
     position_index = {plane: k + 1 for k, plane in enumerate(order)}
 
-    plane_positions = [
-        hd.PlanePositionSequence(coordinate_system=hd.CoordinateSystemNames.PATIENT, image_position=ds.ImagePositionPatient)
-        for ds in sources
-    ]
-
     def elem(tag: int, vr: str, val: Any) -> DataElement:
         # values taken from validated headers or built here: skip pydicom's per-value validation
         return DataElement(tag, vr, val, validation_mode=config.IGNORE)
@@ -338,13 +335,19 @@ def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
     def dataset(*elems: DataElement) -> Dataset:
         return Dataset({BaseTag(e.tag): e for e in elems})   # pydicom's dict constructor: no per-add bookkeeping
 
+    # as hd.PlanePositionSequence(PATIENT, image_position=...) builds them
+    plane_positions = [
+        Sequence([dataset(elem(0x00200032, "DS", [DS(v, auto_format=True) for v in ds.ImagePositionPatient]))])
+        for ds in sources
+    ]
+
     # Items that do not change from frame to frame are built once and shared, as highdicom shares
     # its code items (the file encoder then encodes each shared item once).
     derivations = []
     for ds in sources:
         ref = dataset(
-            elem(0x00081150, "UI", ds[0x00080016].value),             # ReferencedSOPClassUID
-            elem(0x00081155, "UI", ds[0x00080018].value),             # ReferencedSOPInstanceUID
+            elem(0x00081150, "UI", value(ds, "SOPClassUID")),         # ReferencedSOPClassUID
+            elem(0x00081155, "UI", value(ds, "SOPInstanceUID")),      # ReferencedSOPInstanceUID
             elem(0x0040A170, "SQ", Sequence([purpose_code])),         # PurposeOfReferenceCodeSequence
             elem(0x0028135A, "CS", preserved),                        # SpatialLocationsPreserved
         )
@@ -444,8 +447,8 @@ def _reference_whole_series(seg, dss: list, native: np.ndarray) -> None:
     refs = []
     for ds in dss:
         refs.append(Dataset({
-            BaseTag(0x00081150): DataElement(0x00081150, "UI", ds[0x00080016].value, validation_mode=config.IGNORE),  # ReferencedSOPClassUID
-            BaseTag(0x00081155): DataElement(0x00081155, "UI", ds[0x00080018].value, validation_mode=config.IGNORE),  # ReferencedSOPInstanceUID
+            BaseTag(0x00081150): DataElement(0x00081150, "UI", value(ds, "SOPClassUID"), validation_mode=config.IGNORE),  # ReferencedSOPClassUID
+            BaseTag(0x00081155): DataElement(0x00081155, "UI", value(ds, "SOPInstanceUID"), validation_mode=config.IGNORE),  # ReferencedSOPInstanceUID
         }))
     seg.SourceImageSequence = refs
     series = seg.ReferencedSeriesSequence[0]
