@@ -5,7 +5,8 @@
     {"type": "loss", "step", "values": {"loss": float, ...}}   mean over the steps since the last loss event
     {"type": "preview", "step", "images": {name: float32 array}}   2-D (H, W) images/heatmaps; "feature_pca" is (H, W, 3) RGB
     {"type": "checkpoint", "path", "step"}
-    {"type": "done", "out", "stopped", "step", "rank", "weights_sha256"}   emitted by every DDP rank
+    {"type": "done", "out", "stopped", "step", "rank", "world_size", "weights_sha256", "encoder_sha256"}   emitted by every DDP rank
+        (sha256 of every parameter/buffer of the method, and of the saved encoder: equal on all ranks)
     {"type": "error", "message"}
 Only rank 0 emits, except "done".
 """
@@ -58,6 +59,9 @@ class ProgressPrinter:
 
     def __call__(self, ev: dict) -> None:
         t = ev.get("type")
+        if t == "done" and int(ev.get("world_size") or 1) > 1:  # DDP: every rank says which weights it ended with
+            print(f"rank {ev.get('rank')}/{ev['world_size']}: step {ev.get('step')}, weights sha256 {ev.get('weights_sha256')}, "
+                  f"encoder sha256 {ev.get('encoder_sha256')}", file=self.stream, flush=True)
         if ev.get("rank", 0) != 0:
             return
         if t == "started":

@@ -320,10 +320,11 @@ def _run(config: PretrainConfig, events, stop_event) -> str:
     class _Finish(pl.Callback):
         def on_train_end(self, trainer, pl_module):
             _sync_buffers(pl_module, trainer)
-            if rank == 0 and cb.preview_every_s > 0:
+            if rank == 0 and cb.preview_every_s >= 0:  # 0: no periodic previews, but the final ones
                 cb.make_previews(pl_module, pl_module.step)
             save(trainer, "stopped" if cb.stopped and pl_module.step < total_steps else "complete")
             state["digest"] = state_digest(pl_module.method)
+            state["encoder_digest"] = state_digest(pl_module.method.encoder)
 
     if rank == 0:
         os.makedirs(out, exist_ok=True)
@@ -346,7 +347,7 @@ def _run(config: PretrainConfig, events, stop_event) -> str:
     finally:
         stop.restore()
     emit({"type": "done", "out": out, "stopped": bool(cb.stopped and state["final_step"] < total_steps), "step": state["final_step"],
-          "rank": rank, "weights_sha256": state["digest"]}, all_ranks=True)
+          "rank": rank, "world_size": world, "weights_sha256": state["digest"], "encoder_sha256": state.get("encoder_digest")}, all_ranks=True)
     return out
 
 
