@@ -72,7 +72,8 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 2 rounds, 4 test volumes, few steps")
     ap.add_argument("--merge", nargs="+", metavar="JSON[:OLD=NEW,...]",
                     help="combine the results of runs made with the same settings and seeds (e.g. one strategy each, run in "
-                         "parallel) into --name, renaming strategies; round 0 must agree (it is deterministic); no training")
+                         "parallel) into --name, renaming strategies; round 0 must agree (it is deterministic); no training. "
+                         "A .log (a run's stdout, given after the JSONs) adds the rounds of runs stopped early (mean Dice only)")
     a = ap.parse_args(argv)
     if a.quick:
         a.seeds, a.rounds, a.test_volumes, a.steps_first, a.steps, a.rank_volumes = 1, 2, 4, 10, 5, 4
@@ -167,56 +168,97 @@ def pick_suggest(pool, picks, n, model_dir, args, variant: str = "suggest") -> l
 
 
 def summarize(results: dict, strategies: list[str]) -> dict:
+    """Means over the seeds that reached each round (a run cut short contributes its finished rounds)."""
     summ: dict = {}
     for s in strategies:
         runs = [results[seed][s] for seed in results if s in results[seed]]
         if not runs:
             continue
-        r = min(len(x) for x in runs)
-        mean = np.array([[x[i]["mean_dice"] for i in range(r)] for x in runs])
-        per_class = {c: np.array([[x[i]["dice"][c] for i in range(r)] for x in runs]).mean(0).round(4).tolist() for c in CLASSES}
-        fg = [np.mean([x[i]["picked_foreground_fraction"] for x in runs]) for i in range(1, r)]
-        summ[s] = {"seeds": len(runs), "slices": [runs[0][i]["annotated_slices"] for i in range(r)], "mean_dice": mean.mean(0).round(4).tolist(),
-                   "mean_dice_std_over_seeds": mean.std(0).round(4).tolist(), "dice_per_class": per_class,
-                   "mean_dice_after_round0": round(float(mean[:, 1:].mean()), 4) if r > 1 else None,
-                   "picked_foreground_fraction_per_round": [round(float(f), 3) for f in fg]}
+        r = max(len(x) for x in runs)
+        at = [[x[i] for x in runs if len(x) > i] for i in range(r)]
+        mean = [np.array([row["mean_dice"] for row in rows]) for rows in at]
+        per_class = {c: [round(float(np.mean(v)), 4) if (v := [row["dice"][c] for row in rows if row.get("dice")]) else None for rows in at]
+                     for c in CLASSES}
+        summ[s] = {"seeds_per_round": [len(rows) for rows in at], "slices": [rows[0]["annotated_slices"] for rows in at],
+                   "mean_dice": [round(float(m.mean()), 4) for m in mean], "mean_dice_std_over_seeds": [round(float(m.std()), 4) for m in mean],
+                   "dice_per_class": per_class,
+                   "picked_foreground_fraction_per_round": [round(float(np.mean([row["picked_foreground_fraction"] for row in rows])), 3)
+                                                            for rows in at[1:]]}
     if "random" in summ:
-        base = summ["random"]
         for s in summ:
             if s == "random":
                 continue
-            r = min(len(summ[s]["mean_dice"]), len(base["mean_dice"]))
-            diffs = np.array([[results[seed][s][i]["mean_dice"] - results[seed]["random"][i]["mean_dice"] for i in range(1, r)]
-                              for seed in results if s in results[seed] and "random" in results[seed]])
-            summ[s]["ratio_to_random_per_round"] = [round(summ[s]["mean_dice"][i] / max(base["mean_dice"][i], 1e-9), 4) for i in range(r)]
-            if diffs.size:
-                summ[s]["paired_diff_to_random_per_round"] = diffs.mean(0).round(4).tolist()
-                summ[s]["paired_diff_to_random_mean"] = round(float(diffs.mean()), 4)
-                summ[s]["wins_vs_random"] = f"{int((diffs > 0).sum())}/{diffs.size} (seed, round) pairs"
+            per_round, allv, wins = [], [], 0
+            for i in range(1, len(summ[s]["mean_dice"])):
+                d = [results[k][s][i]["mean_dice"] - results[k]["random"][i]["mean_dice"] for k in results
+                     if s in results[k] and "random" in results[k] and len(results[k][s]) > i and len(results[k]["random"]) > i]
+                per_round.append({"round": i, "seeds": len(d), "mean_diff": round(float(np.mean(d)), 4) if d else None})
+                allv += d
+                wins += sum(x > 0 for x in d)
+            summ[s]["paired_diff_to_random_per_round"] = per_round
+            if allv:
+                summ[s]["paired_diff_to_random_mean"] = round(float(np.mean(allv)), 4)
+                summ[s]["wins_vs_random"] = f"{wins}/{len(allv)} (seed, round) pairs"
     return summ
 
 
-def plot(summary: dict, path: str, title: str) -> None:
+def parse_log(path: str) -> dict:
+    """Rounds from a run's progress lines (for a run stopped before it wrote its JSON): mean Dice only."""
+    pat0 = re.compile(r"^\[seed (\d+)\] round 0: (\d+) slices, mean Dice ([\d.]+)")
+    pat = re.compile(r"^\[seed (\d+)\]\s+(\S+) round (\d+): (\d+) slices, mean Dice ([\d.]+) \(picks (\[.*?\]), fg ([\d.]+);")
+    out: dict = {}
+    r0: dict = {}
+    with open(path) as f:
+        for line in f:
+            if m := pat0.match(line):
+                r0[int(m[1])] = {"round": 0, "annotated_slices": int(m[2]), "mean_dice": float(m[3]), "dice": None,
+                                 "picked_foreground_fraction": 1.0, "from_log": True}
+            elif m := pat.match(line):
+                seed, strat, rnd = int(m[1]), m[2], int(m[3])
+                rows = out.setdefault(seed, {}).setdefault(strat, [dict(r0[seed])])
+                if len(rows) != rnd:
+                    raise SystemExit(f"{path}: seed {seed} {strat}: round {rnd} out of order")
+                rows.append({"round": rnd, "annotated_slices": int(m[4]), "mean_dice": float(m[5]), "dice": None,
+                             "new_picks": [list(t) for t in eval(m[6], {"__builtins__": {}})], "picked_foreground_fraction": float(m[7]),
+                             "from_log": True})
+    return out
+
+
+def plot(summary: dict, path: str, title: str, results: dict | None = None) -> None:
+    """Left: Dice per seed and strategy (thin) and the mean over seeds; middle: paired difference to random
+    (per seed, same seed = same initial slices and training seeds); right: per-class Dice (seeds with it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 1 + len(CLASSES), figsize=(5 * (1 + len(CLASSES)), 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    colors = {s: f"C{i}" for i, s in enumerate(summary)}
     for s, v in summary.items():
-        x = v["slices"]
-        m, sd = np.array(v["mean_dice"]), np.array(v["mean_dice_std_over_seeds"])
-        axes[0].plot(x, m, "o-", label=s)
-        axes[0].fill_between(x, m - sd, m + sd, alpha=0.2)
-        for ax, c in zip(axes[1:], CLASSES):
-            ax.plot(x, v["dice_per_class"][c], "o-", label=s)
-    axes[0].set_title("mean Dice (test volumes), +-1 sd over seeds")
-    for ax, c in zip(axes[1:], CLASSES):
-        ax.set_title(f"Dice {c}")
+        if results:
+            for k in results:
+                rows = results[k].get(s) or []
+                axes[0].plot([r["annotated_slices"] for r in rows], [r["mean_dice"] for r in rows], "-", color=colors[s], alpha=0.3, lw=1)
+                if s != "random" and "random" in results[k]:
+                    n = min(len(rows), len(results[k]["random"]))
+                    axes[1].plot([rows[i]["annotated_slices"] for i in range(1, n)],
+                                 [rows[i]["mean_dice"] - results[k]["random"][i]["mean_dice"] for i in range(1, n)], "o", color=colors[s], alpha=0.5)
+        axes[0].plot(v["slices"], v["mean_dice"], "o-", color=colors[s], lw=2, label=f"{s} (seeds per round {v['seeds_per_round']})")
+        if s != "random" and v.get("paired_diff_to_random_per_round"):
+            pr = [(v["slices"][d["round"]], d["mean_diff"]) for d in v["paired_diff_to_random_per_round"] if d["mean_diff"] is not None]
+            axes[1].plot(*zip(*pr), "-", color=colors[s], lw=2, label=f"{s} - random (mean {v.get('paired_diff_to_random_mean')})")
+        for c, ls in zip(CLASSES, ("-", "--")):
+            pts = [(x, y) for x, y in zip(v["slices"], v["dice_per_class"][c]) if y is not None]
+            if pts:
+                axes[2].plot(*zip(*pts), ls, marker="o", color=colors[s], label=f"{s} {c}")
+    axes[1].axhline(0, color="k", lw=0.8)
+    axes[0].set_title("mean Dice over 60 test volumes (thin: one seed)", fontsize=9)
+    axes[1].set_title("paired Dice difference to random (points: seeds)", fontsize=9)
+    axes[2].set_title("Dice per class (mean over seeds with per-class results)", fontsize=9)
     for ax in axes:
         ax.set_xlabel("annotated slices")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -230,6 +272,19 @@ def merge(args) -> int:
     for spec in args.merge:
         path, _, ren = spec.partition(":")
         renames = dict(r.split("=", 1) for r in ren.split(",") if r)
+        if path.endswith(".log"):
+            sources.append({"file": os.path.basename(path), "renamed": renames, "note": "progress lines: mean Dice only"})
+            for seed, per in parse_log(path).items():
+                for strat, rows in per.items():
+                    dst = results.setdefault(seed, {})
+                    name = renames.get(strat, strat)
+                    if name in dst:
+                        continue  # the JSON (with per-class Dice) wins
+                    for other in dst.values():
+                        if abs(other[0]["mean_dice"] - rows[0]["mean_dice"]) > 1e-3:
+                            raise SystemExit(f"seed {seed}: round 0 differs between runs; not comparable")
+                    dst[name] = rows
+            continue
         with open(path) as f:
             run = json.load(f)
         configs.append(run["config"])
@@ -240,7 +295,7 @@ def merge(args) -> int:
                 name = renames.get(strat, strat)
                 dst = results.setdefault(int(seed), {})
                 for other in dst.values():  # round 0 is shared: the runs must agree on it
-                    if abs(other[0]["mean_dice"] - rows[0]["mean_dice"]) > 1e-6:
+                    if abs(other[0]["mean_dice"] - rows[0]["mean_dice"]) > (1e-3 if other[0].get("from_log") else 1e-6):
                         raise SystemExit(f"seed {seed}: round 0 differs between runs ({other[0]['mean_dice']} vs {rows[0]['mean_dice']}); not comparable")
                 if name in dst:
                     raise SystemExit(f"strategy {name} appears twice for seed {seed}; rename it (file.json:{strat}=NEW)")
@@ -252,6 +307,7 @@ def merge(args) -> int:
         if diff:
             raise SystemExit(f"runs differ in {diff}; not comparable")
     seeds = sorted(results)
+    configs = [c for c in configs if c]
     names = {s for k in seeds for s in results[k]}
     order = ["random"] + sorted(s for s in names if s != "random")
     results = {k: {s: results[k][s] for s in order if s in results[k]} for k in seeds}
@@ -266,7 +322,7 @@ def merge(args) -> int:
     title = (f"msd_hippocampus active learning: {len(seeds)} seeds, {c['encoder']} {c['image_size']}px, "
              f"{'scratch' if c['from_scratch'] else 'warm start'}, {c['steps_first']}+{c['steps']} steps/round, {c['rank_volumes']} rank volumes, "
              f"{c['test_volumes']} test volumes")
-    plot(summary, os.path.join(args.out, args.name + ".png"), title)
+    plot(summary, os.path.join(args.out, args.name + ".png"), title, results)
     print_summary(summary, json_path)
     return 0
 
@@ -301,6 +357,13 @@ def main(argv=None) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ("data", "out")}
     config.update({"pool": "200 lowest-numbered volumes", "test": f"{len(test)} of the other 60", "warm_start": not args.from_scratch,
                    "threads": torch.get_num_threads(), "strategies": strategies})
+
+    def write(complete: bool) -> None:  # after every round, so a run stopped early keeps what it measured
+        with open(json_path + ".partial", "w") as f:
+            json.dump({"benchmark": "active learning (suggest vs random)", "config": config, "summary": summarize(results, strategies),
+                       "results": {str(k): v for k, v in results.items()}, "elapsed_s": round(time.time() - t0, 1), "complete": complete}, f, indent=1)
+        os.replace(json_path + ".partial", json_path)
+
     try:
         for seed in range(args.seed_start, args.seed_start + args.seeds):
             rng = np.random.default_rng(1000 + seed)
@@ -353,18 +416,15 @@ def main(argv=None) -> int:
                     if prev != m0:
                         shutil.rmtree(prev, ignore_errors=True)
                     prev = m
-            summary = summarize(results, strategies)
-            with open(json_path, "w") as f:
-                json.dump({"benchmark": "active learning (suggest vs random)", "config": config, "summary": summary,
-                           "results": {str(k): v for k, v in results.items()}, "elapsed_s": round(time.time() - t0, 1),
-                           "complete": seed == args.seed_start + args.seeds - 1}, f, indent=1)
+                    write(complete=False)
+            write(complete=seed == args.seed_start + args.seeds - 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = summarize(results, strategies)
     title = (f"msd_hippocampus active learning: {args.seeds} seeds, {args.encoder} {args.image_size}px, "
              f"{'scratch' if args.from_scratch else 'warm start'}, {args.steps_first}+{args.steps} steps/round, {args.rank_volumes} rank volumes, "
              f"{len(test)} test volumes")
-    plot(summary, os.path.join(args.out, args.name + ".png"), title)
+    plot(summary, os.path.join(args.out, args.name + ".png"), title, results)
     print(f"done in {time.time() - t0:.0f}s")
     print_summary(summary, json_path)
     return 0
