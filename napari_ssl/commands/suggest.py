@@ -14,6 +14,8 @@ def add_arguments(p) -> None:
                    help="slices already annotated as empty (e.g. 3,17); repeat per --image")
     p.add_argument("-n", type=int, default=5, help="how many slices (default 5)")
     p.add_argument("--min-distance", type=int, help="minimum spacing in slices between suggestions in one scan (default: depth / (2 n), at least 2)")
+    p.add_argument("--depth-spacing", type=float, metavar="F",
+                   help="with several --image: picks in different scans keep F apart in relative depth (slice / depth; default 0.5 / n, 0 = off)")
     p.add_argument("--no-tta", action="store_true", help="single-pass uncertainty (faster, less informative)")
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="N Monte-Carlo dropout passes (per TTA variant)")
     p.add_argument("--device", help='"cpu" or "cuda" (default: cuda when available)')
@@ -41,7 +43,8 @@ def run(args) -> int:
                             empty_slices=empties[0] if empties else (), tta=not args.no_tta, mc_dropout=args.mc_dropout,
                             device=args.device)
     else:
-        picks = api.suggest_pool(args.model, images, labels or None, n=args.n, min_distance=args.min_distance, empty_slices=empties or None,
+        picks = api.suggest_pool(args.model, images, labels or None, n=args.n, min_distance=args.min_distance, depth_spacing=args.depth_spacing,
+                                 empty_slices=empties or None,
                                  tta=not args.no_tta, mc_dropout=args.mc_dropout, device=args.device)
         for p in picks:
             p["image"] = images[p["volume"]]
