@@ -18,6 +18,7 @@ Strategies
             over the union of the rank-pool volumes, spacing within a volume and at most
             ceil(n / volumes) picks per volume
   suggest-v1  (--strategies) the first version: without the cross-volume depth spacing
+  suggest-fg  (--strategies) suggest with score="foreground-entropy" (entropy x P(structure), slice mean)
   uncertainty  (ablation, --strategies) the top-`per_round` slices by the same uncertainty, no diversity
 
 The rank pool is `rank_volumes` volumes drawn from the 200 pool volumes with the seed (predicting all
@@ -162,6 +163,7 @@ def pick_suggest(pool, picks, n, model_dir, args, variant: str = "suggest") -> l
         empties.append([z for z in zs if not gt[z].any()])
     extra = {"suggest": {},  # the product's defaults
              "suggest-v1": {"depth_spacing": 0.0},  # first version: spacing within a volume + per-volume cap only
+             "suggest-fg": {"score": "foreground-entropy"},  # uncertainty where the structure may be
              "uncertainty": {"min_distance": 0, "max_per_volume": n, "depth_spacing": 0.0}}[variant]  # no diversity at all
     res = api.suggest_pool(model_dir, vols, labels, n=n, empty_slices=empties, tta=not args.no_tta, batch_size=256, device=args.device, **extra)
     return [(p["volume"], p["slice"]) for p in res]
@@ -391,7 +393,7 @@ def main(argv=None) -> int:
                     ts = time.time()
                     if s == "random":
                         new = pick_random(pool, picks, args.per_round, np.random.default_rng(seed * 1000 + r))
-                    elif s in ("suggest", "suggest-v1", "uncertainty"):
+                    elif s in ("suggest", "suggest-v1", "suggest-fg", "uncertainty"):
                         new = pick_suggest(pool, picks, args.per_round, prev, args, variant=s)
                     else:
                         raise SystemExit(f"unknown strategy {s}")

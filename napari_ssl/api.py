@@ -156,14 +156,15 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
                  min_distance: Optional[int] = None, max_per_volume: Optional[int] = None, depth_spacing: Optional[float] = None,
                  empty_slices: Optional[Sequence[Sequence[int]]] = None,
                  tta: bool = True, mc_dropout: int = 0, predictions: Optional[Sequence[Prediction]] = None,
-                 batch_size: int = 64, device: Optional[str] = None) -> list[dict]:
+                 batch_size: int = 64, device: Optional[str] = None, score: str = "entropy") -> list[dict]:
     """Rank the unannotated slices of several scans together (the union of their slices):
     [{"rank", "volume", "slice", "uncertainty", "min_distance"}], best first; ``volume`` indexes `images`.
 
     `labels` / `empty_slices`: one entry (or None) per image. A batch spreads over scans first
     (at most ceil(n / scans) picks per scan while that is possible), and picks in one scan keep
     `min_distance` slices apart from each other and from its annotated slices; picks in different
-    scans keep `depth_spacing` apart in relative depth (slice / depth; default 0.5 / n, 0 = off)."""
+    scans keep `depth_spacing` apart in relative depth (slice / depth; default 0.5 / n, 0 = off).
+    `score`: "entropy" (slice mean predictive entropy) or "foreground-entropy" (see active.predict.slice_scores)."""
     from .active.suggest import rank_pool
 
     if int(n) < 1:
@@ -186,7 +187,9 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
                        for v in vols]
     if len(predictions) != len(vols):
         raise NapariSSLError(f"{len(vols)} image(s) but {len(predictions)} prediction(s)")
-    return rank_pool([p.slice_uncertainty for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume,
+    from .active.predict import slice_scores
+
+    return rank_pool([slice_scores(p, score) for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume,
                      depth_spacing=depth_spacing)
 
 

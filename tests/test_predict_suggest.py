@@ -240,6 +240,13 @@ def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
     preds = [api.predict(model, v) for v in vols]
     again = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds)
     assert again == picks  # same ranking from precomputed predictions
+    # the structure-weighted score: entropy x P(not background), slice mean
+    fg = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds, score="foreground-entropy")
+    p0 = preds[fg[0]["volume"]]
+    expect = (p0.uncertainty * (1 - p0.probabilities[0])).reshape(p0.labels.shape[0], -1).mean(1)
+    assert np.isclose(fg[0]["uncertainty"], expect[fg[0]["slice"]], atol=1e-6)
+    with pytest.raises(NapariSSLError, match="unknown slice score"):
+        api.suggest_pool(model, vols, n=1, predictions=preds, score="nope")
     assert api.suggest(model, vols[0], n=2, prediction=preds[0]) == suggest_slices(preds[0].slice_uncertainty, n=2)
     # save_prediction from the API writes the source geometry too
     api.save_prediction(preds[0], files[3][0], tmp_path / "api.nii.gz", uncertainty=tmp_path / "u.nii.gz")

@@ -39,6 +39,24 @@ class Prediction:
     method: str
 
 
+SLICE_SCORES = ("entropy", "foreground-entropy")
+
+
+def slice_scores(pred: "Prediction", score: str = "entropy") -> np.ndarray:
+    """One usefulness score per slice (axis 0).
+
+    ``entropy``: the slice mean of the normalised predictive entropy (``pred.slice_uncertainty``).
+    ``foreground-entropy``: the slice mean of entropy x foreground probability (1 - P(background)):
+    uncertainty where the model thinks the structure may be, so slices that hold more of a doubtful
+    structure rank above structure-free ones."""
+    if score == "entropy":
+        return pred.slice_uncertainty
+    if score == "foreground-entropy":
+        z = pred.uncertainty.shape[0]
+        return (pred.uncertainty * (1.0 - pred.probabilities[0])).reshape(z, -1).mean(1).astype(np.float32)
+    raise NapariSSLError(f"unknown slice score {score!r}; choose one of {', '.join(SLICE_SCORES)}")
+
+
 def load_segmentation_model_meta(model_dir: str) -> dict:
     """model.json of a fine-tuned model folder, checked for what prediction needs."""
     from ..models.checkpoint import read_meta
