@@ -609,7 +609,7 @@ def main(argv=None) -> int:
     else:
         out = {**prev, **section, "variants": prev.get("variants", {}), "quick": quick}
         plot(summary, results, inits, ks, a["finetune_steps"], OUT_PNG if args.out == OUT_JSON else os.path.splitext(args.out)[0] + ".png",
-             f"{a['encoder']} U-Net, {a['image_size']} px, fine-tune {a['finetune_steps']} steps x 8, pretrain {a['pretrain_steps']} x 32; wall {wall / 60:.1f} min")
+             f"{a['encoder']} U-Net, {a['image_size']} px, fine-tune {a['finetune_steps']} steps x 8, pretrain {a['pretrain_steps']} steps; " + (f"summary of cached runs ({len(results)})" if args.from_cache else f"wall {wall / 60:.1f} min"))
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1, default=float)
     log(f"\nwall {wall:.0f} s -> {args.out}")
