@@ -26,7 +26,13 @@ The rank pool is `rank_volumes` volumes drawn from the 200 pool volumes with the
 Reported: Dice (3-D, per test volume, then the mean over test volumes) per class and mean, per round,
 per strategy and seed; the mean over seeds; suggest/random ratios and paired differences.
 
-Default (CPU, one thread, ~40 min): 32 px, resnet18, batch 4, 150 + 5 x 80 steps, 3 seeds, 16 rank volumes.
+Default (CPU, one thread): 32 px, resnet18, batch 4, 150 + 5 x 80 steps, 3 seeds, 16 rank volumes. One seed of
+random + one suggest variant took ~7 min on a lightly loaded 2-core machine (load ~5) and ~25 min at load ~15, so
+the default run takes ~20-75 min. Seeds can run in separate processes (--seed-start) and be combined with --merge.
+Committed result (benchmarks/results/bench_active_learning.json): random, suggest, suggest-v1, suggest-fg, 3 seeds,
+made with (one process at a time, except seed 1 and 2 of suggest overlapping the others):
+  --strategies random,suggest-v1 (seeds 0; then --seed-start 1/2 --seeds 1), --strategies suggest,
+  --strategies suggest-fg, then --merge of the five JSON files.
 Bigger (GPU): --image-size 64 --batch-size 16 --steps-first 500 --steps 300 --rank-volumes 200 --seeds 5 --device cuda
 Quick smoke run: --quick
 """
