@@ -174,6 +174,13 @@ def test_pretrain_previews_loss_stop_and_runs_list(make_napari_viewer, ssl_home)
     # progress in napari's activity dock
     prog = widget.job._progress
     assert prog is not None and prog in progress._all_instances and prog.n >= 1
+    # napari's "in progress" spinner is slowed down while the job runs (see calm_activity_spinner)
+    from qtpy.QtWidgets import QLabel
+
+    from napari_ssl._napari.job_runner import SPINNER_SPEED_PERCENT
+    spinners = [lab.movie() for lab in viewer.window._qt_window.findChildren(QLabel)
+                if lab.movie() is not None and lab.movie().fileName().endswith("loading.gif")]
+    assert spinners and all(m.speed() == SPINNER_SPEED_PERCENT for m in spinners)
     assert all(np.isfinite(widget.plot.values))
 
     widget.stop()

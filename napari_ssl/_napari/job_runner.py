@@ -40,6 +40,31 @@ def default_nice() -> int:
         return 10
 
 
+SPINNER_SPEED_PERCENT = 5
+
+
+def calm_activity_spinner(speed_percent: int = SPINNER_SPEED_PERCENT) -> int:
+    """Slow down napari's "in progress" spinner in the status bar while a job runs; returns how many.
+
+    The spinner is a 90-frame 256x256 GIF played at 33 frames/s and rescaled to 18x18 for every frame;
+    each frame repaints the window. Measured with benchmarks/bench_ui_latency.py, that animation alone
+    made the event loop answer tens of milliseconds late on a loaded machine with software OpenGL.
+    At 5 % speed it still turns, at ~1.7 frames/s. Only the spinner of napari's activity button
+    (the QMovie of loading.gif) is touched, through public Qt API.
+    """
+    from qtpy.QtWidgets import QLabel
+
+    n = 0
+    for top in QApplication.topLevelWidgets():
+        for label in top.findChildren(QLabel):
+            movie = label.movie()
+            if movie is not None and movie.fileName().replace("\\", "/").endswith("/loading.gif"):
+                if movie.speed() != speed_percent:
+                    movie.setSpeed(speed_percent)
+                n += 1
+    return n
+
+
 class QtJob(QObject):
     """One job in a child process, driven from the Qt event loop.
 
@@ -139,6 +164,7 @@ class QtJob(QObject):
                                                  cancel_callback=self.request_stop)
         except Exception:  # the activity dock is a convenience; the job runs without it
             self._progress = None
+        calm_activity_spinner()
 
     def _update_progress(self, ev: dict) -> None:
         p = self._progress
