@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,28 +36,15 @@ def autosave_folder(image_name: str, identity: str = "") -> Path:
     return annotations_home() / f"{safe_name(image_name, 'image')}-{tag}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_annotations(folder: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, meta: dict[str, Any]) -> None:
+    from ..io.atomic import atomic_write_bytes
     from ..io.nifti import write_itk_volume
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_itk_volume(np.asarray(labels), np.asarray(affine, dtype=float), str(folder / LABELS_FILE))
-    _atomic_write_text(folder / META_FILE, json.dumps({**meta, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                                                      indent=2, default=str))
+    atomic_write_bytes(folder / META_FILE, json.dumps({**meta, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                                                      indent=2, default=str).encode())
 
 
 def read_annotations(folder: str | os.PathLike) -> tuple[np.ndarray, dict] | None:

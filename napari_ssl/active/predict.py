@@ -172,29 +172,6 @@ def to_source_grid(array: np.ndarray, volume) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(reorient_array(array, volume.affine, native)), np.asarray(native, float)
 
 
-def _write_vector(array_zyxk: np.ndarray, affine: np.ndarray, path: str) -> None:
-    """A multi-component image (one component per class), written atomically like io.write_itk_volume."""
-    import SimpleITK as sitk
-
-    from ..io.nifti import SUFFIXES
-    from ..io.volume import itk_from_affine
-
-    img = sitk.GetImageFromArray(np.ascontiguousarray(array_zyxk), isVector=True)
-    spacing, origin, direction = itk_from_affine(affine)
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    img.SetDirection(direction)
-    base = os.path.basename(path)
-    suffix = next((s for s in SUFFIXES if base.lower().endswith(s)), os.path.splitext(base)[1])
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{base}.partial{suffix}")
-    try:
-        sitk.WriteImage(img, tmp, useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_prediction(pred: Prediction, volume, out: str, probabilities: Optional[str] = None, uncertainty: Optional[str] = None) -> None:
     """Labels (and optionally probabilities, uncertainty) in the source geometry of `volume`.
 
@@ -219,4 +196,4 @@ def write_prediction(pred: Prediction, volume, out: str, probabilities: Optional
             write_itk_volume(p.astype(np.float32), aff, probabilities)
         else:
             p, aff = to_source_grid(np.moveaxis(pred.probabilities, 0, -1), volume)
-            _write_vector(p.astype(np.float32), aff, probabilities)
+            write_itk_volume(p.astype(np.float32), aff, probabilities, vector=True)

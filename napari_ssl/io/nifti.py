@@ -34,11 +34,12 @@ def read_itk_volume(path: str) -> Volume:
     return Volume(array=arr, affine=affine, path=str(path), num_files=1)
 
 
-def write_itk_volume(array: np.ndarray, affine: np.ndarray, path: str) -> None:
-    """Write `array` (z, y, x) on grid `affine` atomically (temp file then rename)."""
+def write_itk_volume(array: np.ndarray, affine: np.ndarray, path: str, vector: bool = False) -> None:
+    """Write `array` (z, y, x), or (z, y, x, k) components per voxel with `vector`, on grid `affine`
+    atomically (temp file then rename)."""
     import SimpleITK as sitk
 
-    img = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=vector)
     spacing, origin, direction = itk_from_affine(affine)
     img.SetSpacing(spacing)
     img.SetOrigin(origin)

@@ -16,23 +16,9 @@ from typing import Any
 import torch
 
 from ..errors import NapariSSLError
+from ..io.atomic import atomic_write_bytes
 
 FORMAT_VERSION = 1
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_weights(folder: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any], name: str = "encoder") -> None:
@@ -45,8 +31,8 @@ def save_weights(folder: str, state_dict: dict[str, torch.Tensor], meta: dict[st
     meta.setdefault("format_version", FORMAT_VERSION)
     meta.setdefault("weights_file", f"{name}.safetensors")
     meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    _atomic_write_bytes(os.path.join(folder, f"{name}.safetensors"), save(tensors))
-    _atomic_write_bytes(os.path.join(folder, "model.json"), json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+    atomic_write_bytes(os.path.join(folder, f"{name}.safetensors"), save(tensors))
+    atomic_write_bytes(os.path.join(folder, "model.json"), json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
 
 
 def read_meta(folder: str) -> dict[str, Any]:

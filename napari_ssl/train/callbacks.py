@@ -178,11 +178,11 @@ class PretrainCallback(pl.Callback):
     def write_previews(self) -> None:
         if not self.preview_dir or not self.last_preview_images:
             return
-        from ..models.checkpoint import _atomic_write_bytes
+        from ..io.atomic import atomic_write_bytes
 
         os.makedirs(self.preview_dir, exist_ok=True)
         for name, img in self.last_preview_images.items():
-            _atomic_write_bytes(os.path.join(self.preview_dir, f"{name}.png"), png_bytes(img, heat="heat" in name))
+            atomic_write_bytes(os.path.join(self.preview_dir, f"{name}.png"), png_bytes(img, heat="heat" in name))
 
     def losses_csv(self) -> str:
         keys: list[str] = []

@@ -290,7 +290,8 @@ def _run(config: PretrainConfig, events, stop_event) -> str:
         }
 
     def save(trainer, status: str) -> None:
-        from ..models.checkpoint import _atomic_write_bytes, save_weights
+        from ..io.atomic import atomic_write_bytes
+        from ..models.checkpoint import save_weights
 
         cb.flush(trainer)
         step = module.step
@@ -298,12 +299,12 @@ def _run(config: PretrainConfig, events, stop_event) -> str:
         trainer.save_checkpoint(tmp_ckpt, weights_only=False)  # every rank must call; rank 0 writes
         if rank == 0:
             os.replace(tmp_ckpt, os.path.join(out, "last.ckpt"))
-            _atomic_write_bytes(os.path.join(out, "losses.csv"), cb.losses_csv().encode())
+            atomic_write_bytes(os.path.join(out, "losses.csv"), cb.losses_csv().encode())
             cb.write_previews()
             if getattr(method, "needs_unet", False) and isinstance(getattr(method, "unet", None), torch.nn.Module):
                 from safetensors.torch import save as _st_save  # whole U-Net too (fine-tuning's --transfer-decoder)
 
-                _atomic_write_bytes(os.path.join(out, "unet.safetensors"), _st_save({k: v.detach().cpu().contiguous() for k, v in method.unet.state_dict().items()}))
+                atomic_write_bytes(os.path.join(out, "unet.safetensors"), _st_save({k: v.detach().cpu().contiguous() for k, v in method.unet.state_dict().items()}))
             save_weights(out, method.encoder.state_dict(), meta(status, step, cb), name="encoder")
             emit({"type": "checkpoint", "path": out, "step": step})
         state["saved"] = True
@@ -361,7 +362,7 @@ def _sync_buffers(pl_module, trainer) -> None:
 def _mark_failed(out: str, message: str) -> None:
     import json
 
-    from ..models.checkpoint import _atomic_write_bytes
+    from ..io.atomic import atomic_write_bytes
 
     path = os.path.join(out, "model.json")
     try:
@@ -370,7 +371,7 @@ def _mark_failed(out: str, message: str) -> None:
     except (OSError, ValueError):
         return
     meta["status"], meta["error"] = "failed", message.splitlines()[0][:300] if message else "failed"
-    _atomic_write_bytes(path, json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+    atomic_write_bytes(path, json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
 
 
 def _filter_warnings() -> None:
