@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout, QGr
 
 from ..annotations_autosave import AnnotationAutosave, autosave_folder, read_annotations
 from ..job_runner import QtJob
-from .common import (DockWidgetBase, LayerCombo, compact_combo, device_choices, image_layers, layer_volume, safe_name,
+from .common import (DockWidgetBase, LayerCombo, compact_combo, device_choices, image_layers, layer_volume, report_error, safe_name,
                      timestamp)
 from .loss_plot import LossPlot
 from .runs_list import list_runs, runs_dir
@@ -563,13 +563,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.accept_button.setEnabled(self.prediction_layer() is not None)
 
     def _error(self, message: str) -> None:
-        self.status.setText(f"Error: {message}")
-        try:
-            from napari.utils.notifications import show_error
-
-            show_error(message)
-        except Exception:
-            pass
+        report_error(self.status, message)
 
     def closeEvent(self, event) -> None:  # noqa: N802
         if self.autosave is not None:

@@ -38,6 +38,17 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+def report_error(status_label, message: str) -> None:
+    """Show `message` in the widget's status line and as a napari error notification."""
+    status_label.setText(f"Error: {message}")
+    try:
+        from napari.utils.notifications import show_error
+
+        show_error(message)
+    except Exception:
+        pass
+
+
 def image_layers(viewer):
     import napari.layers
 

@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from ...io.volume import Volume
 from ..job_runner import QtJob
-from .common import DockWidgetBase, LayerCombo, compact_combo, image_layers, labels_layers, layer_volume, safe_name
+from .common import DockWidgetBase, LayerCombo, compact_combo, image_layers, labels_layers, layer_volume, report_error, safe_name
 from .runs_list import ssl_home
 
 FORMATS = ("DICOM-SEG", "NIfTI")
@@ -293,10 +293,4 @@ class ExportWidget(DockWidgetBase):
             self._error(ev.get("message", "export failed"))
 
     def _error(self, message: str) -> None:
-        self.status.setText(f"Error: {message}")
-        try:
-            from napari.utils.notifications import show_error
-
-            show_error(message)
-        except Exception:
-            pass
+        report_error(self.status, message)

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGro
                             QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..job_runner import QtJob
-from .common import DockWidgetBase, compact_combo, device_choices, image_layers, layer_as_path, safe_name, timestamp
+from .common import DockWidgetBase, compact_combo, device_choices, image_layers, layer_as_path, report_error, safe_name, timestamp
 from .loss_plot import LossPlot
 from .runs_list import RunsList, runs_dir
 
@@ -270,13 +270,7 @@ class PretrainWidget(DockWidgetBase):
             self._show_error(ev.get("message", "the job failed"))
 
     def _show_error(self, message: str) -> None:
-        self.status.setText(f"Error: {message}")
-        try:
-            from napari.utils.notifications import show_error
-
-            show_error(message)
-        except Exception:
-            pass
+        report_error(self.status, message)
 
     # --- previews as layers, reused
     def show_preview_images(self, images: dict) -> None:
