@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="auto", choices=("auto", "ddp"), help="ddp for several devices/nodes (also under torchrun)")
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--precision", default="32", help="32, 16-mixed or bf16-mixed")
-    p.add_argument("--pairs", default="augment", choices=("augment", "micle"), help="joint-embedding positives: two augmentations of a slice, or two slices of the same patient/study")
+    p.add_argument("--pairs", default="augment", choices=("augment", "micle", "position"),
+                   help="joint-embedding positives: two augmentations of a slice (augment), two slices of the same patient/study (micle), or slices at the same relative depth of two volumes (position)")
     p.add_argument("--init", metavar="PATH", help="start from these encoder weights (model folder or .safetensors); 3-channel first layers are summed to 1")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable; see `napari-ssl methods -v`)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")

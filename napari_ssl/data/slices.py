@@ -6,9 +6,10 @@ and no per-sample collate. Every item is a random S x S crop of one axial slice 
 adjacent slices for 2.5D, clamped at the ends of the volume); slices smaller than S are
 zero-padded once when the dataset is built.
 
-Keys (see napari_ssl.pretext.base): "image", "partner" (when asked: a nearby slice of the
-same volume or, when the study has other series, the slice of another series at the nearest
-physical position), "context"/"context_dz" (when a method asks), "volume_index", "slice_index".
+Keys (see napari_ssl.pretext.base): "image", "partner" (when asked; ``partner="nearby"``: a
+nearby slice of the same volume or, when the study has other series, the slice of another series
+at the nearest physical position; ``partner="same-depth"``: the slice at the same relative depth
+of another volume), "context"/"context_dz" (when a method asks), "volume_index", "slice_index".
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class SliceDataset(torch.utils.data.Dataset):
         image_size: int,
         in_channels: int = 1,
         context: tuple[int, int] | None = None,
-        partner: bool = False,
+        partner: bool | str = False,
         partner_range: int = 3,
         min_in_plane: int | None = None,
         seed: int = 0,
@@ -41,7 +42,10 @@ class SliceDataset(torch.utils.data.Dataset):
         self.size = int(image_size)
         self.channels = int(in_channels)
         self.context = context
-        self.want_partner = partner
+        if partner not in (False, None, True, "nearby", "same-depth"):
+            raise ValueError(f"partner must be 'nearby' or 'same-depth', not {partner!r}")
+        self.want_partner = bool(partner)
+        self.partner_kind = "nearby" if partner is True else (partner or None)
         self.partner_range = max(1, int(partner_range))
         self.seed = int(seed)
         self.epoch = 0
@@ -86,6 +90,12 @@ class SliceDataset(torch.utils.data.Dataset):
         for j, g in enumerate(self.groups):
             by_group.setdefault(g, []).append(j)
         self.siblings = [[k for k in by_group[g] if k != j] for j, g in enumerate(self.groups)]
+        if self.partner_kind == "same-depth" and len(self.volumes) < 2:
+            raise NapariSSLError("--pairs position needs at least 2 volumes (positives come from different volumes)")
+        # same-depth partners are drawn from the non-blank slices of each volume
+        self.nonblank = [np.zeros(0, np.int64)] * len(self.volumes)
+        for j in range(len(self.volumes)):
+            self.nonblank[j] = self.index[self.index[:, 0] == j, 1]
 
     # --- building ---------------------------------------------------------------------------
     def _pad(self, array: np.ndarray) -> np.ndarray:
@@ -160,6 +170,9 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def _partner(self, out: np.ndarray, j: int, z: int, y0: int, x0: int, rng: np.random.Generator) -> None:
         s = self.size
+        if self.partner_kind == "same-depth":
+            self._same_depth_partner(out, j, z, rng)
+            return
         sib = self.siblings[j]
         if sib and rng.random() < 0.5:
             k = sib[int(rng.integers(len(sib)))]
@@ -180,6 +193,19 @@ class SliceDataset(torch.utils.data.Dataset):
         yp = int(rng.integers(0, h - s + 1))
         xp = int(rng.integers(0, w - s + 1))
         self._cut(out, vol, zp, yp, xp, s)
+
+    def _same_depth_partner(self, out: np.ndarray, j: int, z: int, rng: np.random.Generator) -> None:
+        """The non-blank slice nearest to the same relative depth (z / depth) in another random volume."""
+        k = int(rng.integers(len(self.volumes) - 1))
+        k += k >= j
+        vol = self.volumes[k]
+        d, h, w = vol.shape
+        rel = (z + 0.5) / self.volumes[j].shape[0]
+        zs = self.nonblank[k]
+        zk = int(zs[np.argmin(np.abs(zs + 0.5 - rel * d))]) if len(zs) else int(min(rel * d, d - 1))
+        yk = int(rng.integers(0, h - self.size + 1))
+        xk = int(rng.integers(0, w - self.size + 1))
+        self._cut(out, vol, zk, yk, xk, self.size)
 
     # --- fixed views for previews -----------------------------------------------------------------
     def fixed_batch(self, n: int = 4) -> dict[str, torch.Tensor]:

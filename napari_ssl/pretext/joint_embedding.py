@@ -5,7 +5,7 @@ global-average-pools its deepest feature map (``self.encoder(x)[-1]``) and puts 
 head (from lightly) on top; the subclasses differ only in their heads and loss. The heads and any
 momentum copies are thrown away after pretraining: only ``self.encoder`` is saved.
 
-Options common to all six: ``pairs`` (augment | micle) and the augmentation strengths of
+Options common to all six: ``pairs`` (augment | micle | position) and the augmentation strengths of
 :class:`napari_ssl.data.augment.AugmentSpec` (crop_scale_min, crop_scale_max, hflip, vflip,
 rotate_deg, brightness, contrast, gamma, noise_std, blur_sigma, ...).
 """
@@ -28,7 +28,7 @@ GATHER_DISTRIBUTED = torch.distributed.is_available()
 
 COMMON_OPTIONS: dict[str, Any] = {"pairs": "augment", **AugmentSpec().as_dict()}
 COMMON_HELP: dict[str, str] = {
-    "pairs": "augment: two augmentations of one slice; micle: the slice and another slice of the same patient/study",
+    "pairs": "augment: two augmentations of one slice; micle: the slice and another slice of the same patient/study; position: slices at the same relative depth of two volumes",
     "crop_scale_min": "smallest area fraction of the random resized crop",
     "crop_scale_max": "largest area fraction of the random resized crop",
     "crop_ratio": "crop aspect ratio drawn in [1/r, r]",

@@ -6,6 +6,13 @@
             ``batch["partner"]`` (a nearby slice of the same volume, or a slice of another series
             of the same study at the nearest position, chosen by the data pipeline) -- each
             augmented independently. The network then has to match anatomy, not just pixels.
+"position": the positives are slices at the same relative depth of two *different* volumes
+            (``batch["partner"]``, chosen by the data pipeline), each augmented: the global
+            strategy of Chaitanya et al. 2020 ("Contrastive learning of global and local features
+            for medical image segmentation with limited annotations"), which pays off when the
+            volumes cover the same anatomy in the same direction (cropped organs, brain MR, one
+            protocol), so that depth means the same anatomy in each. The encoder learns where along
+            the body axis a slice lies, which in-plane augmentations cannot teach.
 """
 from __future__ import annotations
 
@@ -15,7 +22,9 @@ import torch
 
 from ..errors import NapariSSLError
 
-PAIR_MODES = ("augment", "micle")
+PAIR_MODES = ("augment", "micle", "position")
+# the modes that need batch["partner"] from the data pipeline, and which kind of partner
+PARTNER_KIND = {"micle": "nearby", "position": "same-depth"}
 
 
 def check_pairs(mode: str) -> str:
@@ -35,10 +44,10 @@ def make_views(
     image = batch["image"]
     if mode == "augment":
         source2 = image
-    elif mode == "micle":
+    elif mode in PARTNER_KIND:
         source2 = batch.get("partner")
         if source2 is None:
-            raise NapariSSLError("--pairs micle needs partner slices from the data pipeline; use --pairs augment")
+            raise NapariSSLError(f"--pairs {mode} needs partner slices from the data pipeline; use --pairs augment")
         if source2.shape != image.shape:
             raise ValueError(f"partner shape {tuple(source2.shape)} differs from image shape {tuple(image.shape)}")
     else:

@@ -48,7 +48,7 @@ class PretrainConfig:
     num_nodes: int = 1
     precision: str = "32"  # or "16-mixed" / "bf16-mixed"
     init: Optional[str] = None  # model folder or .safetensors to start from (3 -> 1 channel by summing)
-    pairs: str = "augment"  # or "micle" (joint-embedding methods)
+    pairs: str = "augment"  # or "micle" / "position" (joint-embedding methods)
     options: dict = field(default_factory=dict)  # method options (--opt key=value)
     resume: bool = False
     seed: int = 0
@@ -231,7 +231,9 @@ def _run(config: PretrainConfig, events, stop_event) -> str:
     # data: decoded and normalised once (memory, optionally a disk cache)
     specs = normalization_specs()
     volumes = load_prepared(list(config.data), specs, config.cache_dir)
-    want_partner = cls.kind == "joint-embedding" and method.opts.get("pairs") == "micle"
+    from ..pretext.pairs import PARTNER_KIND
+
+    want_partner = PARTNER_KIND.get(method.opts.get("pairs")) if cls.kind == "joint-embedding" else False
     dataset = SliceDataset(volumes, config.image_size, int(config.in_channels), context=cls.context_request(config.image_size, int(config.in_channels), method.opts),
                            partner=want_partner, seed=int(config.seed))
     used_mods = sorted({modality_key(v.modality) for v in volumes})
