@@ -296,9 +296,14 @@ def test_fast_build_equals_highdicoms_own(ct8, kind, labelmap):
     assert numbers == numbers_full
     assert _differences(fast, full) == []
     assert fast.PixelData == full.PixelData and int(fast.NumberOfFrames) == int(full.NumberOfFrames) > 0
-    uids = [str(d.SOPInstanceUID) for d in ct8.source_datasets]  # the returned object reads back in memory too
+    assert fast.luts_pending  # highdicom's frame index is not built on the way to a file...
+    uids = [str(d.SOPInstanceUID) for d in ct8.source_datasets]  # ...yet the returned object reads back in memory too
     got = fast.get_pixels_by_source_instance(uids, segment_numbers=sorted(numbers.values()), combine_segments=True)
     np.testing.assert_array_equal(got, reorient_array(lab, ct8.affine, ct8.native_affine))
+    assert not fast.luts_pending
+    want = full.get_pixels_by_source_instance(uids, segment_numbers=sorted(numbers.values()), combine_segments=True,
+                                              assert_missing_frames_are_empty=True)
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("labelmap", [False, True])
@@ -322,6 +327,66 @@ def test_fast_file_encoding_gives_pydicoms_bytes(tmp_path, ct8, labelmap):
         assert dciodvfy_errors(out) == []
     back, _, _ = readback_on(out, ct8)
     np.testing.assert_array_equal(back, _mask8(ct8.shape, "three segments"))
+
+
+def test_write_path_builds_no_frame_index_and_the_file_reads_back(tmp_path, ct8):
+    lab = _mask8(ct8.shape, "three segments")
+    res = write_segmentation(lab, ct8, tmp_path / "s.dcm", labels_affine=ct8.affine, names=["a", "b", "c"])
+    assert res.dataset.luts_pending  # nothing on the way to the file needed highdicom's read index
+    back, _, _ = readback_on(tmp_path / "s.dcm", ct8)
+    np.testing.assert_array_equal(back, lab)
+    uids = [str(d.SOPInstanceUID) for d in ct8.source_datasets]
+    got = res.dataset.get_pixels_by_source_instance(uids, segment_numbers=[1, 2, 3], combine_segments=True)
+    np.testing.assert_array_equal(got, reorient_array(lab, ct8.affine, ct8.native_affine))
+
+
+_HD_TABLES_CHECK = """
+import json, pkgutil, sys
+from highdicom import _standard_utils as su
+from napari_ssl.io import hd_tables
+assert hd_tables.install(), "the lazy table was not installed"
+m = su.get_module_attribute_map()
+assert m.parsed == 0
+assert su.is_attribute_in_iod("ContentDate", "1.2.840.10008.5.1.4.1.1.66.4")
+assert not su.is_attribute_in_iod("NumberOfFrames", "1.2.840.10008.5.1.4.1.1.2")
+assert 0 < m.parsed < len(m) // 4, m.parsed            # only the modules of the IODs asked about
+full = json.loads(pkgutil.get_data("highdicom", "_standard/module_attribute_map.json").decode("utf-8"))
+assert list(m) == list(full) and len(m) == len(full)
+assert "segmentation-multi-frame-functional-groups" in m and "no-such-module" not in m
+try:
+    m["no-such-module"]
+    raise SystemExit("no KeyError")
+except KeyError:
+    pass
+assert dict(m) == full                                  # every module's entries equal highdicom's own parse
+print("ok")
+"""
+
+
+def test_lazy_standard_table_equals_highdicoms_own():
+    """highdicom's attribute table parsed per module: same keys and entries as its own whole-file parse."""
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _HD_TABLES_CHECK], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_lazy_standard_table_falls_back_on_any_other_layout():
+    import json
+
+    from napari_ssl.io.hd_tables import LazyModuleMap, _Json, _spans
+
+    data = {"mod-a": [{"keyword": "A", "type": "1", "path": []}], "mod-b": [{"keyword": "B", "type": "3", "path": ["A"]}]}
+    text = json.dumps(data, indent=2)
+    lazy = _Json(json).loads(text)
+    assert isinstance(lazy, LazyModuleMap) and dict(lazy) == data
+    for other in (json.dumps(data), json.dumps(data, indent=4), json.dumps(data, indent=1), json.dumps({"x": []}, indent=2),
+                  json.dumps({"1.2": "ct-image"}, indent=2), text + "\n{}"):
+        assert _spans(other) is None
+        if other != text + "\n{}":
+            assert _Json(json).loads(other) == json.loads(other) and not isinstance(_Json(json).loads(other), LazyModuleMap)
+    broken = LazyModuleMap(text, {"mod-a": (0, 10), "mod-b": _spans(text)["mod-b"]})   # a span that is not a list
+    assert broken["mod-a"] == data["mod-a"] and dict(broken) == data                  # -> the whole-file parse
 
 
 # --- bad input ---------------------------------------------------------------------------

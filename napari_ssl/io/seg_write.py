@@ -194,7 +194,10 @@ def build_segmentation(
     """
     import highdicom as hd
 
+    from .hd_tables import install
+
     require_dicom_source(source)
+    install()   # highdicom's 22 MB attribute table parsed per module as needed, not whole (same values)
     native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
     arr = np.ascontiguousarray(labels_on_source_grid(labels, source, labels_affine))
     slice_max = arr.reshape(arr.shape[0], -1).max(axis=1) if arr.size else np.zeros(arr.shape[0], arr.dtype)
@@ -284,8 +287,8 @@ def build_segmentation(
         raise NapariSSLError(f"cannot build the DICOM-SEG from this source series: {str(exc).splitlines()[0]}") from None
     if keep is not None or built_fast:
         _reference_whole_series(seg, all_dss, native)
-    if built_fast and hasattr(seg, "_build_luts"):
-        seg._build_luts()  # highdicom's frame index, so the returned object reads back like its own
+    if built_fast:
+        seg.invalidate_luts()  # highdicom's frame index: built from the final frames on the first read
     return seg, numbers, names_by_value
 
 
@@ -309,8 +312,10 @@ def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
     from pydicom.tag import BaseTag
     from pydicom.valuerep import DS
 
+    from .seg_deferred import DeferredLutSegmentation
+
     n = arr.shape[0]
-    seg = hd.seg.Segmentation(source_images=[sources[0], sources[-1]], pixel_array=arr[[0, n - 1]], **common)
+    seg = DeferredLutSegmentation(source_images=[sources[0], sources[-1]], pixel_array=arr[[0, n - 1]], **common)
     template = seg.PerFrameFunctionalGroupsSequence[0]
     derivation_item = template.DerivationImageSequence[0]
     derivation_code = derivation_item.DerivationCodeSequence[0]
