@@ -239,7 +239,7 @@ def build_segmentation(
         if 0 < len(nonempty) < arr.shape[0]:
             keep = nonempty
             dss = [dss[i] for i in keep]
-            arr = arr[keep]
+    planes = list(arr) if keep is None else [arr[i] for i in keep]   # views of the slices given to the SEG
     first = _clean_header(dss[0])
     sources = [first] + dss[1:]
     kwargs: dict[str, Any] = {}
@@ -278,11 +278,11 @@ def build_segmentation(
         with warnings.catch_warnings():
             # highdicom quotes the patient's name in this warning: never let it reach a log
             warnings.filterwarnings("ignore", message=".*person name.*")
-            built_fast = fast and one_per_slice and arr.shape[0] > 2
+            built_fast = fast and one_per_slice and len(planes) > 2
             if built_fast:
-                seg = _fast_segmentation(sources, arr, common)
+                seg = _fast_segmentation(sources, planes, common)
             else:
-                seg = hd.seg.Segmentation(source_images=sources, pixel_array=arr, **common)
+                seg = hd.seg.Segmentation(source_images=sources, pixel_array=arr if keep is None else arr[keep], **common)
     except (ValueError, AttributeError, TypeError) as exc:
         raise NapariSSLError(f"cannot build the DICOM-SEG from this source series: {str(exc).splitlines()[0]}") from None
     if keep is not None or built_fast:
@@ -292,7 +292,7 @@ def build_segmentation(
     return seg, numbers, names_by_value
 
 
-def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
+def _fast_segmentation(sources: list, planes: list[np.ndarray], common: dict):
     """The SEG highdicom builds from one single-frame source per slice, without its per-source cost.
 
     highdicom's constructor spends most of its time per source image and per frame (plane
@@ -314,8 +314,8 @@ def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
 
     from .seg_deferred import DeferredLutSegmentation
 
-    n = arr.shape[0]
-    seg = DeferredLutSegmentation(source_images=[sources[0], sources[-1]], pixel_array=arr[[0, n - 1]], **common)
+    n = len(planes)   # one 2-D label plane per source (views: the labelled slices are not copied)
+    seg = DeferredLutSegmentation(source_images=[sources[0], sources[-1]], pixel_array=np.stack([planes[0], planes[-1]]), **common)
     template = seg.PerFrameFunctionalGroupsSequence[0]
     derivation_item = template.DerivationImageSequence[0]
     derivation_code = derivation_item.DerivationCodeSequence[0]
@@ -378,22 +378,27 @@ def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
     items = []
     if labelmap:
         dtype = np.uint8 if int(seg.BitsAllocated) == 8 else np.dtype("<u2")
-        planes = [p for p in order if arr[p].any()]
-        items = [frame_item(p, [position_index[p]], None) for p in planes]
-        pixel_data = arr[planes].astype(dtype, copy=False).tobytes()
+        stored_planes = [p for p in order if planes[p].any()]
+        items = [frame_item(p, [position_index[p]], None) for p in stored_planes]
+        pixel_data = b"".join(planes[p].astype(dtype, copy=False) for p in stored_planes)   # one copy, straight into the bytes
     else:
         numbers = [int(d.SegmentNumber) for d in seg.SegmentSequence]
         chunks = []
-        rows_cols = arr.shape[1] * arr.shape[2]
+        byte_aligned = planes[0].size % 8 == 0
+        # One reused mask buffer, packed at once when the frame is kept: a fresh 0.25 MB mask per
+        # slice and segment, hundreds of them kept until the end, cost more in page faults than
+        # the comparisons themselves.
+        buf = np.empty(planes[0].shape, dtype=bool)
         for k, number in enumerate(numbers):
             for p in order:
-                m = arr[p] == number
+                m = np.equal(planes[p], number, out=buf)
                 if m.any():
                     items.append(frame_item(p, [k + 1, position_index[p]], number if per_frame_segment else None))
-                    chunks.append(m)
-        if rows_cols % 8 == 0:   # frames end on a byte: pack each on its own (no stacked copy)
-            pixel_data = b"".join(np.packbits(m, axis=None, bitorder="little").tobytes() for m in chunks)
-        else:                    # bits run on across frames
+                    # frames ending on a byte are packed on their own; otherwise the bits run on across frames
+                    chunks.append(np.packbits(m, axis=None, bitorder="little") if byte_aligned else m.copy())
+        if byte_aligned:
+            pixel_data = b"".join(chunks)
+        else:
             pixel_data = np.packbits(np.stack(chunks).ravel(), bitorder="little").tobytes()
     if len(pixel_data) % 2:
         pixel_data += b"0"  # highdicom's padding byte
@@ -403,7 +408,7 @@ def _fast_segmentation(sources: list, arr: np.ndarray, common: dict):
 
     # Dimension Organization Type, decided as highdicom does: "3D" only without several segment
     # channels (LABELMAP, or a single segment) and when the stored planes are evenly spaced.
-    stored = [p for p in range(n) if arr[p].any()]
+    stored = [p for p in range(n) if planes[p].any()]
     spacing = None
     if len(stored) > 1 and (labelmap or len(seg.SegmentSequence) == 1):
         spacing, _ = hd.spatial.get_volume_positions(
