@@ -160,6 +160,28 @@ def test_vicreg_loss_is_invariance_variance_covariance():
     assert abs(float(got) - float(want)) < 1e-5 * max(1.0, abs(float(want)))
 
 
+@pytest.mark.parametrize("n,d", [(8, 256), (40, 12)])
+def test_vicreg_loss_and_gradients_match_lightly(n, d):
+    """Our VICReg loss (Gram-matrix covariance term when N < D, terms computed once) = lightly's, values and gradients."""
+    from lightly.loss import VICRegLoss as LightlyVICReg
+
+    m = _method("vicreg", lambda_param=20.0, mu_param=15.0, nu_param=2.0)
+    za, zb = _zz(7, n=n, d=d, dtype=torch.float32)
+    zb = 0.5 * za + zb  # correlated views, as after training
+    grads = []
+    for crit in (m.criterion, LightlyVICReg(lambda_param=20.0, mu_param=15.0, nu_param=2.0)):
+        a, b = za.clone().requires_grad_(), zb.clone().requires_grad_()
+        loss = crit(a, b)
+        loss.backward()
+        grads.append((float(loss), a.grad, b.grad))
+    (l1, ga1, gb1), (l2, ga2, gb2) = grads
+    assert abs(l1 - l2) < 1e-5 * abs(l2)
+    for g1, g2 in ((ga1, ga2), (gb1, gb2)):
+        assert float((g1 - g2).abs().max()) < 1e-5 * float(g2.abs().max())
+    terms = m.criterion.terms(za, zb)
+    assert abs(float(20.0 * terms["invariance"] + 15.0 * terms["variance"] + 2.0 * terms["covariance"]) - l2) < 1e-5 * abs(l2)
+
+
 # ---------------------------------------------------------------------------------------------
 # short CPU training on real slices
 def _eval_loss(method, x, seeds=(123, 124, 125, 126)):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import PretextMethod, middle_slice
+from .base import PretextMethod, adamw, middle_slice
 
 
 def random_holes(b: int, size: int, num_holes: int, min_frac: float, max_frac: float, device, generator=None) -> torch.Tensor:
@@ -146,10 +146,10 @@ class Inpainting(PretextMethod):
         return {"loss": loss.detach(), "reconstruction": rec.detach(), "hole_error": hole.detach(), "adversarial": g_adv.detach(), "discriminator": d_loss.detach()}
 
     def configure_optimizers(self, lr, weight_decay, total_steps):
-        gen = torch.optim.AdamW(self.unet.parameters(), lr=lr, weight_decay=weight_decay)
+        gen = adamw(self.unet.parameters(), lr=lr, weight_decay=weight_decay)
         if not self.adversarial:
             return gen
-        disc = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+        disc = adamw(self.discriminator.parameters(), lr=lr, weight_decay=0.0, cls=torch.optim.Adam, betas=(0.5, 0.999))
         return [gen, disc]
 
     @torch.no_grad()
