@@ -371,22 +371,24 @@ def test_lazy_standard_table_equals_highdicoms_own():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-def test_lazy_standard_table_falls_back_on_any_other_layout():
+def test_lazy_standard_table_falls_back_on_any_other_layout(tmp_path):
     import json
 
-    from napari_ssl.io.hd_tables import LazyModuleMap, _Json, _spans
+    from napari_ssl.io.hd_tables import LazyModuleMap, _spans, lazy_map
 
-    data = {"mod-a": [{"keyword": "A", "type": "1", "path": []}], "mod-b": [{"keyword": "B", "type": "3", "path": ["A"]}]}
-    text = json.dumps(data, indent=2)
-    lazy = _Json(json).loads(text)
-    assert isinstance(lazy, LazyModuleMap) and dict(lazy) == data
+    data = {"mod-a": [{"keyword": "A", "type": "1", "path": []}], "mod-\\\"b": [{"keyword": "B", "type": "3", "path": ["A"]}]}
+    text = json.dumps(data, indent=2).encode()
+    (tmp_path / "t.json").write_bytes(text)
+    lazy = lazy_map(str(tmp_path / "t.json"))
+    assert isinstance(lazy, LazyModuleMap) and lazy.parsed == 0 and list(lazy) == list(data) and dict(lazy) == data
     for other in (json.dumps(data), json.dumps(data, indent=4), json.dumps(data, indent=1), json.dumps({"x": []}, indent=2),
-                  json.dumps({"1.2": "ct-image"}, indent=2), text + "\n{}"):
-        assert _spans(other) is None
-        if other != text + "\n{}":
-            assert _Json(json).loads(other) == json.loads(other) and not isinstance(_Json(json).loads(other), LazyModuleMap)
-    broken = LazyModuleMap(text, {"mod-a": (0, 10), "mod-b": _spans(text)["mod-b"]})   # a span that is not a list
-    assert broken["mod-a"] == data["mod-a"] and dict(broken) == data                  # -> the whole-file parse
+                  json.dumps({"1.2": "ct-image"}, indent=2), text.decode() + "\n{}", ""):
+        assert _spans(other.encode()) is None
+        (tmp_path / "o.json").write_text(other)
+        assert lazy_map(str(tmp_path / "o.json")) is None
+    spans = _spans(text)
+    broken = LazyModuleMap(text, {"mod-a": (0, 10), 'mod-\\"b': spans['mod-\\"b']})   # a span that is not a list
+    assert broken["mod-a"] == data["mod-a"] and dict(broken) == data                     # -> the whole-file parse
 
 
 # --- bad input ---------------------------------------------------------------------------
