@@ -336,8 +336,13 @@ def test_write_path_builds_no_frame_index_and_the_file_reads_back(tmp_path, ct8)
     back, _, _ = readback_on(tmp_path / "s.dcm", ct8)
     np.testing.assert_array_equal(back, lab)
     uids = [str(d.SOPInstanceUID) for d in ct8.source_datasets]
-    got = res.dataset.get_pixels_by_source_instance(uids, segment_numbers=[1, 2, 3], combine_segments=True)
-    np.testing.assert_array_equal(got, reorient_array(lab, ct8.affine, ct8.native_affine))
+    import copy
+    import pickle
+
+    copied, pickled = copy.deepcopy(res.dataset), pickle.loads(pickle.dumps(res.dataset))
+    for ds in (res.dataset, copied, pickled):
+        got = ds.get_pixels_by_source_instance(uids, segment_numbers=[1, 2, 3], combine_segments=True)
+        np.testing.assert_array_equal(got, reorient_array(lab, ct8.affine, ct8.native_affine))
 
 
 _HD_TABLES_CHECK = """

@@ -34,6 +34,12 @@ class DeferredLutSegmentation(hd.seg.Segmentation):
     def luts_pending(self) -> bool:
         return bool(self.__dict__.get(_PENDING))
 
+    def __getstate__(self):
+        # highdicom pickles (and deep-copies) its frame index with the object: build it first
+        if self.__dict__.get(_PENDING):
+            self.build_luts_now()
+        return super().__getstate__()
+
     def __getattr__(self, name: str):
         if name[:1] == "_" and name[:2] != "__" and self.__dict__.get(_PENDING):
             self.build_luts_now()
