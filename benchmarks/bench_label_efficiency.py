@@ -66,6 +66,7 @@ class Init:
     freeze_encoder_bn: bool = False  # keep the pretrained encoder's BatchNorm statistics while fine-tuning
     lr: float = 3e-3  # 1e-3 leaves the compact U-Net stuck predicting one hippocampus class in 200 steps (posterior Dice 0)
     augment: bool = True
+    init_from: str | None = None  # pretraining starts from this VARIANTS/FINAL_INITS entry's encoder (hierarchical, --init)
     note: str = ""
 
 
@@ -96,6 +97,12 @@ VARIANTS = {v.name: v for v in [
     Init("rotation", "rotation", {}),
     Init("offset-heatmap-lr0.3", "offset-heatmap", {}, pretrain_batch=16, encoder_lr_scale=0.3),
     Init("random-noaug", None, augment=False),
+    Init("simclr-position", "simclr", {"pairs": "position"}, pretrain_batch=16,
+         note="SimCLR with positives at the same relative depth of two volumes (Chaitanya et al. 2020)"),
+    Init("vicreg-position", "vicreg", {"pairs": "position"}, pretrain_batch=16,
+         note="VICReg with positives at the same relative depth of two volumes"),
+    Init("position-inpainting", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+         note="hierarchical: SimCLR with same-depth positives, then in-painting from that encoder; whole U-Net transferred"),
     Init("inpainting-long", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, pretrain_steps=1200, transfer_decoder=True,
          note="3x longer in-painting pretraining"),
 ]}
@@ -227,12 +234,19 @@ def _setup_worker():
 def pretrain_key(init: Init, a: dict) -> str:
     spec = {"method": init.method, "options": init.options, "steps": init.pretrain_steps or a["pretrain_steps"], "lr": init.pretrain_lr,
             "batch": init.pretrain_batch, "matched": init.matched_grid, "encoder": a["encoder"], "size": a["image_size"], "seed": 0}
+    if init.init_from:
+        spec["init_from"] = pretrain_key(_init_named(init.init_from), a)[0]
     return f"{init.method}-{hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]}", spec
+
+
+def _init_named(name: str) -> Init:
+    return {**{i.name: i for i in FINAL_INITS}, **VARIANTS}[name]
 
 
 def run_pretrain(init: Init, a: dict) -> dict:
     """Pretrain once (or reuse the cached folder); returns the folder and timing."""
     _setup_worker()
+    parent = run_pretrain(_init_named(init.init_from), a) if init.init_from else None
     from napari_ssl.models.checkpoint import read_meta
     from napari_ssl.train.pretrain import PretrainConfig, run_pretraining
 
@@ -249,7 +263,8 @@ def run_pretrain(init: Init, a: dict) -> dict:
     t0 = time.time()
     cfg = PretrainConfig(method=init.method, data=paths, out=out, encoder=a["encoder"], in_channels=1, image_size=a["image_size"],
                          steps=spec["steps"], batch_size=init.pretrain_batch, lr=init.pretrain_lr, devices=a["device"],
-                         options=dict(init.options), seed=0, preview_every_s=0.0, checkpoint_every_s=0.0)
+                         options=dict(init.options), seed=0, preview_every_s=0.0, checkpoint_every_s=0.0,
+                         init=parent["dir"] if parent else None)
     run_pretraining(cfg)
     secs = time.time() - t0
     mpath = os.path.join(out, "model.json")
@@ -262,7 +277,7 @@ def run_pretrain(init: Init, a: dict) -> dict:
 
 
 def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) -> str:
-    later = {"freeze_encoder_bn": False}  # fields added later: left out of the key at their default (cache stays valid)
+    later = {"freeze_encoder_bn": False, "init_from": None}  # fields added later: left out of the key at their default (cache stays valid)
     spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note") and not (kk in later and v == later[kk])}, "pre": pre_key, "k": k, "seed": seed,
             "steps": a["finetune_steps"], "size": a["image_size"], "encoder": a["encoder"], "curve": a["curve_steps"], "ncurve": a["n_curve"], "v": 2}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
