@@ -70,13 +70,16 @@ class Init:
     note: str = ""
 
 
-# Inits of the final table: random, one pretext task, one joint-embedding method, one more.
+# Inits of the final table: random, one pretext task, one joint-embedding method, one more. The parent of a
+# hierarchical init (init_from) is listed before it, so its pretraining runs first (run_all defers the child).
 FINAL_INITS = [
     Init("random"),
     Init("inpainting", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True,
          note="context-encoder in-painting, whole U-Net transferred (encoder + decoder)"),
-    Init("simclr", "simclr", {}, pretrain_batch=16, note="SimCLR (joint embedding, 2 views of batch 16), encoder transferred"),
-    Init("offset-heatmap", "offset-heatmap", {}, pretrain_batch=16, note="Blendowski offset heatmap (pretext, pairs of batch 16), encoder transferred"),
+    Init("simclr-position", "simclr", {"pairs": "position"}, pretrain_batch=16,
+         note="SimCLR (joint embedding, batch 16) with positives at the same relative depth of two volumes (Chaitanya et al. 2020); encoder transferred"),
+    Init("position-inpainting", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+         note="hierarchical: simclr-position, then in-painting from that encoder (--init); whole U-Net transferred"),
 ]
 
 # Probed variants (--variants): name -> Init. Results land in the JSON's "variants" section.
@@ -97,12 +100,10 @@ VARIANTS = {v.name: v for v in [
     Init("rotation", "rotation", {}),
     Init("offset-heatmap-lr0.3", "offset-heatmap", {}, pretrain_batch=16, encoder_lr_scale=0.3),
     Init("random-noaug", None, augment=False),
-    Init("simclr-position", "simclr", {"pairs": "position"}, pretrain_batch=16,
-         note="SimCLR with positives at the same relative depth of two volumes (Chaitanya et al. 2020)"),
+    Init("simclr", "simclr", {}, pretrain_batch=16, note="SimCLR (joint embedding, 2 views of batch 16), encoder transferred"),
+    Init("offset-heatmap", "offset-heatmap", {}, pretrain_batch=16, note="Blendowski offset heatmap (pretext, pairs of batch 16), encoder transferred"),
     Init("vicreg-position", "vicreg", {"pairs": "position"}, pretrain_batch=16,
          note="VICReg with positives at the same relative depth of two volumes"),
-    Init("position-inpainting", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
-         note="hierarchical: SimCLR with same-depth positives, then in-painting from that encoder; whole U-Net transferred"),
     Init("inpainting-long", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, pretrain_steps=1200, transfer_decoder=True,
          note="3x longer in-painting pretraining"),
 ]}
@@ -373,6 +374,7 @@ def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, ca
                 queue.append(((1, s, kprio.get(k, 99), k, init_i), "ft", (key, init, k, s, pre["dir"] if pre else None)))
 
     waiting: dict[str, list] = {}
+    deferred: dict[str, list] = {}  # parent pretraining key -> pretraining jobs that start from it
     if from_cache:  # summarise what is cached, run nothing
         cached_only = tuple(i.name for i in inits)
     for i, init in enumerate(inits):
@@ -391,8 +393,13 @@ def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, ca
             queue_ft(i, init, pre_info[init.name])
             continue
         if pk not in waiting:
-            queue.append(((0, i), "pre", (pk, init)))
             waiting[pk] = []
+            parent = pretrain_key(_init_named(init.init_from), a)[0] if init.init_from else None
+            if parent is not None and parent in waiting:
+                # a hierarchical init starts from its parent's folder: run it after the parent, never beside it
+                deferred.setdefault(parent, []).append(((0, i), "pre", (pk, init)))
+            else:
+                queue.append(((0, i), "pre", (pk, init)))
         waiting[pk].append((i, init))
     try:
         while queue or running:
@@ -412,6 +419,7 @@ def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, ca
                 running.remove(item)
                 if kind == "pre":
                     pk, init0 = payload
+                    queue.extend(deferred.pop(pk, []))
                     try:
                         info = job.get()
                     except Exception as exc:  # a method that fails is reported, the others go on
@@ -592,6 +600,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
+    load_start = os.getloadavg()[0]
     log(f"label efficiency: inits {[i.name for i in inits]}, k {ks}, seeds {seeds}, {a}")
     results, pre_info = run_all(inits, ks, seeds, a, log, cached_only=("random",) if args.variants and args.no_baseline else (),
                                 from_cache=args.from_cache)
@@ -606,7 +615,8 @@ def main(argv=None) -> int:
         except ValueError:
             prev = {}
     section = {
-        "command": cmd, "wall_seconds": wall, "settings": {**a, "ks": ks, "seeds": seeds, "batch_size": 8, "loss": "dice-ce",
+        "command": cmd, "wall_seconds": wall, "load_average": {"start": load_start, "end": os.getloadavg()[0]},
+        "cpu_count": os.cpu_count(), "settings": {**a, "ks": ks, "seeds": seeds, "batch_size": 8, "loss": "dice-ce",
                                                            "pretrain_batch": 32, "split": {"pool": "200 lowest-numbered volumes", "test": "other 60"}},
         "inits": [asdict(i) for i in inits], "pretraining": pre_info, **summary,
         "runs": [{kk: v for kk, v in r.items() if kk not in ("slices",)} for r in results],
@@ -622,7 +632,8 @@ def main(argv=None) -> int:
         tag = f"{args.variants}|k{','.join(map(str, ks))}|s{len(seeds)}|ft{a['finetune_steps']}|pt{a['pretrain_steps']}|{a['encoder']}|{a['image_size']}"
         out["variants"][tag] = section
     else:
-        out = {**prev, **section, "variants": prev.get("variants", {}), "quick": quick}
+        stale = ("reading", "timing_note", "final_configuration")   # notes written by hand about an earlier table
+        out = {**{k: v for k, v in prev.items() if k not in stale}, **section, "variants": prev.get("variants", {}), "quick": quick}
         plot(summary, results, inits, ks, a["finetune_steps"], OUT_PNG if args.out == OUT_JSON else os.path.splitext(args.out)[0] + ".png",
              f"{a['encoder']} U-Net, {a['image_size']} px, fine-tune {a['finetune_steps']} steps x 8, pretrain {a['pretrain_steps']} steps; " + (f"summary of cached runs ({len(results)})" if args.from_cache else f"wall {wall / 60:.1f} min"))
     with open(args.out, "w") as f:
