@@ -245,6 +245,42 @@ def test_closing_napari_stops_the_job_and_leaves_no_orphan(make_napari_viewer, s
 
 
 # --- Annotate & Train -------------------------------------------------------------------------
+def test_pretrain_positives_and_start_from_an_earlier_run(make_napari_viewer, ssl_home, pretrained):
+    """Positives only for joint-embedding methods; Start from lists earlier runs and continues from one (--init)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "hippocampus_mr")
+    widget = dock(viewer, "Pretrain")
+    widget.method.setCurrentText("inpainting")
+    assert not widget.pairs.isEnabled()
+    widget.method.setCurrentText("simclr")
+    assert widget.pairs.isEnabled()
+    assert [widget.pairs.itemText(i) for i in range(widget.pairs.count())] == ["augment", "micle", "position"]
+    widget.pairs.setCurrentText("position")
+    widget.init_from.refresh()
+    paths = [widget.init_from.itemData(i) for i in range(widget.init_from.count())]
+    assert paths[0] is None and pretrained in paths
+    widget.init_from.setCurrentIndex(paths.index(pretrained))
+    cfg = widget.build_config()
+    assert cfg["pairs"] == "position" and cfg["init"] == pretrained and cfg["method"] == "simclr"
+    widget.method.setCurrentText("inpainting")  # positives do not apply: not sent
+    cfg = widget.build_config()
+    assert "pairs" not in cfg and cfg["init"] == pretrained
+
+    # a real run continuing from the earlier encoder
+    widget.run_name.setText("continued")
+    widget.image_size.setValue(TINY["image_size"])
+    widget.batch_size.setValue(TINY["batch_size"])
+    widget.steps.setValue(2)
+    widget.preview_every_s = 0
+    widget.threads = 1
+    widget.start()
+    assert widget.job is not None, widget.status.text()
+    wait_until(lambda: not widget.running, 300, "the continued run to finish")
+    meta = json.loads((Path(widget.out_dir) / "model.json").read_text())
+    assert meta["status"] == "complete", meta["status"]
+    assert meta["init"] and meta["init"]["method"] == "inpainting", meta["init"]  # provenance of the starting encoder
+
+
 def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pretrained):
     from napari_ssl._napari.annotations_autosave import LABELS_FILE, read_annotations
     from napari_ssl._napari.widgets.annotate_widget import PALETTE

@@ -1,6 +1,8 @@
 """Pretrain dock widget: self-supervised pretraining of a U-Net encoder, in a child process.
 
-Data: image layers and/or folders. Method (one-line explanation each), encoder, epochs, device.
+Data: image layers and/or folders. Method (one-line explanation each), encoder, epochs, device;
+for joint-embedding methods the positives (augment / micle / position), and "Start from" an earlier
+run's encoder (hierarchical pretraining, the CLI's --init).
 Start turns into Stop. Progress shows in napari's activity dock, the loss curve here, and the
 method's previews (in-painted image, heatmaps, feature PCA) as image layers that are updated in place.
 """
@@ -17,7 +19,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGro
 from ..job_runner import QtJob
 from .common import DockWidgetBase, compact_combo, device_choices, image_layers, layer_as_path, report_error, safe_name, timestamp
 from .loss_plot import LossPlot
-from .runs_list import RunsList, runs_dir
+from .runs_list import RunsList, list_runs, runs_dir
 
 PREVIEW_PREFIX = "preview: "
 _ROLE_KIND = Qt.UserRole + 1  # "layer" or "folder"
@@ -28,6 +30,45 @@ def method_choices() -> list[tuple[str, str]]:
     from ...pretext import METHODS
 
     return [(name, getattr(cls, "summary", "") or "") for name, cls in METHODS.items()]
+
+
+PAIR_CHOICES = (
+    ("augment", "two augmentations of one slice"),
+    ("micle", "two slices of the same patient/study (MICLe)"),
+    ("position", "slices at the same relative depth of two volumes (same anatomy, same direction)"),
+)
+NO_INIT = "(random init)"
+
+
+def method_kinds() -> dict[str, str]:
+    from ...pretext import METHODS
+
+    return {name: str(getattr(cls, "kind", "")) for name, cls in METHODS.items()}
+
+
+class RunCombo(QComboBox):
+    """Earlier pretraining runs (their encoder is the starting point); the list is re-read when opened."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.refresh()
+
+    def refresh(self) -> None:
+        current = self.currentData()
+        self.blockSignals(True)
+        self.clear()
+        self.addItem(NO_INIT, None)
+        for run in list_runs(kind="pretrain"):
+            if os.path.isfile(os.path.join(run.path, "encoder.safetensors")):
+                self.addItem(run.label, run.path)
+                self.setItemData(self.count() - 1, f"{run.encoder} - {run.path}", Qt.ToolTipRole)
+        idx = self.findData(current)
+        self.setCurrentIndex(max(idx, 0))
+        self.blockSignals(False)
+
+    def showPopup(self) -> None:  # noqa: N802 (Qt)
+        self.refresh()
+        super().showPopup()
 
 
 def encoder_choices() -> tuple[str, ...]:
@@ -73,6 +114,14 @@ class PretrainWidget(DockWidgetBase):
         self.method.currentIndexChanged.connect(self._on_method)
         self.encoder = compact_combo(QComboBox())
         self.encoder.addItems(encoder_choices())
+        self.kinds = method_kinds()
+        self.pairs = compact_combo(QComboBox())
+        for value, tip in PAIR_CHOICES:
+            self.pairs.addItem(value, value)
+            self.pairs.setItemData(self.pairs.count() - 1, tip, Qt.ToolTipRole)
+        self.pairs.setToolTip("Positive pairs of the joint-embedding methods")
+        self.init_from = compact_combo(RunCombo())
+        self.init_from.setToolTip("Continue from an earlier run's encoder (hierarchical pretraining)")
         self.image_size = QSpinBox()
         self.image_size.setRange(32, 1024)
         self.image_size.setSingleStep(32)
@@ -96,7 +145,9 @@ class PretrainWidget(DockWidgetBase):
         form = QFormLayout()
         form.addRow("Method", self.method)
         form.addRow("", self.method_help)
+        form.addRow("Positives", self.pairs)
         form.addRow("Encoder", self.encoder)
+        form.addRow("Start from", self.init_from)
         form.addRow("Image size", self.image_size)
         form.addRow("Epochs", self.epochs)
         form.addRow("Steps", self.steps)
@@ -179,6 +230,7 @@ class PretrainWidget(DockWidgetBase):
     def _on_method(self, *args) -> None:
         summary = self.method.currentData(Qt.ToolTipRole) or ""
         self.method_help.setText(summary)
+        self.pairs.setEnabled(self.kinds.get(self.method.currentText()) == "joint-embedding")
 
     # --- job
     @property
@@ -208,6 +260,11 @@ class PretrainWidget(DockWidgetBase):
             "steps": int(self.steps.value()) or None, "batch_size": int(self.batch_size.value()),
             "devices": self.device.currentData() or "cpu", "preview_every_s": float(self.preview_every_s),
         }
+        if self.pairs.isEnabled() and self.pairs.currentData() not in (None, "augment"):
+            cfg["pairs"] = self.pairs.currentData()
+        init = self.init_from.currentData()
+        if init:
+            cfg["init"] = str(init)
         if self.threads:
             cfg["threads"] = int(self.threads)
         return cfg
