@@ -246,6 +246,11 @@ def main():
     ap.add_argument("--out", default=str(RESULTS / "bench_pretrain_throughput.json"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    # the engine (run_pretraining) sets glibc's malloc to keep freed memory for the rest of the process;
+    # set it before the first baseline too, so engine and baselines always run under the same allocator
+    from napari_ssl.train.malloc_tuning import keep_freed_memory
+
+    keep_freed_memory()
     load_start = list(os.getloadavg())
     size, batch = args.image_size, args.batch_size
     paths = data_paths(args.volumes)

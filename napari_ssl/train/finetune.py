@@ -322,6 +322,10 @@ def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: i
     """Train `unet` in place with a Lightning Trainer for `steps` optimiser steps; returns (unet, info)."""
     import pytorch_lightning as pl
 
+    from .malloc_tuning import keep_freed_memory
+
+    keep_freed_memory()
+
     from .seg_module import SegmentationModule
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):

@@ -144,6 +144,9 @@ def _read_rows(path: str, upto: int) -> list:
 # ----------------------------------------------------------------------------- the run
 def run_pretraining(config: PretrainConfig, events: Optional[Callable[[dict], None]] = None, stop_event: Any = None) -> str:
     """Pretrain `config.method` on `config.data`; returns the output folder (see module docstring)."""
+    from .malloc_tuning import keep_freed_memory
+
+    keep_freed_memory()
     try:
         return _run(config, events, stop_event)
     except NapariSSLError as exc:
