@@ -345,6 +345,14 @@ def test_resnet34_encoder(mr, tmp_path):
     assert len(enc.layer1) == 3 and json.loads((out / "model.json").read_text())["encoder_name"] == "resnet34"
 
 
+def test_resnet50_encoder_with_a_joint_embedding_head(mr, tmp_path):
+    """resnet50's 2048-d features under a projection head (bottleneck blocks, another feature width)."""
+    out = tmp_path / "r50"
+    run_pretraining(tiny("simclr", mr[:1], out, encoder="resnet50", steps=2))
+    enc = load_encoder(out, "resnet50")
+    assert enc.layer1[0].conv3.out_channels == 256 and json.loads((out / "model.json").read_text())["encoder_name"] == "resnet50"
+
+
 # ---------------------------------------------------------------------------------------------
 # DDP: 2 CPU processes (gloo) under torchrun
 def test_ddp_two_cpu_processes_under_torchrun_agree_on_the_saved_weights(mr, tmp_path):
