@@ -175,6 +175,20 @@ def run(args) -> dict:
         preview_calls.clear()
         load_before = os.getloadavg()
         t0 = time.perf_counter()
+
+        def window(running, what: str) -> dict:
+            """Wait for the job's first preview, then record the event loop's lateness for --seconds."""
+            pump_until(app, lambda: ready(steps) or not running(), 900, what)
+            first_preview = list(preview_calls)
+            startup = time.perf_counter() - t0
+            window_load = os.getloadavg()
+            s0 = steps[-1] if steps else 0
+            lat = probe.record(app, args.seconds)
+            s1 = steps[-1] if steps else 0
+            return {**percentiles(lat), "train_steps_in_window": s1 - s0,
+                    "first_preview_gui_ms": [round(v, 1) for v in first_preview],
+                    "window_preview_updates_gui_ms": [round(v, 1) for v in preview_calls[len(first_preview):]],
+                    "startup_s": round(startup, 2), "load_before": window_load, "samples_ms": [round(v, 3) for v in lat]}
         if mode == "idle":
             lat = probe.record(app, args.seconds)
             return {"mode": mode, "repeat": rep, **percentiles(lat), "load_before": load_before,
@@ -185,14 +199,7 @@ def run(args) -> dict:
             widget.start()
             job = widget.job
             job.event.connect(lambda ev: steps.append(int(ev["step"])) if ev.get("type") == "progress" else None)
-            pump_until(app, lambda: ready(steps) or not job.running, 900, "child training progress")
-            first_preview = list(preview_calls)
-            startup = time.perf_counter() - t0
-            load_before = os.getloadavg()
-            s0 = steps[-1] if steps else 0
-            lat = probe.record(app, args.seconds)
-            s1 = steps[-1] if steps else 0
-            later_previews = preview_calls[len(first_preview):]
+            result = window(lambda: job.running, "child training progress")
             widget.stop()
             pump_until(app, lambda: not job.running, 300, "the child to stop")
             ok = (widget.last_result or {}).get("type") == "done"
@@ -202,13 +209,13 @@ def run(args) -> dict:
             config = widget.build_config()
             events: "queue.Queue[dict]" = queue.Queue()
             stop = threading.Event()
-            result: dict = {}
+            outcome: dict = {}
 
             def target():
                 try:
-                    result["out"] = pretrain_job(config, events.put, stop)
+                    outcome["out"] = pretrain_job(config, events.put, stop)
                 except BaseException as exc:  # noqa: BLE001
-                    result["error"] = repr(exc)
+                    outcome["error"] = repr(exc)
 
             # the same GUI work as the child mode: QtJob's progress bar in the activity dock (the QtJob
             # is never started: only its progress helpers are used) and the widget's event handler
@@ -232,25 +239,14 @@ def run(args) -> dict:
             poll.start()
             th = threading.Thread(target=target, name="pretrain-in-viewer", daemon=True)
             th.start()
-            pump_until(app, lambda: ready(steps) or not th.is_alive(), 900, "thread training progress")
-            first_preview = list(preview_calls)
-            startup = time.perf_counter() - t0
-            load_before = os.getloadavg()
-            s0 = steps[-1] if steps else 0
-            lat = probe.record(app, args.seconds)
-            s1 = steps[-1] if steps else 0
-            later_previews = preview_calls[len(first_preview):]
+            result = window(th.is_alive, "thread training progress")
             stop.set()
             pump_until(app, lambda: not th.is_alive(), 300, "the thread to stop")
             drain()
             poll.stop()
             gui._close_progress()
-            extra = {"finished_ok": "out" in result, "error": result.get("error")}
-        return {"mode": mode, "repeat": rep, **percentiles(lat), "train_steps_in_window": s1 - s0,
-                "first_preview_gui_ms": [round(v, 1) for v in first_preview],
-                "window_preview_updates_gui_ms": [round(v, 1) for v in later_previews],
-                "startup_s": round(startup, 2), "load_before": load_before, "load_after": os.getloadavg(), **extra,
-                "samples_ms": [round(v, 3) for v in lat]}
+            extra = {"finished_ok": "out" in outcome, "error": outcome.get("error")}
+        return {"mode": mode, "repeat": rep, **result, "load_after": os.getloadavg(), **extra}
 
     runs.append(measure("idle", 0))
     print(f"idle: p99 {runs[-1]['p99_ms']:.1f} ms", flush=True)

@@ -44,7 +44,6 @@ class SliceDataset(torch.utils.data.Dataset):
         self.context = context
         if partner not in (False, None, True, "nearby", "same-depth"):
             raise ValueError(f"partner must be 'nearby' or 'same-depth', not {partner!r}")
-        self.want_partner = bool(partner)
         self.partner_kind = "nearby" if partner is True else (partner or None)
         self.partner_range = max(1, int(partner_range))
         self.seed = int(seed)
@@ -90,12 +89,11 @@ class SliceDataset(torch.utils.data.Dataset):
         for j, g in enumerate(self.groups):
             by_group.setdefault(g, []).append(j)
         self.siblings = [[k for k in by_group[g] if k != j] for j, g in enumerate(self.groups)]
-        if self.partner_kind == "same-depth" and len(self.volumes) < 2:
-            raise NapariSSLError("--pairs position needs at least 2 volumes (positives come from different volumes)")
-        # same-depth partners are drawn from the non-blank slices of each volume
-        self.nonblank = [np.zeros(0, np.int64)] * len(self.volumes)
-        for j in range(len(self.volumes)):
-            self.nonblank[j] = self.index[self.index[:, 0] == j, 1]
+        self.nonblank: list[np.ndarray] = []  # same-depth partners: the non-blank slices of each volume
+        if self.partner_kind == "same-depth":
+            if len(self.volumes) < 2:
+                raise NapariSSLError("--pairs position needs at least 2 volumes (positives come from different volumes)")
+            self.nonblank = [self.index[self.index[:, 0] == j, 1] for j in range(len(self.volumes))]
 
     # --- building ---------------------------------------------------------------------------
     def _pad(self, array: np.ndarray) -> np.ndarray:
@@ -137,7 +135,7 @@ class SliceDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, int(idx[0]), len(idx)))
         b, c, s, m = len(idx), self.channels, self.size, self.margin
         image = np.empty((b, c, s, s), np.float16)
-        partner = np.empty((b, c, s, s), np.float16) if self.want_partner else None
+        partner = np.empty((b, c, s, s), np.float16) if self.partner_kind else None
         context = np.empty((b, c, s + 2 * m, s + 2 * m), np.float16) if self.context else None
         dz = np.zeros(b, np.int64)
         vi, zi = self.index[idx, 0], self.index[idx, 1]
