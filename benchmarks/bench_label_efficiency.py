@@ -64,6 +64,8 @@ class Init:
     encoder_lr_scale: float = 1.0
     freeze_encoder_steps: int = 0
     freeze_encoder_bn: bool = False  # keep the pretrained encoder's BatchNorm statistics while fine-tuning
+    class_balance: float = 0.0  # cross-entropy class weights (frequency ** -class_balance) from the labelled slices
+    head_warmup_steps: int = 0  # linear probe first: only the segmentation head trains for these steps
     lr: float = 3e-3  # 1e-3 leaves the compact U-Net stuck predicting one hippocampus class in 200 steps (posterior Dice 0)
     augment: bool = True
     init_from: str | None = None  # pretraining starts from this VARIANTS/FINAL_INITS entry's encoder (hierarchical, --init)
@@ -104,6 +106,19 @@ VARIANTS = {v.name: v for v in [
     Init("offset-heatmap", "offset-heatmap", {}, pretrain_batch=16, note="Blendowski offset heatmap (pretext, pairs of batch 16), encoder transferred"),
     Init("vicreg-position", "vicreg", {"pairs": "position"}, pretrain_batch=16,
          note="VICReg with positives at the same relative depth of two volumes"),
+    Init("position-inpainting-lp25", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+         head_warmup_steps=25, note="position-inpainting, head-only warm-up (linear probe, then fine-tune)"),
+    Init("position-inpainting-lp50", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+         head_warmup_steps=50),
+    Init("random-cb", None, class_balance=0.5, note="random init, class-balanced cross-entropy"),
+    Init("position-inpainting-cb", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+         class_balance=0.5, note="position-inpainting, class-balanced cross-entropy"),
+    Init("simclr-position-1200", "simclr", {"pairs": "position"}, pretrain_batch=16, pretrain_steps=1200,
+         note="SimCLR with same-depth positives, 3x longer"),
+    Init("position1200-inpainting", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position-1200",
+         note="hierarchical: 3x longer simclr-position, then in-painting from that encoder"),
+    Init("position-inpainting1200", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+         pretrain_steps=1200, note="hierarchical: simclr-position, then 3x longer in-painting from that encoder"),
     Init("inpainting-long", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, pretrain_steps=1200, transfer_decoder=True,
          note="3x longer in-painting pretraining"),
 ]}
@@ -278,7 +293,7 @@ def run_pretrain(init: Init, a: dict) -> dict:
 
 
 def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) -> str:
-    later = {"freeze_encoder_bn": False, "init_from": None}  # fields added later: left out of the key at their default (cache stays valid)
+    later = {"freeze_encoder_bn": False, "init_from": None, "head_warmup_steps": 0, "class_balance": 0.0}  # fields added later: left out of the key at their default (cache stays valid)
     spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note") and not (kk in later and v == later[kk])}, "pre": pre_key, "k": k, "seed": seed,
             "steps": a["finetune_steps"], "size": a["image_size"], "encoder": a["encoder"], "curve": a["curve_steps"], "ncurve": a["n_curve"], "v": 2}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -318,7 +333,7 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
     if 0 in a["curve_steps"]:
         hook(0, unet)
     unet, info = train_unet(unet, ds, steps=steps, batch_size=8, lr=init.lr, loss="dice-ce", encoder_lr_scale=init.encoder_lr_scale,
-                            freeze_encoder_steps=init.freeze_encoder_steps, freeze_encoder_bn=init.freeze_encoder_bn, seed=seed, devices="cpu" if a["device"] == "cpu" else a["device"],
+                            freeze_encoder_steps=init.freeze_encoder_steps, freeze_encoder_bn=init.freeze_encoder_bn, head_warmup_steps=init.head_warmup_steps, class_balance=init.class_balance, seed=seed, devices="cpu" if a["device"] == "cpu" else a["device"],
                             hook=hook, hook_steps=hook_steps)
     t_train = time.time() - t0
     unet = unet.cpu()

@@ -147,3 +147,38 @@ def test_cli_finetune_and_bad_inputs(hippo_dir, tmp_path, capsys):
     rc = main(["finetune", "--image", img, "--labels", str(moved), "--out", str(tmp_path / "bad"), "--steps", "2"])
     assert rc == 2 and "geometry" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_class_balanced_weights_and_head_only_warmup(case):
+    """Two fine-tuning knobs the label-efficiency benchmark probes: cross-entropy weights from the annotated
+    voxels (rare classes weigh more; a class absent from the annotations gets the largest weight seen), and a
+    head-only warm-up in which encoder and decoder (BatchNorm statistics included) stay as they were."""
+    from napari_ssl.data.labelled_slices import LabelledSliceDataset, LabelledVolume
+    from napari_ssl.train.finetune import train_unet
+    from napari_ssl.train.seg_module import balanced_class_weights, segmentation_loss
+
+    img, lab, one, z0, empty = case
+    t = torch.from_numpy(np.ascontiguousarray(lab[z0:z0 + 1])).long()
+    w = balanced_class_weights(t, 4)
+    counts = torch.bincount(t.reshape(-1), minlength=4)[:4]
+    seen = counts > 0
+    assert bool(seen[0]) and not bool(seen[3]) and abs(float(w[seen].mean()) - 1.0) < 1e-5
+    order = torch.argsort(counts[seen])  # rarer -> heavier
+    assert torch.all(w[seen][order][:-1] >= w[seen][order][1:])
+    assert float(w[3]) == float(w[seen].max()) and float(w[0]) < 1.0
+    logits = torch.randn(1, 4, *t.shape[1:])
+    assert not torch.isclose(segmentation_loss(logits, t, class_weights=w), segmentation_loss(logits, t))
+
+    mask = np.zeros(lab.shape[0], bool)
+    mask[z0] = True
+    ds = LabelledSliceDataset([LabelledVolume(image=img.array.astype(np.float32) / 255.0, labels=lab, annotated=mask)], 32, 1, None)
+    torch.manual_seed(0)
+    unet, _ = build_initial_model(FinetuneConfig(images=[], labels=[], out=""), num_classes=3)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    unet, info = train_unet(unet, ds, steps=3, batch_size=2, head_warmup_steps=3, class_balance=0.5, devices="cpu")
+    after = unet.state_dict()
+    assert info["steps"] == 3
+    body = [k for k in before if not k.startswith("segmentation_head.")]
+    assert all(torch.equal(before[k], after[k]) for k in body)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("segmentation_head."))
+    assert all(p.requires_grad for p in unet.parameters())  # unfrozen again for whoever trains next

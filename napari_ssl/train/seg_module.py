@@ -39,16 +39,35 @@ def soft_overlap_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "d
     return (1 - score)[present].mean()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice-ce") -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice-ce",
+                      class_weights: torch.Tensor | None = None) -> torch.Tensor:
     if kind == "jaccard":
         return soft_overlap_loss(logits, target, "jaccard")
-    return F.cross_entropy(logits, target) + soft_overlap_loss(logits, target, "dice")
+    w = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
+    return F.cross_entropy(logits, target, weight=w) + soft_overlap_loss(logits, target, "dice")
+
+
+def balanced_class_weights(targets: torch.Tensor, num_classes: int, power: float = 0.5) -> torch.Tensor:
+    """Cross-entropy weights from the annotated voxels: (frequency)^-power, normalised to mean 1 over the
+    classes that occur (absent classes get the largest weight seen). With a few slices a small structure
+    is 1-3 % of the pixels, and unweighted cross-entropy first drives every logit to background."""
+    counts = torch.bincount(targets.reshape(-1).long(), minlength=num_classes).double()[:num_classes]
+    freq = counts / counts.sum().clamp(min=1)
+    w = torch.zeros(num_classes, dtype=torch.float64)
+    seen = freq > 0
+    if bool(seen.any()):
+        w[seen] = freq[seen] ** -power
+        w[~seen] = w[seen].max()
+        w = w / w[seen].mean()
+    else:
+        w[:] = 1.0
+    return w.float()
 
 
 class SegmentationModule(pl.LightningModule):
     def __init__(self, unet: torch.nn.Module, loss: str = "dice-ce", lr: float = 1e-3, weight_decay: float = 1e-4,
                  total_steps: int = 500, encoder_lr_scale: float = 1.0, freeze_encoder_steps: int = 0, warmup_fraction: float = 0.05,
-                 freeze_encoder_bn: bool = False):
+                 freeze_encoder_bn: bool = False, head_warmup_steps: int = 0, class_weights: torch.Tensor | None = None):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}")
@@ -60,9 +79,12 @@ class SegmentationModule(pl.LightningModule):
         self.encoder_lr_scale = float(encoder_lr_scale)
         self.freeze_encoder_steps = int(freeze_encoder_steps)
         self.freeze_encoder_bn = bool(freeze_encoder_bn)  # keep the (pretrained) encoder's BatchNorm statistics for the whole run
+        self.head_warmup_steps = int(head_warmup_steps)  # linear probe first: only the segmentation head trains
         self.warmup_steps = int(warmup_fraction * self.total_steps)
+        self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.last_loss = float("nan")
         self._frozen = False
+        self._body_frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unet(x)
@@ -74,11 +96,25 @@ class SegmentationModule(pl.LightningModule):
             p.requires_grad_(not frozen)
         self._frozen = frozen
 
+    def _set_body_frozen(self, frozen: bool) -> None:
+        """Freeze encoder and decoder (the head-only warm-up, "linear probe then fine-tune")."""
+        if frozen == self._body_frozen:
+            return
+        for p in self.unet.decoder.parameters():
+            p.requires_grad_(not frozen)
+        self._body_frozen = frozen
+
     def on_train_start(self) -> None:
         self.unet.train()  # Lightning keeps the modes modules arrive in; a model evaluated before fit must still train with dropout/BatchNorm updates
 
     def on_train_batch_start(self, batch, batch_idx):
-        self._set_encoder_frozen(self.global_step < self.freeze_encoder_steps)
+        body = self.global_step < self.head_warmup_steps
+        self._set_body_frozen(body)
+        self._set_encoder_frozen(body or self.global_step < self.freeze_encoder_steps)
+        if body:
+            self.unet.decoder.eval()
+        else:
+            self.unet.decoder.train()
         if self._frozen:
             self.unet.encoder.eval()  # keep pretrained BatchNorm statistics during the warm-up
         else:
@@ -90,13 +126,14 @@ class SegmentationModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         logits = self.unet(batch["image"])
-        loss = segmentation_loss(logits, batch["target"], self.loss_kind)
+        loss = segmentation_loss(logits, batch["target"], self.loss_kind, self.class_weights)
         self.last_loss = float(loss.detach())
         self.log("loss", loss, prog_bar=False, on_step=True, batch_size=batch["image"].shape[0])
         return loss
 
     def on_train_end(self) -> None:
         self._set_encoder_frozen(False)
+        self._set_body_frozen(False)
 
     def configure_optimizers(self):
         enc = list(self.unet.encoder.parameters())
