@@ -136,10 +136,12 @@ def _model_classes(model: PathLike) -> int:
 
 def suggest(model: PathLike, image: ImageLike, labels: Optional[LabelsLike] = None, *, n: int = 5, min_distance: Optional[int] = None,
             empty_slices: Sequence[int] = (), tta: bool = True, mc_dropout: int = 0, prediction: Optional[Prediction] = None,
-            device: Optional[str] = None) -> list[dict]:
+            device: Optional[str] = None, score: Optional[str] = None) -> list[dict]:
     """The unannotated slices to annotate next, best first: [{"rank", "slice", "uncertainty", "min_distance"}].
 
-    Pass `prediction` to reuse one already computed (its slice_uncertainty is used)."""
+    Pass `prediction` to reuse one already computed. `score`: how a slice is ranked, "foreground-entropy"
+    (default) or "entropy" (see active.predict.slice_scores); "uncertainty" in the answer is that score."""
+    from .active.predict import DEFAULT_SLICE_SCORE, slice_scores
     from .active.suggest import suggest_slices
 
     if int(n) < 1:
@@ -149,14 +151,14 @@ def suggest(model: PathLike, image: ImageLike, labels: Optional[LabelsLike] = No
     pred = prediction or predict(model, vol, tta=tta, mc_dropout=mc_dropout, device=device)
     if pred.slice_uncertainty.shape[0] != vol.shape[0]:
         raise NapariSSLError(f"the prediction has {pred.slice_uncertainty.shape[0]} slices but the image has {vol.shape[0]}")
-    return suggest_slices(pred.slice_uncertainty, ann, n=n, min_distance=min_distance)
+    return suggest_slices(slice_scores(pred, score or DEFAULT_SLICE_SCORE), ann, n=n, min_distance=min_distance)
 
 
 def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[Sequence[Optional[LabelsLike]]] = None, *, n: int = 5,
                  min_distance: Optional[int] = None, max_per_volume: Optional[int] = None, depth_spacing: Optional[float] = None,
                  empty_slices: Optional[Sequence[Sequence[int]]] = None,
                  tta: bool = True, mc_dropout: int = 0, predictions: Optional[Sequence[Prediction]] = None,
-                 batch_size: int = 64, device: Optional[str] = None, score: str = "entropy") -> list[dict]:
+                 batch_size: int = 64, device: Optional[str] = None, score: Optional[str] = None) -> list[dict]:
     """Rank the unannotated slices of several scans together (the union of their slices):
     [{"rank", "volume", "slice", "uncertainty", "min_distance"}], best first; ``volume`` indexes `images`.
 
@@ -164,7 +166,8 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
     (at most ceil(n / scans) picks per scan while that is possible), and picks in one scan keep
     `min_distance` slices apart from each other and from its annotated slices; picks in different
     scans keep `depth_spacing` apart in relative depth (slice / depth; default 0.5 / n, 0 = off).
-    `score`: "entropy" (slice mean predictive entropy) or "foreground-entropy" (see active.predict.slice_scores)."""
+    `score`: "foreground-entropy" (default: entropy x P(structure), slice mean) or "entropy" (slice mean
+    predictive entropy); see active.predict.slice_scores."""
     from .active.suggest import rank_pool
 
     if int(n) < 1:
@@ -187,9 +190,9 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
                        for v in vols]
     if len(predictions) != len(vols):
         raise NapariSSLError(f"{len(vols)} image(s) but {len(predictions)} prediction(s)")
-    from .active.predict import slice_scores
+    from .active.predict import DEFAULT_SLICE_SCORE, slice_scores
 
-    return rank_pool([slice_scores(p, score) for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume,
+    return rank_pool([slice_scores(p, score or DEFAULT_SLICE_SCORE) for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume,
                      depth_spacing=depth_spacing)
 
 

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from napari_ssl import api
 from napari_ssl.active.suggest import rank_pool, suggest_slices
+from napari_ssl.active.predict import slice_scores
 from napari_ssl.cli import main
 from napari_ssl.errors import NapariSSLError
 
@@ -173,12 +174,19 @@ def test_suggest_cli(model, files, tmp_path, capsys):
     assert d >= 2 and all(p["min_distance"] == d for p in picks)  # no relaxation was needed here
     for i, a in enumerate(zs):  # spread: apart from each other and from the annotated slices
         assert all(abs(a - b) >= d for b in zs[:i] + annotated + [0])
-    # ranked by the model's (TTA) slice uncertainty: the first pick is the most uncertain unannotated slice
-    su = api.predict(model, vol, tta=True).slice_uncertainty
+    # ranked by the default score (TTA entropy x P(structure), slice mean): the first pick has the highest
+    pr = api.predict(model, vol, tta=True)
+    su = (pr.uncertainty * (1 - pr.probabilities[0])).reshape(vol.shape[0], -1).mean(1)
     free = [z for z in range(vol.shape[0]) if all(abs(z - a) >= d for a in annotated + [0])]
     assert zs[0] == max(free, key=lambda z: su[z])
     assert np.isclose(picks[0]["uncertainty"], su[zs[0]], atol=1e-5)
     assert all(a["uncertainty"] >= b["uncertainty"] for a, b in zip(picks, picks[1:]))
+    # --score entropy ranks by the plain slice-mean entropy instead
+    assert main(["suggest", "--model", model, "--image", files[3][0], "--labels", labels, "--empty-slices", "0", "-n", "4", "--json",
+                 "--score", "entropy"]) == 0
+    ent = json.loads(capsys.readouterr().out)["suggestions"]
+    assert ent[0]["slice"] == max(free, key=lambda z: pr.slice_uncertainty[z])
+    assert np.isclose(ent[0]["uncertainty"], pr.slice_uncertainty[ent[0]["slice"]], atol=1e-5)
     # -n is respected; the plain-text output names the slices
     assert main(["suggest", "--model", model, "--image", files[3][0], "--labels", labels, "-n", "2", "--no-tta"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -247,7 +255,11 @@ def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
     assert np.isclose(fg[0]["uncertainty"], expect[fg[0]["slice"]], atol=1e-6)
     with pytest.raises(NapariSSLError, match="unknown slice score"):
         api.suggest_pool(model, vols, n=1, predictions=preds, score="nope")
-    assert api.suggest(model, vols[0], n=2, prediction=preds[0]) == suggest_slices(preds[0].slice_uncertainty, n=2)
+    assert fg == again  # foreground-entropy is the default
+    plain = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds, score="entropy")
+    assert np.isclose(plain[0]["uncertainty"], preds[plain[0]["volume"]].slice_uncertainty[plain[0]["slice"]], atol=1e-6)
+    assert api.suggest(model, vols[0], n=2, prediction=preds[0], score="entropy") == suggest_slices(preds[0].slice_uncertainty, n=2)
+    assert api.suggest(model, vols[0], n=2, prediction=preds[0]) == suggest_slices(slice_scores(preds[0], "foreground-entropy"), n=2)
     # save_prediction from the API writes the source geometry too
     api.save_prediction(preds[0], files[3][0], tmp_path / "api.nii.gz", uncertainty=tmp_path / "u.nii.gz")
     _same_geometry(tmp_path / "api.nii.gz", files[3][0])

@@ -16,6 +16,8 @@ def add_arguments(p) -> None:
     p.add_argument("--min-distance", type=int, help="minimum spacing in slices between suggestions in one scan (default: depth / (2 n), at least 2)")
     p.add_argument("--depth-spacing", type=float, metavar="F",
                    help="with several --image: picks in different scans keep F apart in relative depth (slice / depth; default 0.5 / n, 0 = off)")
+    p.add_argument("--score", choices=("foreground-entropy", "entropy"), default="foreground-entropy",
+                   help="how a slice is ranked: entropy weighted by the predicted probability of a structure (default), or plain predictive entropy")
     p.add_argument("--no-tta", action="store_true", help="single-pass uncertainty (faster, less informative)")
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="N Monte-Carlo dropout passes (per TTA variant)")
     p.add_argument("--device", help='"cpu" or "cuda" (default: cuda when available)')
@@ -41,11 +43,11 @@ def run(args) -> int:
     if len(images) == 1:
         picks = api.suggest(args.model, images[0], labels[0] if labels else None, n=args.n, min_distance=args.min_distance,
                             empty_slices=empties[0] if empties else (), tta=not args.no_tta, mc_dropout=args.mc_dropout,
-                            device=args.device)
+                            device=args.device, score=args.score)
     else:
         picks = api.suggest_pool(args.model, images, labels or None, n=args.n, min_distance=args.min_distance, depth_spacing=args.depth_spacing,
                                  empty_slices=empties or None,
-                                 tta=not args.no_tta, mc_dropout=args.mc_dropout, device=args.device)
+                                 tta=not args.no_tta, mc_dropout=args.mc_dropout, device=args.device, score=args.score)
         for p in picks:
             p["image"] = images[p["volume"]]
     if args.json:
@@ -55,5 +57,5 @@ def run(args) -> int:
             print("every slice is annotated; nothing to suggest")
         for p in picks:
             where = f"{p['image']} " if "image" in p else ""
-            print(f"{p['rank']}. {where}slice {p['slice']}  uncertainty {p['uncertainty']:.4f}")
+            print(f"{p['rank']}. {where}slice {p['slice']}  {args.score} {p['uncertainty']:.4f}")
     return 0
