@@ -14,11 +14,12 @@ training. For each seed:
 
 Strategies
   random    uniform over the unannotated slices of the rank pool
-  suggest   napari_ssl.api.suggest_pool (the product code): TTA predictive-entropy per slice, ranked
+  suggest   napari_ssl.api.suggest_pool (the product code, its defaults): TTA predictive entropy x P(structure) per slice, ranked
             over the union of the rank-pool volumes, spacing within a volume and at most
             ceil(n / volumes) picks per volume
   suggest-v1  (--strategies) the first version: without the cross-volume depth spacing
-  suggest-fg  (--strategies) suggest with score="foreground-entropy" (entropy x P(structure), slice mean)
+  suggest-entropy  (--strategies) suggest with score="entropy" (plain slice-mean entropy; the default until the run on record)
+  suggest-fg  (--strategies) suggest with score="foreground-entropy" (= suggest since the run on record)
   uncertainty  (ablation, --strategies) the top-`per_round` slices by the same uncertainty, no diversity
 
 The rank pool is `rank_volumes` volumes drawn from the 200 pool volumes with the seed (predicting all
@@ -29,10 +30,10 @@ per strategy and seed; the mean over seeds; suggest/random ratios and paired dif
 Default (CPU, one thread): 32 px, resnet18, batch 4, 150 + 5 x 80 steps, 3 seeds, 16 rank volumes. One seed of
 random + one suggest variant took ~7 min on a lightly loaded 2-core machine (load ~5) and ~25 min at load ~15, so
 the default run takes ~20-75 min. Seeds can run in separate processes (--seed-start) and be combined with --merge.
-Committed result (benchmarks/results/bench_active_learning.json): random, suggest, suggest-v1, suggest-fg, 3 seeds,
+Committed result (benchmarks/results/bench_active_learning.json): random, suggest-entropy, suggest-v1, suggest-fg, 3 seeds,
 made with (one process at a time, except seed 1 and 2 of suggest overlapping the others):
-  --strategies random,suggest-v1 (seeds 0; then --seed-start 1/2 --seeds 1), --strategies suggest,
-  --strategies suggest-fg, then --merge of the five JSON files.
+  --strategies random,suggest-v1 (seeds 0; then --seed-start 1/2 --seeds 1), --strategies suggest (then ranking by plain
+  entropy, renamed suggest-entropy in the JSON), --strategies suggest-fg, then --merge of the five JSON files.
 Bigger (GPU): --image-size 64 --batch-size 16 --steps-first 500 --steps 300 --rank-volumes 200 --seeds 5 --device cuda
 Quick smoke run: --quick
 """
@@ -167,10 +168,11 @@ def pick_suggest(pool, picks, n, model_dir, args, variant: str = "suggest") -> l
         sparse[zs] = gt[zs]
         labels.append(sparse)
         empties.append([z for z in zs if not gt[z].any()])
-    extra = {"suggest": {},  # the product's defaults
-             "suggest-v1": {"depth_spacing": 0.0},  # first version: spacing within a volume + per-volume cap only
+    extra = {"suggest": {},  # the product's defaults (foreground-weighted entropy since the run on record)
+             "suggest-entropy": {"score": "entropy"},  # the earlier default: plain slice-mean entropy
+             "suggest-v1": {"depth_spacing": 0.0, "score": "entropy"},  # first version: spacing within a volume + per-volume cap only
              "suggest-fg": {"score": "foreground-entropy"},  # uncertainty where the structure may be
-             "uncertainty": {"min_distance": 0, "max_per_volume": n, "depth_spacing": 0.0}}[variant]  # no diversity at all
+             "uncertainty": {"min_distance": 0, "max_per_volume": n, "depth_spacing": 0.0, "score": "entropy"}}[variant]  # no diversity at all
     res = api.suggest_pool(model_dir, vols, labels, n=n, empty_slices=empties, tta=not args.no_tta, batch_size=256, device=args.device, **extra)
     return [(p["volume"], p["slice"]) for p in res]
 
@@ -399,7 +401,7 @@ def main(argv=None) -> int:
                     ts = time.time()
                     if s == "random":
                         new = pick_random(pool, picks, args.per_round, np.random.default_rng(seed * 1000 + r))
-                    elif s in ("suggest", "suggest-v1", "suggest-fg", "uncertainty"):
+                    elif s in ("suggest", "suggest-entropy", "suggest-v1", "suggest-fg", "uncertainty"):
                         new = pick_suggest(pool, picks, args.per_round, prev, args, variant=s)
                     else:
                         raise SystemExit(f"unknown strategy {s}")
