@@ -119,6 +119,10 @@ VARIANTS = {v.name: v for v in [
          note="hierarchical: 3x longer simclr-position, then in-painting from that encoder"),
     Init("position-inpainting1200", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
          pretrain_steps=1200, note="hierarchical: simclr-position, then 3x longer in-painting from that encoder"),
+    Init("position-inpainting-cb-lr1e-3", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+         class_balance=0.5, lr=1e-3, note="position-inpainting, class-balanced cross-entropy, lr 1e-3 (keeps more of the pretrained weights)"),
+    Init("position-inpainting-cb-enc0.3", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+         class_balance=0.5, encoder_lr_scale=0.3, note="position-inpainting, class-balanced cross-entropy, encoder lr x0.3"),
     Init("inpainting-long", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, pretrain_steps=1200, transfer_decoder=True,
          note="3x longer in-painting pretraining"),
 ]}
