@@ -4,7 +4,10 @@ Knobs that decide whether a pretrained encoder helps with very few labels:
 ``encoder_lr_scale`` (a lower learning rate for the pretrained encoder than for the
 freshly initialised decoder) and ``freeze_encoder_steps`` (a short decoder warm-up with
 the encoder frozen, its BatchNorm statistics included, so that the random decoder's
-first large gradients do not wash out the pretrained features).
+first large gradients do not wash out the pretrained features). Two more the label-efficiency benchmark
+probed (benchmarks/RESULTS.md), off by default because neither beat it there: ``head_warmup_steps`` (only the
+segmentation head trains first; made one-class plateaus worse) and ``class_weights`` for the cross-entropy
+(see :func:`balanced_class_weights`; removed the plateaus but helped a random init as much as a pretrained one).
 """
 from __future__ import annotations
 
