@@ -182,3 +182,30 @@ def test_class_balanced_weights_and_head_only_warmup(case):
     assert all(torch.equal(before[k], after[k]) for k in body)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("segmentation_head."))
     assert all(p.requires_grad for p in unet.parameters())  # unfrozen again for whoever trains next
+
+
+def test_finetune_on_dicom_with_dicom_seg_labels(dcmqi_dir, tmp_path, capsys):
+    """A real CT series with its real DICOM-SEG (dcmqi) as the labels: placed on the series' grid, the
+    segment label becomes the class name; overlapping segments or a SEG of another series: one-line errors."""
+    from napari_ssl.train.finetune import load_labels_and_names
+
+    ct = str(dcmqi_dir / "ct-3slice")
+    seg = str(dcmqi_dir / "liver.dcm")
+    img = load_image(ct)
+    lab, names = load_labels_and_names(seg, img)
+    ref = load_labels(str(dcmqi_dir / "liver_seg.nrrd"), img)  # the same mask as a labelmap, read the ordinary way
+    assert names == {1: "Liver"} and lab.shape == img.shape and np.array_equal(lab, ref) and lab.sum() > 10_000
+    out = tmp_path / "ct"
+    rc = main(["finetune", "--image", ct, "--labels", seg, "--out", str(out), "--steps", "2", "--image-size", "32", "--batch-size", "2"])
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["class_names"] == ["Liver"] and meta["training_slices"][0]["slices"] == [0, 1, 2]
+    assert "CT" in meta["normalization"]
+    capsys.readouterr()
+    bad = [(str(dcmqi_dir / "partial_overlaps.dcm"), "overlapping segments"),
+           (str(dcmqi_dir / "23x38x3" / "seg" / "label.seg"), "does not lie on the image's grid")]
+    for labels, msg in bad:
+        rc = main(["finetune", "--image", ct, "--labels", labels, "--out", str(tmp_path / "bad"), "--steps", "2", "--image-size", "32"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and msg in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()

@@ -6,7 +6,7 @@ HELP = "fine-tune a U-Net on sparsely annotated slices (from a pretrained encode
 
 def add_arguments(p) -> None:
     p.add_argument("--image", action="append", required=True, metavar="PATH", help="image volume (NIfTI/NRRD file or DICOM series folder); repeat for several")
-    p.add_argument("--labels", action="append", required=True, metavar="PATH", help="label map on that image's grid (0 = background / not annotated); one per --image")
+    p.add_argument("--labels", action="append", required=True, metavar="PATH", help="label map on that image's grid (0 = background / not annotated), NIfTI/NRRD/MHA or a DICOM-SEG of that series (its segment labels name the classes unless --classes is given); one per --image")
     p.add_argument("--out", required=True, metavar="DIR", help="output model folder (model.safetensors + model.json)")
     p.add_argument("--encoder-weights", metavar="PRETRAIN_DIR", help="pretraining output folder (or encoder .safetensors) to start the encoder from")
     p.add_argument("--init-model", metavar="DIR", help="warm-start from a previous fine-tuned model (active-learning rounds)")

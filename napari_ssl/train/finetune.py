@@ -82,13 +82,40 @@ def load_image(item: Any) -> Volume:
 
 def load_labels(item: Any, image: Volume, name: str = "labels") -> np.ndarray:
     """Integer label map on `image`'s grid; shape and geometry must match the image."""
+    return load_labels_and_names(item, image, name)[0]
+
+
+def load_labels_and_names(item: Any, image: Volume, name: str = "labels") -> tuple[np.ndarray, dict[int, str]]:
+    """(label map on `image`'s grid, {label value: name}). Accepts an array, a NIfTI/NRRD/MHA label map
+    (no names) or a DICOM-SEG (segment labels as names; placed on the image's grid, which it must share:
+    same voxel size and orientation, whole-voxel offset, e.g. a SEG that stores only the labelled slices)."""
     if isinstance(item, np.ndarray):
         if item.shape != image.shape:
             raise NapariSSLError(f"{name} shape {list(item.shape)} does not match the image shape {list(image.shape)}; give the label map drawn on this image")
-        return as_label_array(item)
+        return as_label_array(item), {}
+    path = os.fspath(item) if not isinstance(item, Volume) else None
+    if path is not None and os.path.isfile(path):
+        from ..io.seg_read import is_segmentation_file
+
+        if is_segmentation_file(path):
+            return _labels_from_seg(path, image, name)
     lab = load_image(item)
     check_same_grid(image.shape, image.affine, lab.shape, lab.affine, name=name)
-    return as_label_array(lab.array)
+    return as_label_array(lab.array), {}
+
+
+def _labels_from_seg(path: str, image: Volume, name: str) -> tuple[np.ndarray, dict[int, str]]:
+    from ..io.seg_read import place_on_grid, read_segmentation
+
+    groups = read_segmentation(path, canonical=True)
+    if len(groups) > 1:
+        raise NapariSSLError(f"{name}: {os.path.basename(path)} has overlapping segments, which one label map cannot hold")
+    seg_vol, names = groups[0]
+    try:
+        arr = place_on_grid(seg_vol, Volume(array=np.zeros(image.shape, np.uint8), affine=image.affine))
+    except NapariSSLError as exc:
+        raise NapariSSLError(f"{name}: the DICOM-SEG does not lie on the image's grid ({exc}); give the SEG made on this series") from None
+    return as_label_array(arr), {int(k): str(v) for k, v in names.items()}
 
 
 def resolve_normalization(norm_meta: Optional[dict], modality: str) -> dict:
@@ -221,10 +248,14 @@ def prepare_data(config: FinetuneConfig, norm_meta: Optional[dict]) -> PreparedD
     modality = ""
     norm_spec: Optional[dict] = None
     label_maps = []
+    seg_names: dict[int, str] = {}  # segment labels of DICOM-SEG inputs: the class names unless --classes is given
     for i, (img_item, lab_item, empty) in enumerate(zip(config.images, config.labels, empties)):
         img = load_image(img_item)
         name = "labels" if len(config.images) == 1 else f"labels #{i + 1}"
-        lab = load_labels(lab_item, img, name=name)
+        lab, names_here = load_labels_and_names(lab_item, img, name=name)
+        for value, label in names_here.items():
+            if seg_names.setdefault(value, label) != label:
+                raise NapariSSLError(f"label value {value} is {seg_names[value]!r} in one DICOM-SEG and {label!r} in another; give --classes")
         modality = modality or img.modality
         spec = dict(config.normalization) if config.normalization else resolve_normalization(norm_meta, img.modality)
         norm_spec = norm_spec or spec
@@ -235,7 +266,10 @@ def prepare_data(config: FinetuneConfig, norm_meta: Optional[dict]) -> PreparedD
         shapes.append(list(img.shape))
     if not any(v.annotated.any() for v in volumes):
         raise NapariSSLError("no annotated slice: draw labels on at least one slice (or list slices annotated as empty with --empty-slices)")
-    names = check_class_names(np.array([top]), config.classes)
+    classes = config.classes
+    if not classes and seg_names:
+        classes = [seg_names.get(v, f"class {v}") for v in range(1, max(top, max(seg_names)) + 1)]
+    names = check_class_names(np.array([top]), classes)
     return PreparedData(volumes=volumes, class_names=names, normalization=norm_spec or default_spec(modality), modality=modality, shapes=shapes)
 
 
