@@ -86,39 +86,31 @@ class SegmentationModule(pl.LightningModule):
         self.warmup_steps = int(warmup_fraction * self.total_steps)
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.last_loss = float("nan")
-        self._frozen = False
-        self._body_frozen = False
+        self._frozen_parts: dict[str, bool] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unet(x)
 
-    def _set_encoder_frozen(self, frozen: bool) -> None:
-        if frozen == self._frozen:
+    def _set_frozen(self, part: str, frozen: bool) -> None:
+        """Freeze or unfreeze ``self.unet.<part>`` ("encoder"; "decoder" for the head-only warm-up)."""
+        if self._frozen_parts.get(part, False) == frozen:
             return
-        for p in self.unet.encoder.parameters():
+        for p in getattr(self.unet, part).parameters():
             p.requires_grad_(not frozen)
-        self._frozen = frozen
-
-    def _set_body_frozen(self, frozen: bool) -> None:
-        """Freeze encoder and decoder (the head-only warm-up, "linear probe then fine-tune")."""
-        if frozen == self._body_frozen:
-            return
-        for p in self.unet.decoder.parameters():
-            p.requires_grad_(not frozen)
-        self._body_frozen = frozen
+        self._frozen_parts[part] = frozen
 
     def on_train_start(self) -> None:
         self.unet.train()  # Lightning keeps the modes modules arrive in; a model evaluated before fit must still train with dropout/BatchNorm updates
 
     def on_train_batch_start(self, batch, batch_idx):
         body = self.global_step < self.head_warmup_steps
-        self._set_body_frozen(body)
-        self._set_encoder_frozen(body or self.global_step < self.freeze_encoder_steps)
+        self._set_frozen("decoder", body)
+        self._set_frozen("encoder", body or self.global_step < self.freeze_encoder_steps)
         if body:
             self.unet.decoder.eval()
         else:
             self.unet.decoder.train()
-        if self._frozen:
+        if self._frozen_parts.get("encoder", False):
             self.unet.encoder.eval()  # keep pretrained BatchNorm statistics during the warm-up
         else:
             self.unet.encoder.train()
@@ -135,8 +127,8 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def on_train_end(self) -> None:
-        self._set_encoder_frozen(False)
-        self._set_body_frozen(False)
+        self._set_frozen("encoder", False)
+        self._set_frozen("decoder", False)
 
     def configure_optimizers(self):
         enc = list(self.unet.encoder.parameters())
