@@ -72,29 +72,31 @@ class Init:
     note: str = ""
 
 
+INPAINT = {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}  # the in-painting options of every in-painting init unless stated
+
 # Inits of the final table: random, one pretext task, one joint-embedding method, one more. The parent of a
 # hierarchical init (init_from) is listed before it, so its pretraining runs first (run_all defers the child).
 FINAL_INITS = [
     Init("random"),
-    Init("inpainting", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True,
+    Init("inpainting", "inpainting", dict(INPAINT), transfer_decoder=True,
          note="context-encoder in-painting, whole U-Net transferred (encoder + decoder)"),
     Init("simclr-position", "simclr", {"pairs": "position"}, pretrain_batch=16,
          note="SimCLR (joint embedding, batch 16) with positives at the same relative depth of two volumes (Chaitanya et al. 2020); encoder transferred"),
-    Init("position-inpainting", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+    Init("position-inpainting", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          note="hierarchical: simclr-position, then in-painting from that encoder (--init); whole U-Net transferred"),
 ]
 
 # Probed variants (--variants): name -> Init. Results land in the JSON's "variants" section.
 VARIANTS = {v.name: v for v in [
-    Init("inpainting-enc-only", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, note="in-painting, encoder only"),
-    Init("inpainting-dec-lr0.3", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, encoder_lr_scale=0.3),
-    Init("inpainting-dec-freeze50", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, freeze_encoder_steps=50),
-    Init("inpainting-unmatched-grid", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, matched_grid=False,
+    Init("inpainting-enc-only", "inpainting", dict(INPAINT), note="in-painting, encoder only"),
+    Init("inpainting-dec-lr0.3", "inpainting", dict(INPAINT), transfer_decoder=True, encoder_lr_scale=0.3),
+    Init("inpainting-dec-freeze50", "inpainting", dict(INPAINT), transfer_decoder=True, freeze_encoder_steps=50),
+    Init("inpainting-unmatched-grid", "inpainting", dict(INPAINT), transfer_decoder=True, matched_grid=False,
          note="pretrained on the raw pool slices (no rescale to the fine-tuning grid)"),
     Init("inpainting-small-holes", "inpainting", {"holes": 6, "min_hole": 0.06, "max_hole": 0.16}, transfer_decoder=True),
     Init("inpainting-big-holes", "inpainting", {"holes": 2, "min_hole": 0.25, "max_hole": 0.45}, transfer_decoder=True),
     Init("simclr-lr0.3", "simclr", {}, pretrain_batch=16, encoder_lr_scale=0.3),
-    Init("inpainting-dec-bnfrozen", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, freeze_encoder_bn=True),
+    Init("inpainting-dec-bnfrozen", "inpainting", dict(INPAINT), transfer_decoder=True, freeze_encoder_bn=True),
     Init("simclr-bnfrozen", "simclr", {}, pretrain_batch=16, freeze_encoder_bn=True),
     Init("offset-heatmap-bnfrozen", "offset-heatmap", {}, pretrain_batch=16, freeze_encoder_bn=True),
     Init("vicreg", "vicreg", {}, pretrain_batch=16),
@@ -106,24 +108,24 @@ VARIANTS = {v.name: v for v in [
     Init("offset-heatmap", "offset-heatmap", {}, pretrain_batch=16, note="Blendowski offset heatmap (pretext, pairs of batch 16), encoder transferred"),
     Init("vicreg-position", "vicreg", {"pairs": "position"}, pretrain_batch=16,
          note="VICReg with positives at the same relative depth of two volumes"),
-    Init("position-inpainting-lp25", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+    Init("position-inpainting-lp25", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          head_warmup_steps=25, note="position-inpainting, head-only warm-up (linear probe, then fine-tune)"),
-    Init("position-inpainting-lp50", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+    Init("position-inpainting-lp50", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          head_warmup_steps=50),
     Init("random-cb", None, class_balance=0.5, note="random init, class-balanced cross-entropy"),
-    Init("position-inpainting-cb", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+    Init("position-inpainting-cb", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          class_balance=0.5, note="position-inpainting, class-balanced cross-entropy"),
     Init("simclr-position-1200", "simclr", {"pairs": "position"}, pretrain_batch=16, pretrain_steps=1200,
          note="SimCLR with same-depth positives, 3x longer"),
-    Init("position1200-inpainting", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position-1200",
+    Init("position1200-inpainting", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position-1200",
          note="hierarchical: 3x longer simclr-position, then in-painting from that encoder"),
-    Init("position-inpainting1200", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+    Init("position-inpainting1200", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          pretrain_steps=1200, note="hierarchical: simclr-position, then 3x longer in-painting from that encoder"),
-    Init("position-inpainting-cb-lr1e-3", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+    Init("position-inpainting-cb-lr1e-3", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          class_balance=0.5, lr=1e-3, note="position-inpainting, class-balanced cross-entropy, lr 1e-3 (keeps more of the pretrained weights)"),
-    Init("position-inpainting-cb-enc0.3", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, transfer_decoder=True, init_from="simclr-position",
+    Init("position-inpainting-cb-enc0.3", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          class_balance=0.5, encoder_lr_scale=0.3, note="position-inpainting, class-balanced cross-entropy, encoder lr x0.3"),
-    Init("inpainting-long", "inpainting", {"holes": 3, "min_hole": 0.1, "max_hole": 0.3}, pretrain_steps=1200, transfer_decoder=True,
+    Init("inpainting-long", "inpainting", dict(INPAINT), pretrain_steps=1200, transfer_decoder=True,
          note="3x longer in-painting pretraining"),
 ]}
 

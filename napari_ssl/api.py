@@ -141,7 +141,7 @@ def suggest(model: PathLike, image: ImageLike, labels: Optional[LabelsLike] = No
 
     Pass `prediction` to reuse one already computed. `score`: how a slice is ranked, "foreground-entropy"
     (default) or "entropy" (see active.predict.slice_scores); "uncertainty" in the answer is that score."""
-    from .active.predict import DEFAULT_SLICE_SCORE, slice_scores
+    from .active.predict import slice_scores
     from .active.suggest import suggest_slices
 
     if int(n) < 1:
@@ -151,7 +151,7 @@ def suggest(model: PathLike, image: ImageLike, labels: Optional[LabelsLike] = No
     pred = prediction or predict(model, vol, tta=tta, mc_dropout=mc_dropout, device=device)
     if pred.slice_uncertainty.shape[0] != vol.shape[0]:
         raise NapariSSLError(f"the prediction has {pred.slice_uncertainty.shape[0]} slices but the image has {vol.shape[0]}")
-    return suggest_slices(slice_scores(pred, score or DEFAULT_SLICE_SCORE), ann, n=n, min_distance=min_distance)
+    return suggest_slices(slice_scores(pred, score), ann, n=n, min_distance=min_distance)
 
 
 def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[Sequence[Optional[LabelsLike]]] = None, *, n: int = 5,
@@ -190,9 +190,9 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
                        for v in vols]
     if len(predictions) != len(vols):
         raise NapariSSLError(f"{len(vols)} image(s) but {len(predictions)} prediction(s)")
-    from .active.predict import DEFAULT_SLICE_SCORE, slice_scores
+    from .active.predict import slice_scores
 
-    return rank_pool([slice_scores(p, score or DEFAULT_SLICE_SCORE) for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume,
+    return rank_pool([slice_scores(p, score) for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume,
                      depth_spacing=depth_spacing)
 
 

@@ -46,13 +46,14 @@ SLICE_SCORES = ("entropy", "foreground-entropy")
 DEFAULT_SLICE_SCORE = "foreground-entropy"
 
 
-def slice_scores(pred: "Prediction", score: str = DEFAULT_SLICE_SCORE) -> np.ndarray:
+def slice_scores(pred: "Prediction", score: Optional[str] = None) -> np.ndarray:
     """One usefulness score per slice (axis 0).
 
     ``entropy``: the slice mean of the normalised predictive entropy (``pred.slice_uncertainty``).
     ``foreground-entropy``: the slice mean of entropy x foreground probability (1 - P(background)):
     uncertainty where the model thinks the structure may be, so slices that hold more of a doubtful
-    structure rank above structure-free ones."""
+    structure rank above structure-free ones. None: ``DEFAULT_SLICE_SCORE``."""
+    score = score or DEFAULT_SLICE_SCORE
     if score == "entropy":
         return pred.slice_uncertainty
     if score == "foreground-entropy":

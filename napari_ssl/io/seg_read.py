@@ -138,6 +138,14 @@ def read_segmentation(path: str | os.PathLike, canonical: bool = True) -> list[t
     return out
 
 
+def read_single_label_map(path: str | os.PathLike, canonical: bool = True) -> tuple[Volume, dict[int, str]]:
+    """:func:`read_segmentation` for callers that need ONE label map: overlapping segments are an error."""
+    groups = read_segmentation(path, canonical=canonical)
+    if len(groups) > 1:
+        raise NapariSSLError(f"{os.path.basename(os.fspath(path))} has overlapping segments, which one label map cannot hold")
+    return groups[0]
+
+
 def place_on_grid(labels: Volume, reference: Volume) -> np.ndarray:
     """`labels` (read from a SEG, covering only its stored slices) pasted onto the array grid
     of `reference` (e.g. the source series): same shape as ``reference.array``, zeros elsewhere.

@@ -105,12 +105,12 @@ def load_labels_and_names(item: Any, image: Volume, name: str = "labels") -> tup
 
 
 def _labels_from_seg(path: str, image: Volume, name: str) -> tuple[np.ndarray, dict[int, str]]:
-    from ..io.seg_read import place_on_grid, read_segmentation
+    from ..io.seg_read import place_on_grid, read_single_label_map
 
-    groups = read_segmentation(path, canonical=True)
-    if len(groups) > 1:
-        raise NapariSSLError(f"{name}: {os.path.basename(path)} has overlapping segments, which one label map cannot hold")
-    seg_vol, names = groups[0]
+    try:
+        seg_vol, names = read_single_label_map(path, canonical=True)
+    except NapariSSLError as exc:
+        raise NapariSSLError(f"{name}: {exc}") from None
     try:
         arr = place_on_grid(seg_vol, Volume(array=np.zeros(image.shape, np.uint8), affine=image.affine))
     except NapariSSLError as exc:

@@ -89,7 +89,7 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     "slice_uncertainty": [...], "suggestions": [{"rank", "slice", "uncertainty"}, ...]}`` before done.
     """
     config = _device_for(config, "predict")
-    from ..active.predict import DEFAULT_SLICE_SCORE, predict_volume, slice_scores
+    from ..active.predict import predict_volume, slice_scores
     from ..active.suggest import suggest_slices
     from .finetune import load_image
 
@@ -101,7 +101,7 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     pred = predict_volume(config["model"], volume, tta=bool(config.get("tta", False)),
                           device=None if device in (None, "auto") else device)
     annotated = config.get("annotated_slices")
-    suggestions = suggest_slices(slice_scores(pred, config.get("score") or DEFAULT_SLICE_SCORE), annotated=annotated, n=int(config.get("n", 5)))
+    suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
     unc_path = _save_npy(os.path.join(config["out"], "uncertainty.npy"), pred.uncertainty.astype(np.float32))
     events({"type": "prediction", "labels": labels_path, "uncertainty": unc_path, "model": config["model"],
