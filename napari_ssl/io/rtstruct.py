@@ -157,8 +157,10 @@ def find_referenced_series(ss: StructureSet, search: Sequence[str | os.PathLike]
             raise NapariSSLError(f"{base} names no series and {len(match)} series share its frame of reference; give --source")
     if not match:
         where = ", ".join(folders)
-        raise NapariSSLError(f"the image series {base} references is not under {where} "
-                             f"({len(candidates)} other series there); give the series it was drawn on (--source)")
+        if candidates:
+            raise NapariSSLError(f"{base} references another image series (SeriesInstanceUID ...{(ss.series_instance_uid or '?')[-12:]}) "
+                                 f"than the {len(candidates)} series under {where}; give the series it was drawn on (--source)")
+        raise NapariSSLError(f"the image series {base} references is not under {where}; give the series it was drawn on (--source)")
     vol = read_plan(match[0])
     if vol is None:
         raise NapariSSLError(f"the image series {base} references could not be decoded")
