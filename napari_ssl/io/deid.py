@@ -230,13 +230,19 @@ def deidentify(sources: Sequence[str], out_dir: str, key: Optional[str] = None, 
         raise NapariSSLError(f"no DICOM file under {', '.join(map(str, sources))}")
 
     # headers first: refuse mixed patients and burned-in text before anything is written
+    from .dicom_discovery import is_truncated, read_header
+
     headers = []
     for f in files:
         try:
-            h = pydicom.dcmread(f, stop_before_pixels=True)
+            hd = read_header(f)
         except Exception as exc:
             raise NapariSSLError(f"{os.path.basename(f)} is not a readable DICOM file ({type(exc).__name__}); nothing written") from None
-        headers.append(h)
+        size = os.path.getsize(f)
+        cut_pixels = hd.has_pixels and hd.pixel_length not in (None, 0xFFFFFFFF) and hd.pixel_offset + hd.pixel_length > size
+        if is_truncated(hd, size) or cut_pixels:
+            raise NapariSSLError(f"{os.path.basename(f)} cannot be read completely (the file is truncated); nothing written")
+        headers.append(hd.ds)
     patients = {(str(h.get("PatientID", "")), str(h.get("PatientName", ""))) for h in headers}
     if len(patients) > 1:
         raise NapariSSLError(f"the source holds files of {len(patients)} different patients; de-identify one patient per run "
