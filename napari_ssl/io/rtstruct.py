@@ -238,8 +238,6 @@ def _roi_planes(roi: ROI, affine: np.ndarray, shape: tuple[int, int, int], warni
         by_plane.setdefault((axis, k), []).append(idx[:, [a, b]])
     if partly_outside:
         warnings.append(f"ROI {roi.name!r}: {partly_outside} contour(s) extend beyond the image; cut at its border")
-    if roi.skipped:
-        warnings.append(f"ROI {roi.name!r}: {roi.skipped} contour(s) with no area (points, open lines) left out")
     out = {}
     for (axis, k), polys in by_plane.items():
         a, b = [ax for ax in range(3) if ax != axis]
@@ -281,6 +279,9 @@ def roi_planes(ss: StructureSet, grid: Volume, rois: Optional[Sequence[str]] = N
     picked = _pick(ss, rois)
     warnings: list[str] = []
     planes = [_roi_planes(r, grid.affine, grid.shape, warnings) for r in picked]
+    skipped = [f"{r.name} {r.skipped}" for r in picked if r.skipped]
+    if skipped:
+        warnings.append(f"contours with no area (single points, open lines) left out: {', '.join(skipped)}")
     for r, p in zip(picked, planes):
         if not any(m.any() for m in p.values()):
             warnings.append(f"ROI {r.name!r} has no contour on this series (empty)")
