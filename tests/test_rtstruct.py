@@ -228,3 +228,23 @@ def test_napari_reader_gives_labels_on_the_referenced_series_with_roi_colours(ce
     layers = layers_from_paths([str(p.parent)])
     labels = [x for x in layers if x[2] == "labels"]
     assert len(labels) == 2 and sum(len(x[1]["metadata"]["napari_ssl"]["segment_names"]) for x in labels) == 11
+
+
+def test_cli_finetune_on_the_ct_with_rtstruct_labels(cervical, tmp_path, capsys):
+    import json
+
+    from napari_ssl.cli import main
+
+    out = tmp_path / "model"
+    rc = main(["finetune", "--image", str(cervical / "CT_images"), "--labels", str(cervical / "RTstruct.dcm"), "--rois", "urinary_bladder,femur_left",
+               "--out", str(out), "--steps", "2", "--image-size", "32", "--batch-size", "2"])
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["class_names"] == ["urinary_bladder", "femur_left"]
+    assert len(meta["training_slices"][0]["slices"]) > 10   # the slices the two ROIs cover
+    capsys.readouterr()
+    rc = main(["finetune", "--image", str(cervical / "CT_images"), "--labels", str(cervical / "RTstruct.dcm"), "--rois", "spleen",
+               "--out", str(tmp_path / "bad"), "--steps", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "no ROI named 'spleen'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
