@@ -248,3 +248,16 @@ def test_cli_finetune_on_the_ct_with_rtstruct_labels(cervical, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "no ROI named 'spleen'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_series_in_a_sibling_folder_is_found(cervical, tmp_path, loaded):
+    """study/CT/*.dcm + study/RT/rt.dcm, the layout PACS exports (and `deidentify`) write."""
+    from napari_ssl.io.rtstruct import read_rtstruct_labels
+
+    (tmp_path / "study" / "CT").mkdir(parents=True)
+    (tmp_path / "study" / "RT").mkdir()
+    for f in (cervical / "CT_images").iterdir():
+        os.symlink(f, tmp_path / "study" / "CT" / f.name)
+    shutil.copy(cervical / "RTstruct.dcm", tmp_path / "study" / "RT" / "rt.dcm")
+    vol, names, _ = read_rtstruct_labels(tmp_path / "study" / "RT" / "rt.dcm")
+    assert names == loaded[1] and np.array_equal(vol.array, loaded[0].array)

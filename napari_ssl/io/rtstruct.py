@@ -136,25 +136,55 @@ def _check_reference(ss: StructureSet, source: Volume) -> None:
         raise NapariSSLError(f"{base} is in another frame of reference than the given series; give the series it was drawn on")
 
 
-def find_referenced_series(ss: StructureSet, search: Sequence[str | os.PathLike] = ()) -> Volume:
-    """The image series the RTSTRUCT references, found (headers first, then one series' pixels) under
-    `search` (default: the RTSTRUCT's own folder and its subfolders). Native storage order."""
-    from .dicom import plan_dicom_series, read_plan
+def _plans_under(folders: Sequence[str]) -> list:
+    from .dicom import plan_dicom_series
 
-    base = os.path.basename(ss.path)
-    folders = [os.fspath(s) for s in search] or [os.path.dirname(os.path.abspath(ss.path))]
-    candidates = []
+    plans = []
     for folder in folders:
         if not os.path.exists(folder):
             raise NapariSSLError(f"no such file or folder: {folder}")
-        plans, _scan = plan_dicom_series(folder)
-        candidates.extend(plans)
+        plans.extend(plan_dicom_series(folder)[0])
+    return plans
+
+
+def _small_folder(folder: str, limit: int = 64) -> bool:
+    """A study-like folder (a few series sub-folders), not a home or archive root worth a long walk."""
+    try:
+        with os.scandir(folder) as it:
+            return sum(1 for _ in zip(range(limit + 1), it)) <= limit
+    except OSError:
+        return False
+
+
+def _matching(ss: StructureSet, plans: list) -> list:
     if ss.series_instance_uid:
-        match = [p for p in candidates if p.series_instance_uid == ss.series_instance_uid]
-    else:  # no series reference: the one series in its frame of reference
-        match = [p for p in candidates if ss.frame_of_reference_uid and str(p.ds.get("FrameOfReferenceUID", "")) == ss.frame_of_reference_uid]
-        if len(match) > 1:
-            raise NapariSSLError(f"{base} names no series and {len(match)} series share its frame of reference; give --source")
+        return [p for p in plans if p.series_instance_uid == ss.series_instance_uid]
+    # no series reference: the series in its frame of reference
+    return [p for p in plans if ss.frame_of_reference_uid and str(p.ds.get("FrameOfReferenceUID", "")) == ss.frame_of_reference_uid]
+
+
+def find_referenced_series(ss: StructureSet, search: Sequence[str | os.PathLike] = ()) -> Volume:
+    """The image series the RTSTRUCT references, found (headers first, then one series' pixels) under
+    `search` (default: the RTSTRUCT's own folder tree, else its parent's). Native storage order."""
+    from .dicom import read_plan
+
+    base = os.path.basename(ss.path)
+    folders = [os.fspath(s) for s in search]
+    if folders:
+        candidates = _plans_under(folders)
+        match = _matching(ss, candidates)
+    else:  # beside it, else one level up (a study folder with one sub-folder per series)
+        here = os.path.dirname(os.path.abspath(ss.path))
+        up = os.path.dirname(here)
+        tries = [here] + ([up] if up != here and _small_folder(up) else [])
+        for folder in tries:
+            folders = [folder]
+            candidates = _plans_under(folders)
+            match = _matching(ss, candidates)
+            if match:
+                break
+    if not ss.series_instance_uid and len(match) > 1:
+        raise NapariSSLError(f"{base} names no series and {len(match)} series share its frame of reference; give --source")
     if not match:
         where = ", ".join(folders)
         if candidates:
