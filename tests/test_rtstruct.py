@@ -180,6 +180,9 @@ def test_finetune_labels_and_cli_exports_accept_an_rtstruct(cervical, tmp_path, 
 
     vol, names, _, _ = loaded
     image = api.load_volume(cervical / "CT_images")
+    picked, picked_names, picked_colors = api.load_rtstruct(cervical / "RTstruct.dcm", source=image, rois=["femur_right"])
+    assert picked_names == {1: "femur_right"} and picked_colors == {1: (255, 20, 147)}
+    assert np.array_equal(picked.array == 1, vol.array == 10)
     lab, got = load_labels_and_names(str(cervical / "RTstruct.dcm"), image)
     assert got == names and np.array_equal(lab, vol.array)
     lab2, got2 = load_labels_and_names(str(cervical / "RTstruct.dcm"), image, rois=["urinary_bladder", "femur_left"])
@@ -205,6 +208,9 @@ def test_finetune_labels_and_cli_exports_accept_an_rtstruct(cervical, tmp_path, 
     assert np.array_equal(placed == seg_val["femur_right"], vol.array == 10)
 
     capsys.readouterr()
+    assert main(["export-nifti", "--labels", str(out), "--source", str(cervical / "CT_images"), "--out", str(tmp_path / "y.nii.gz"),
+                 "--rois", "liver"]) == 2
+    assert "not an RTSTRUCT" in capsys.readouterr().err
     assert main(["export-seg", "--labels", str(cervical / "RTstruct.dcm"), "--source", str(tmp_path), "--out", str(tmp_path / "x.dcm")]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and len(err.strip().splitlines()) == 1

@@ -141,6 +141,8 @@ def load_labels(
 
             vol, _names, _colors = read_rtstruct_labels(path, source=source, rois=rois, canonical=False)
             return vol.array, source.affine
+        if rois:
+            raise NapariSSLError("--rois picks ROIs of an RTSTRUCT; the labels given are not an RTSTRUCT")
         if source is not None and is_segmentation_file(path):
             seg_vol, _ = read_single_label_map(path, canonical=False)
             ref = Volume(array=np.zeros(source.array.shape, np.uint8), affine=source.affine)
