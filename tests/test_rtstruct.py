@@ -267,3 +267,86 @@ def test_series_in_a_sibling_folder_is_found(cervical, tmp_path, loaded):
     shutil.copy(cervical / "RTstruct.dcm", tmp_path / "study" / "RT" / "rt.dcm")
     vol, names, _ = read_rtstruct_labels(tmp_path / "study" / "RT" / "rt.dcm")
     assert names == loaded[1] and np.array_equal(vol.array, loaded[0].array)
+
+
+def _write_rtstruct(series_files, masks_by_name, path):
+    """A minimal real-format RTSTRUCT: each mask's outlines (skimage find_contours at 0.5, in pixel units)
+    put in patient coordinates from each slice's own header (IPP, IOP, PixelSpacing)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from skimage.measure import find_contours
+
+    heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in series_files]
+    iop = np.array(heads[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    heads.sort(key=lambda h: float(np.dot(normal, np.array(h.ImagePositionPatient, float))))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.481.3", ds.file_meta.MediaStorageSOPInstanceUID, "RTSTRUCT"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = heads[0].StudyInstanceUID, generate_uid()
+    se = Dataset()
+    se.SeriesInstanceUID = heads[0].SeriesInstanceUID
+    st = Dataset()
+    st.RTReferencedSeriesSequence = Sequence([se])
+    fr = Dataset()
+    fr.FrameOfReferenceUID = heads[0].FrameOfReferenceUID
+    fr.RTReferencedStudySequence = Sequence([st])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([fr])
+    ds.StructureSetROISequence, ds.ROIContourSequence = Sequence(), Sequence()
+    for n, (name, mask) in enumerate(masks_by_name.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = n, name, heads[0].FrameOfReferenceUID
+        ds.StructureSetROISequence.append(roi)
+        rc = Dataset()
+        rc.ReferencedROINumber, rc.ROIDisplayColor, rc.ContourSequence = n, [n * 40 % 256, 128, 200], Sequence()
+        for k, h in enumerate(heads):
+            ipp = np.array(h.ImagePositionPatient, float)
+            dr, dc = (float(v) for v in h.PixelSpacing)
+            for c in find_contours(np.pad(mask[k], 1).astype(float), 0.5):
+                rows, cols = c[:, 0] - 1, c[:, 1] - 1
+                pts = ipp[None] + cols[:, None] * dc * iop[None, :3] + rows[:, None] * dr * iop[None, 3:]
+                item = Dataset()
+                item.ContourGeometricType, item.NumberOfContourPoints = "CLOSED_PLANAR", len(pts)
+                item.ContourData = [f"{v:.4f}" for v in pts.ravel()]
+                rc.ContourSequence.append(item)
+        ds.ROIContourSequence.append(rc)
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("case", ["ct_liver", "mr_small"])
+def test_rtstruct_from_a_known_mask_reads_back_on_ct_and_mr(case, dcmqi_dir, tmp_path):
+    """Outlines of a known mask written as an RTSTRUCT read back onto the series: the real liver SEG on the
+    3-slice CT, and an ellipse with a hole on pydicom's MR_small."""
+    from napari_ssl.io import load_volume
+    from napari_ssl.io.rtstruct import read_rtstruct_labels
+
+    if case == "ct_liver":
+        from napari_ssl.io.seg_read import place_on_grid, read_single_label_map
+
+        series = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm"))
+        vol = load_volume(dcmqi_dir / "ct-3slice", canonical=False)
+        seg, _ = read_single_label_map(dcmqi_dir / "liver.dcm", canonical=False)
+        truth = place_on_grid(seg, vol) > 0
+    else:
+        from pydicom.data import get_testdata_file
+
+        series = [get_testdata_file("MR_small.dcm")]
+        vol = load_volume(series[0], canonical=False)
+        yy, xx = np.mgrid[0:vol.shape[1], 0:vol.shape[2]]
+        ell = ((yy - 30) / 18.0) ** 2 + ((xx - 34) / 12.0) ** 2 <= 1
+        hole = ((yy - 30) / 5.0) ** 2 + ((xx - 34) / 4.0) ** 2 <= 1
+        truth = (ell & ~hole)[None]
+    rt = tmp_path / "rt.dcm"
+    _write_rtstruct([str(s) for s in series], {"thing": truth}, rt)
+    lab, names, colors = read_rtstruct_labels(rt, source=vol, canonical=False)
+    got = lab.array == 1
+    dice = 2 * np.count_nonzero(got & truth) / (np.count_nonzero(got) + np.count_nonzero(truth))
+    assert names == {1: "thing"} and colors == {1: (40, 128, 200)}
+    print(f"\n{case}: Dice {dice:.4f} ({np.count_nonzero(truth)} voxels)")
+    assert dice >= 0.98, dice
+    if case == "mr_small":
+        assert not got[0, 30, 34]  # the hole stays a hole

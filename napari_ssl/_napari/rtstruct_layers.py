@@ -57,14 +57,14 @@ def read_rtstruct_layers(rt_path: str, images: Sequence[Volume] = ()) -> list[tu
     if source is None:
         source = canonicalize(rt.find_referenced_series(ss))
         layers.append(image_layer_data(source))
-    rt._check_reference(ss, source)
+    rt.check_reference(ss, source)
     picked, planes, warnings = rt.roi_planes(ss, source)
     groups = rt.non_overlapping_groups(planes)
     base = os.path.basename(rt_path)
     for gi, members in enumerate(groups):
         labels = np.zeros(source.shape, dtype=np.uint8 if len(picked) < 256 else np.uint16)
         for i in members:
-            rt._paint(labels, planes[i], i + 1)
+            rt.paint(labels, planes[i], i + 1)
         names = {i + 1: picked[i].name for i in members}
         colors = {i + 1: picked[i].color for i in members if picked[i].color is not None}
         vol = source.with_array(labels, units="")

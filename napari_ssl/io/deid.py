@@ -204,7 +204,7 @@ def _dicom_files(paths: Sequence[str]) -> tuple[list[str], int]:
             except OSError:
                 skipped += 1
                 continue
-            if head[128:132] == b"DICM":
+            if head[128:132] == b"DICM" and os.path.basename(f).upper() != "DICOMDIR":  # a DICOMDIR indexes the original files
                 files.append(f)
             else:
                 skipped += 1

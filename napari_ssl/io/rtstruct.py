@@ -127,7 +127,7 @@ def _contour_points(item) -> np.ndarray:
 
 
 # --- the referenced series ---------------------------------------------------------------------
-def _check_reference(ss: StructureSet, source: Volume) -> None:
+def check_reference(ss: StructureSet, source: Volume) -> None:
     base = os.path.basename(ss.path)
     if ss.series_instance_uid and source.series_instance_uid and ss.series_instance_uid != source.series_instance_uid:
         raise NapariSSLError(f"{base} references another image series (SeriesInstanceUID ...{ss.series_instance_uid[-12:]}), "
@@ -275,18 +275,11 @@ def _roi_planes(roi: ROI, affine: np.ndarray, shape: tuple[int, int, int], warni
     return out
 
 
-def _paint(target: np.ndarray, planes: dict[tuple[int, int], np.ndarray], value) -> None:
+def paint(target: np.ndarray, planes: dict[tuple[int, int], np.ndarray], value) -> None:
     for (axis, k), m in planes.items():
         sl = [slice(None)] * 3
         sl[axis] = k
         target[tuple(sl)][m] = value
-
-
-def _roi_mask(roi: ROI, affine: np.ndarray, shape: tuple[int, int, int], warnings: list[str]) -> np.ndarray:
-    """Boolean mask of one ROI on the grid (shape, affine)."""
-    mask = np.zeros(shape, dtype=bool)
-    _paint(mask, _roi_planes(roi, affine, shape, warnings), True)
-    return mask
 
 
 def _pick(ss: StructureSet, rois: Optional[Sequence[str]]) -> list[ROI]:
@@ -324,7 +317,7 @@ def roi_masks(ss: StructureSet, grid: Volume, rois: Optional[Sequence[str]] = No
     masks = []
     for p in planes:
         m = np.zeros(grid.shape, dtype=bool)
-        _paint(m, p, True)
+        paint(m, p, True)
         masks.append(m)
     return picked, masks, warnings
 
@@ -366,7 +359,7 @@ def label_map(ss: StructureSet, grid: Volume, rois: Optional[Sequence[str]] = No
     dtype = np.uint8 if len(picked) < 256 else np.uint16
     labels = np.zeros(grid.shape, dtype=dtype)
     for v, p in enumerate(planes, start=1):
-        _paint(labels, p, v)
+        paint(labels, p, v)
     names = {v: r.name for v, r in enumerate(picked, start=1)}
     colors = {v: r.color for v, r in enumerate(picked, start=1) if r.color is not None}
     return labels, names, colors, warnings
@@ -375,10 +368,10 @@ def label_map(ss: StructureSet, grid: Volume, rois: Optional[Sequence[str]] = No
 def resolve_source(ss: StructureSet, source: Volume | str | os.PathLike | None) -> Volume:
     """The referenced series as a Volume: `source` (checked to be it) or found beside the RTSTRUCT."""
     if isinstance(source, Volume):
-        _check_reference(ss, source)
+        check_reference(ss, source)
         return source
     vol = find_referenced_series(ss, [source] if source is not None else ())
-    _check_reference(ss, vol)
+    check_reference(ss, vol)
     return vol
 
 
