@@ -152,6 +152,7 @@ def test_same_key_same_pseudonyms_other_key_others_no_key_random(ct_study, tmp_p
     monkeypatch.delenv(KEY_ENV)
     s1 = deidentify([str(ct_study)], str(tmp_path / "d"))
     s2 = deidentify([str(ct_study)], str(tmp_path / "e"))
+    assert s2["key"] == s1["key"]
     assert s1["key"].startswith("none") and ids(tmp_path / "d")[0] != ids(tmp_path / "e")[0]
 
 

@@ -174,8 +174,8 @@ def test_bad_rtstructs_give_one_line_errors(cervical, tmp_path, dcmqi_dir):
 def test_finetune_labels_and_cli_exports_accept_an_rtstruct(cervical, tmp_path, loaded, capsys):
     from napari_ssl import api
     from napari_ssl.cli import main
-    from napari_ssl.io.seg_read import read_single_label_map
     from napari_ssl.io.nifti import read_itk_volume
+    from napari_ssl.io.seg_read import read_single_label_map
     from napari_ssl.train.finetune import load_labels_and_names
 
     vol, names, _, _ = loaded
