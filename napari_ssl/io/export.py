@@ -197,6 +197,8 @@ def export_labels(
             "series_instance_uid": res.series_instance_uid,
             "source_series_instance_uid": src.series_instance_uid,
         }
+        if res.warnings:
+            summary["warnings"] = list(res.warnings)
         if stow_url:
             from .dicomweb import store_instances
 
