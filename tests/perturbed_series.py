@@ -85,3 +85,52 @@ def oblique_series(
     if variant == "missing_slice":
         written[n // 2].unlink()
     return written
+
+
+def cropped_seg(source_files: Sequence[Path], mask: np.ndarray, out: Path, pad: int = 2) -> tuple[int, int, int]:
+    """A BINARY DICOM-SEG of `mask` (native slice order of the sorted `source_files`, shape
+    (n, rows, cols)) whose frames are cropped to the mask's bounding box plus `pad` pixels, as
+    3D Slicer and dcmqi write them (smaller Rows/Columns than the images). Written with
+    highdicom directly (not the code under test). Returns the crop's (first slice, row, column).
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*person name.*")
+    dss = [pydicom.dcmread(f) for f in source_files]
+    dss.sort(key=lambda d: float(np.dot(np.asarray(d.ImagePositionPatient, float),
+                                        np.cross(np.asarray(d.ImageOrientationPatient[:3], float),
+                                                 np.asarray(d.ImageOrientationPatient[3:], float)))))
+    zs, ys, xs = np.nonzero(mask)
+    z0, z1 = zs.min(), zs.max() + 1
+    r0, r1 = max(ys.min() - pad, 0), min(ys.max() + 1 + pad, mask.shape[1])
+    c0, c1 = max(xs.min() - pad, 0), min(xs.max() + 1 + pad, mask.shape[2])
+    iop = np.asarray(dss[0].ImageOrientationPatient, float)
+    row_dir, col_dir = iop[:3], iop[3:]
+    ps = [float(v) for v in dss[0].PixelSpacing]
+    positions = []
+    for z in range(z0, z1):
+        ipp = np.asarray(dss[z].ImagePositionPatient, float) + r0 * ps[0] * col_dir + c0 * ps[1] * row_dir
+        positions.append(hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, [float(v) for v in ipp]))
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Liver",
+        segmented_property_category=codes.SCT.Organ, segmented_property_type=codes.SCT.Liver,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=dss[z0:z1],
+        pixel_array=mask[z0:z1, r0:r1, c0:c1].astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[desc],
+        series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="test", manufacturer_model_name="test", software_versions="0", device_serial_number="0",
+        plane_positions=positions,
+        plane_orientation=hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT, [float(v) for v in iop]),
+        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=ps, slice_thickness=float(dss[0].SliceThickness)),
+        omit_empty_frames=False,
+        specific_character_set="ISO_IR 100",   # the real files carry an empty value highdicom refuses
+    )
+    seg.save_as(out)
+    return int(z0), int(r0), int(c0)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import warnings as _warnings
+from typing import Optional
 
 import numpy as np
 
 from ..errors import NapariSSLError
+from .geometry_tolerance import GRID_SHIFT_VOXELS, VOXEL_SIZE_REL
 from .orientation import axis_mapping, canonicalize, reorient_array, reoriented_affine
 from .volume import Volume
 
@@ -146,6 +148,100 @@ def read_single_label_map(path: str | os.PathLike, canonical: bool = True) -> tu
     return groups[0]
 
 
+# Where to look for a SEG's source series when only the SEG file is opened: its folder, the
+# folders inside it, and the folders beside it (3D Slicer / dcmqi layouts: seg/ next to image/).
+MAX_FILES_SEARCHED = 5000
+
+
+def referenced_series_uid(path: str | os.PathLike) -> Optional[str]:
+    """SeriesInstanceUID of the series a SEG (or any DICOM object) references, from its header."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(os.fspath(path), stop_before_pixels=True, specific_tags=["ReferencedSeriesSequence"])
+        return str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    except Exception:
+        return None
+
+
+def _nearby_files(path: str) -> list[str]:
+    folder = os.path.dirname(os.path.abspath(path))
+    parent = os.path.dirname(folder)
+    dirs = [folder]
+    for base in (folder, parent):
+        try:
+            dirs += sorted(os.path.join(base, d) for d in os.listdir(base)
+                           if not d.startswith(".") and os.path.isdir(os.path.join(base, d)))
+        except OSError:
+            pass
+    files: list[str] = []
+    for d in dict.fromkeys(dirs):
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for n in names:
+            p = os.path.join(d, n)
+            if not n.startswith(".") and os.path.isfile(p) and p != os.path.abspath(path):
+                files.append(p)
+                if len(files) >= MAX_FILES_SEARCHED:
+                    return files
+    return files
+
+
+def find_source_series(seg_path: str | os.PathLike) -> Optional[Volume]:
+    """The series a SEG references, when its files lie in the SEG's folder, a folder inside it or
+    a folder beside it (headers only are read for the search); None when not found."""
+    from .dicom import load_dicom_series
+    from .dicom_discovery import looks_like_dicom
+
+    seg_path = os.fspath(seg_path)
+    uid = referenced_series_uid(seg_path)
+    if not uid:
+        return None
+    import pydicom
+
+    matches = []
+    for f in _nearby_files(seg_path):
+        try:
+            with open(f, "rb") as fp:
+                if looks_like_dicom(fp.read(132)) is not True:
+                    continue
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except Exception:
+            continue
+        if str(ds.get("SeriesInstanceUID", "")) == uid:
+            matches.append(f)
+    return load_dicom_series(matches, uid) if matches else None
+
+
+def check_references(path: str | os.PathLike, source: Volume) -> None:
+    """One-line error when the SEG at `path` references another DICOM series than `source`."""
+    ref = referenced_series_uid(path)
+    if ref and source.series_instance_uid and ref != source.series_instance_uid:
+        raise NapariSSLError(
+            f"{os.path.basename(os.fspath(path))} references another DICOM series than the source given "
+            "(a mask made on a different series cannot be placed on this one)"
+        )
+
+
+def read_on_source(path: str | os.PathLike, source: Volume) -> list[tuple[Volume, dict[int, str]]]:
+    """:func:`read_segmentation`, each label map placed on `source`'s full grid (``source.array``
+    order): a SEG cropped to the structure (fewer rows/columns or slices than the images, as
+    3D Slicer and dcmqi write them) opens with the source's shape, voxel-exact.
+
+    A SEG that references another series than `source` is an error (one line)."""
+    path = os.fspath(path)
+    check_references(path, source)
+    out = []
+    for vol, names in read_segmentation(path, canonical=False):
+        arr = place_on_grid(vol, source)
+        placed = source.with_array(arr, modality="SEG", units="")
+        placed.warnings = list(vol.warnings)
+        out.append((placed, names))
+    return out
+
+
 def place_on_grid(labels: Volume, reference: Volume) -> np.ndarray:
     """`labels` (read from a SEG, covering only its stored slices) pasted onto the array grid
     of `reference` (e.g. the source series): same shape as ``reference.array``, zeros elsewhere.
@@ -158,11 +254,11 @@ def place_on_grid(labels: Volume, reference: Volume) -> np.ndarray:
         raise NapariSSLError("the SEG's grid is rotated relative to the reference series") from None
     arr = reorient_array(labels.array, labels.affine, reference.affine)
     moved = reoriented_affine(labels.affine, labels.array.shape, perm, flips)
-    if not np.allclose(moved[:3, :3], reference.affine[:3, :3], rtol=1e-2, atol=1e-3):
+    if not np.allclose(moved[:3, :3], reference.affine[:3, :3], rtol=VOXEL_SIZE_REL, atol=1e-3):
         raise NapariSSLError("the SEG's voxel size differs from the reference series")
     offset = np.linalg.solve(reference.affine[:3, :3], moved[:3, 3] - reference.affine[:3, 3])
     start = np.round(offset).astype(int)
-    if np.any(np.abs(offset - start) > 0.05):
+    if np.any(np.abs(offset - start) > GRID_SHIFT_VOXELS):
         raise NapariSSLError("the SEG's grid is shifted by a fraction of a voxel from the reference series")
     out = np.zeros(reference.array.shape, dtype=arr.dtype)
     stop = start + np.array(arr.shape)

@@ -105,9 +105,10 @@ def load_labels_and_names(item: Any, image: Volume, name: str = "labels") -> tup
 
 
 def _labels_from_seg(path: str, image: Volume, name: str) -> tuple[np.ndarray, dict[int, str]]:
-    from ..io.seg_read import place_on_grid, read_single_label_map
+    from ..io.seg_read import check_references, place_on_grid, read_single_label_map
 
     try:
+        check_references(path, image)
         seg_vol, names = read_single_label_map(path, canonical=True)
     except NapariSSLError as exc:
         raise NapariSSLError(f"{name}: {exc}") from None
