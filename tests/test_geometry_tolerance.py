@@ -169,6 +169,13 @@ def test_tilt_and_gap_warn_and_the_seg_sits_on_each_source_image(tmp_path, dcmqi
         np.testing.assert_allclose([float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient], ipp[uid], atol=1e-4)
         seen.add(native_index[uid])
     assert seen == set(np.flatnonzero(lab.reshape(lab.shape[0], -1).any(axis=1)))
+    # and it opens again on the series voxel-exact: each frame on the image it references
+    for ref in (src, load_volume(folder)):
+        (placed, names), = read_on_source(out, ref)
+        np.testing.assert_array_equal(placed.array, _on(lab, src, ref))
+    back = tmp_path / "back.nii.gz"
+    assert cli_main(["export-nifti", "--labels", str(out), "--source", str(folder), "--out", str(back)]) == 0
+    np.testing.assert_array_equal(read_itk_volume(str(back)).array, lab)
 
 
 # --- cropped SEGs ----------------------------------------------------------------------------
@@ -249,3 +256,23 @@ def test_a_seg_of_another_series_is_one_line_and_writes_nothing(cropped, tmp_pat
     with pytest.raises(NapariSSLError, match="references another DICOM series"):
         load_labels_and_names(str(root / "seg" / "liver_cropped.dcm"), load_volume(other))
     assert sorted(os.listdir(tmp_path)) == ["other"]
+
+
+@pytest.mark.parametrize("seg_name", ["liver.dcm", "partial_overlaps.dcm", "cropped"])
+def test_placing_by_reference_and_by_geometry_agree(seg_name, cropped, dcmqi_dir):
+    """Real dcmqi SEGs (one segment; five overlapping ones) and the cropped SEG: each frame put on the image it
+    references gives exactly what placing the SEG's own grid on the series gives (a source without headers)."""
+    import dataclasses
+
+    from napari_ssl.io.seg_read import _masks_by_reference, _open_seg
+
+    root, _, _, _ = cropped
+    path = root / "seg" / "liver_cropped.dcm" if seg_name == "cropped" else dcmqi_dir / seg_name
+    src = load_volume(root / "image")
+    assert _masks_by_reference(_open_seg(str(path)), src) is not None   # the reference path applies
+    by_ref = read_on_source(path, src)
+    by_geometry = read_on_source(path, dataclasses.replace(src, source_datasets=[]))
+    assert len(by_ref) == len(by_geometry) >= 1
+    for (a, na), (b, nb) in zip(by_ref, by_geometry):
+        assert na == nb and a.shape == src.shape and a.array.any()
+        np.testing.assert_array_equal(a.array, b.array)

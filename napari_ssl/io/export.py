@@ -129,15 +129,13 @@ def load_labels(
     if isinstance(labels, (str, os.PathLike)):
         path = os.fspath(labels)
         from .nifti import is_itk_image_path, read_itk_volume
-        from .seg_read import check_references, is_segmentation_file, place_on_grid, read_single_label_map
+        from .seg_read import is_segmentation_file, read_single_on_source
 
         if not os.path.isfile(path):
             raise NapariSSLError(f"no such labels file: {path}")
         if source is not None and is_segmentation_file(path):
-            check_references(path, source)
-            seg_vol, _ = read_single_label_map(path, canonical=False)
-            ref = Volume(array=np.zeros(source.array.shape, np.uint8), affine=source.affine)
-            return place_on_grid(seg_vol, ref), source.affine
+            arr, _ = read_single_on_source(path, source)   # on the source's full grid (cropped SEGs too)
+            return arr, source.affine
         if not is_itk_image_path(path):
             raise NapariSSLError(f"labels file {os.path.basename(path)}: give a NIfTI/NRRD/MHA label map or a DICOM-SEG")
         vol = read_itk_volume(path)
