@@ -43,12 +43,14 @@ def oblique_series(
     step: float = 2.5,
     variant: str = "rounding",
     seed: int = 0,
+    new_study: bool = False,
 ) -> list[Path]:
     """Write an oblique series into `out` from the real slices `sources` (cycled if fewer than `n_slices`).
 
     ``variant``: "rounding" (one geometry, per-file rounding noise: must read as one series),
     "two_orientations" (the last third rotated 5 degrees more), "gantry_tilt" (positions move
     0.4 mm in-plane per slice), "missing_slice" (the middle slice left out).
+    ``new_study`` gives the series a study of its own (else it stays in the source files' study).
     Returns the written files in slice order (before any is removed).
     """
     rng = np.random.default_rng(seed)
@@ -59,12 +61,14 @@ def oblique_series(
     normal = np.cross(row, col)
     first = pydicom.dcmread(sources[0], stop_before_pixels=True)
     origin = np.array([float(v) for v in first.ImagePositionPatient])
-    series, frame_of_ref = generate_uid(), generate_uid()
+    series, frame_of_ref, study = generate_uid(), generate_uid(), generate_uid()
     written = []
     for i in range(n):
         ds = pydicom.dcmread(sources[i % len(sources)])
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.SeriesInstanceUID, ds.FrameOfReferenceUID = series, frame_of_ref
+        if new_study:
+            ds.StudyInstanceUID = study
         ds.InstanceNumber = i + 1
         ds.SliceThickness = f"{step:g}"
         iop = list(IOP_SPELLINGS[int(rng.integers(len(IOP_SPELLINGS)))])
