@@ -276,3 +276,20 @@ def test_placing_by_reference_and_by_geometry_agree(seg_name, cropped, dcmqi_dir
     for (a, na), (b, nb) in zip(by_ref, by_geometry):
         assert na == nb and a.shape == src.shape and a.array.any()
         np.testing.assert_array_equal(a.array, b.array)
+
+
+def test_the_export_widgets_job_on_rounding_noise_series(rounding, tmp_path):
+    """The Export widget's job (napari_ssl.train.jobs:export_job in a child process, with the config the
+    widget builds: the mask in the viewer's order and the reader's Volume) writes a valid SEG that reads back exactly."""
+    from napari_ssl.train.runner import JobRunner
+
+    image = load_volume(rounding)
+    lab = _mask(image.shape)
+    out = tmp_path / "widget.dcm"
+    cfg = {"labels": lab.copy(), "source": image, "out_path": str(out), "labels_affine": image.affine,
+           "names": {1: "liver", 2: "lesion"}, "labelmap": False}
+    res = JobRunner("napari_ssl.train.jobs:export_job", cfg, label="Export DICOM-SEG").start().wait(timeout=300)
+    assert res is not None and res["type"] == "done", res
+    assert dciodvfy_errors(out) == []
+    (placed, names), = read_on_source(out, image)
+    np.testing.assert_array_equal(placed.array, lab)
