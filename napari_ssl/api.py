@@ -30,7 +30,8 @@ PathLike = Union[str, os.PathLike]
 ImageLike = Union[PathLike, Volume]
 LabelsLike = Union[PathLike, Volume, np.ndarray]
 
-__all__ = ["load_volume", "pretrain", "finetune", "predict", "save_prediction", "suggest", "suggest_pool", "annotated_slices", "fill_between", "Prediction"]
+__all__ = ["load_volume", "load_rtstruct", "deidentify", "pretrain", "finetune", "predict", "save_prediction", "suggest", "suggest_pool",
+           "annotated_slices", "fill_between", "Prediction"]
 
 
 def load_volume(path: PathLike) -> Volume:
@@ -38,6 +39,29 @@ def load_volume(path: PathLike) -> Volume:
     from .train.finetune import load_image
 
     return load_image(os.fspath(path))
+
+
+def load_rtstruct(path: PathLike, source: Optional[ImageLike] = None, rois: Optional[Sequence[str] | str] = None
+                  ) -> tuple[Volume, dict[int, str], dict[int, tuple]]:
+    """An RTSTRUCT as (labels Volume on its series' canonical grid, {value: ROI name}, {value: ROI RGB colour}).
+
+    `source`: the referenced series (Volume or folder); default: found in the RTSTRUCT's folder tree.
+    `rois`: ROI names to take, in order (later ones win where they overlap); without it overlapping ROIs
+    are an error. The Volume is usable as labels anywhere (finetune, export) and carries the series' identity.
+    An RTSTRUCT path is also accepted directly wherever labels are (no overlap, or FinetuneConfig ``rois``)."""
+    from .io.rtstruct import read_rtstruct_labels
+
+    return read_rtstruct_labels(os.fspath(path), source=source if isinstance(source, Volume) or source is None else os.fspath(source), rois=rois)
+
+
+def deidentify(sources: Sequence[PathLike] | PathLike, out: PathLike, *, key: Optional[str] = None, key_file: Optional[PathLike] = None,
+               allow_burned_in: bool = False) -> dict:
+    """De-identified copy of DICOM series (+ their SEG / RTSTRUCT) in a new folder `out`; see napari_ssl.io.deid.
+    The key (pseudonym seed) comes from `key`, `key_file` or $NAPARI_SSL_DEID_KEY and is never written out."""
+    from .io.deid import deidentify as _deidentify
+
+    paths = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(p) for p in sources]
+    return _deidentify(paths, os.fspath(out), key=key, key_file=_opt_path(key_file), allow_burned_in=allow_burned_in)
 
 
 def pretrain(method: str, data: Sequence[PathLike] | PathLike, out: PathLike, *, events: Optional[Callable[[dict], None]] = None,
