@@ -30,7 +30,8 @@ PathLike = Union[str, os.PathLike]
 ImageLike = Union[PathLike, Volume]
 LabelsLike = Union[PathLike, Volume, np.ndarray]
 
-__all__ = ["load_volume", "load_rtstruct", "deidentify", "pretrain", "finetune", "predict", "save_prediction", "suggest", "suggest_pool", "annotated_slices", "Prediction"]
+__all__ = ["load_volume", "load_rtstruct", "deidentify", "pretrain", "finetune", "predict", "save_prediction", "suggest", "suggest_pool",
+           "annotated_slices", "fill_between", "Prediction"]
 
 
 def load_volume(path: PathLike) -> Volume:
@@ -135,6 +136,22 @@ def annotated_slices(labels: LabelsLike, image: Optional[ImageLike] = None, empt
         vol = image if isinstance(image, Volume) else (load_volume(image) if image is not None else None)
         arr = load_labels(labels, vol) if vol is not None else sparse_labels.as_label_array(load_volume(labels).array)
     return sparse_labels.annotated_slices(arr, empty_slices)
+
+
+def fill_between(labels: LabelsLike, image: Optional[ImageLike] = None, empty_slices: Sequence[int] = ()) -> np.ndarray:
+    """Slicer's "Fill between slices" (ITK morphological contour interpolation) on the annotated slices:
+    an instant completion, no training. Returns a label map on the image's grid (the labels' own grid when
+    no image is given); annotated slices come back as drawn, annotated-empty ones empty."""
+    from .active.fill_between import fill_between_slices
+    from .data import sparse_labels
+    from .train.finetune import load_labels
+
+    if isinstance(labels, np.ndarray):
+        arr = sparse_labels.as_label_array(labels)
+    else:
+        vol = image if isinstance(image, Volume) else (load_volume(image) if image is not None else None)
+        arr = load_labels(labels, vol) if vol is not None else sparse_labels.as_label_array(load_volume(labels).array)
+    return fill_between_slices(arr, sparse_labels.annotated_slices(arr, empty_slices))
 
 
 def _annotated_for(model_classes: int, vol: Volume, labels: Optional[LabelsLike], empty_slices: Sequence[int]) -> np.ndarray:

@@ -267,3 +267,42 @@ def test_bad_input_gives_a_notification_not_a_crash(make_napari_viewer, tmp_path
     assert layer.data.shape == (2, 512, 512)
     warnings = [m for level, m in notes() if level == "warning"]
     assert any("03.dcm" in m for m in warnings), warnings
+
+
+def test_cropped_seg_opens_on_the_full_grid_of_the_open_series(make_napari_viewer, dcmqi_dir, tmp_path):
+    """A SEG whose frames are cropped to the liver (as 3D Slicer / dcmqi write them), opened on its own
+    from a folder without its images: placed on the series already open in the viewer, full shape,
+    every voxel where the real labelmap (dcmqi's NRRD, read by SimpleITK) has it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from perturbed_series import cropped_seg
+
+    ct_files = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm"))
+    labelmap = sitk.ReadImage(str(dcmqi_dir / "liver_seg.nrrd"))
+    series = _dicom_series(dcmqi_dir / "ct-3slice")
+    native = np.zeros(sitk.GetArrayFromImage(series).shape, np.uint8)   # the mask on the series' own (SimpleITK) grid
+    for idx in zip(*np.nonzero(sitk.GetArrayFromImage(labelmap))):
+        p = labelmap.TransformIndexToPhysicalPoint([int(v) for v in idx[::-1]])
+        native[tuple(series.TransformPhysicalPointToIndex(p)[::-1])] = 1
+    # SimpleITK orders the slices as the files' positions ascend, as cropped_seg does
+    cropped_seg(ct_files, native, tmp_path / "liver_cropped.dcm")
+    assert pydicom_rows(tmp_path / "liver_cropped.dcm") < 512
+
+    viewer = make_napari_viewer()
+    (ct,) = viewer.open(str(dcmqi_dir / "ct-3slice"), plugin=PLUGIN)
+    (seg,) = viewer.open(str(tmp_path / "liver_cropped.dcm"), plugin=PLUGIN)
+    assert type(seg).__name__ == "Labels" and seg.data.shape == ct.data.shape
+    assert tuple(seg.scale) == tuple(ct.scale) and tuple(seg.translate) == tuple(ct.translate)
+    assert int((seg.data > 0).sum()) == int(native.sum())
+    _assert_matches_itk(seg, labelmap, n=400, compare=lambda a, b: bool(a) == bool(b))
+    for idx in zip(*np.nonzero(seg.data)):   # every labelled voxel is liver in the real labelmap
+        itk_idx = labelmap.TransformPhysicalPointToIndex(_world_to_lps(seg, idx))
+        assert labelmap.GetPixel(itk_idx) == 1
+    assert seg.metadata["napari_ssl"]["series_instance_uid"] == ct.metadata["napari_ssl"]["series_instance_uid"]
+
+
+def pydicom_rows(path) -> int:
+    import pydicom
+
+    return int(pydicom.dcmread(path, stop_before_pixels=True).Rows)

@@ -150,3 +150,32 @@ def test_https_verification_is_on_and_ca_bundle_is_checked(tmp_path, monkeypatch
     monkeypatch.delenv(dicomweb.ENV_CA)
     with pytest.raises(NapariSSLError, match="not allowed"):
         dicomweb.load_settings("https://pacs.invalid/dicom-web")
+
+
+def test_seg_on_a_series_with_rounding_noise_through_the_pacs(orthanc, pacs_env, dcmqi_dir, tmp_path, capsys):
+    """Issue 12: an oblique series whose files spell the orientation with different last digits, pulled from
+    the PACS, exported with --stow: Orthanc takes the SEG, and it comes back voxel-exact on the pulled series."""
+    from napari_ssl.io import write_itk_volume
+    from napari_ssl.io.seg_read import read_on_source
+    from perturbed_series import oblique_series
+
+    files = oblique_series(sorted((dcmqi_dir / "ct-3slice").glob("*.dcm")), tmp_path / "oblique", n_slices=6, new_study=True)
+    for f in files:
+        assert orthanc.upload(str(f))["Status"] == "Success"
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    src = dicomweb.load_series(pacs_env, uid)
+    assert src.shape == (6, 512, 512) and src.warnings == []
+    lab = np.zeros(src.shape, np.uint8)
+    lab[1:5, 100:300, 150:350] = 1
+    lab[3, 320:360, 200:260] = 2
+    nii = tmp_path / "m.nii.gz"
+    write_itk_volume(lab, src.affine, nii)
+    out = tmp_path / "oblique_seg.dcm"
+    rc = cli_main(["export-seg", "--labels", str(nii), "--source", os.path.dirname(src.source_paths[0]), "--out", str(out),
+                   "--names", "liver,lesion", "--stow", pacs_env])
+    assert rc == 0, capsys.readouterr().err
+    seg_uid = str(pydicom.dcmread(out, stop_before_pixels=True).SeriesInstanceUID)
+    paths = dicomweb.retrieve_series(pacs_env, seg_uid, str(tmp_path / "seg_back"))
+    (placed, names), = read_on_source(paths[0], src)
+    assert names == {1: "liver", 2: "lesion"}
+    np.testing.assert_array_equal(placed.array, lab)

@@ -141,6 +141,9 @@ def read_segmentation_layers(seg_path: str, images: Sequence[Any] = ()) -> list[
     read_segmentation = seg_reader()
     if read_segmentation is None:
         raise NapariSSLError(f"DICOM-SEG reading not available in this installation; cannot open {os.path.basename(seg_path)}")
+    placed_on_source = _read_on_known_source(seg_path, images)
+    if placed_on_source is not None:
+        return [_seg_layer(labels, names, seg_path) for labels, names in placed_on_source]
     layers = []
     for labels, names in read_segmentation(seg_path):
         labels = canonicalize(labels)
@@ -159,6 +162,55 @@ def read_segmentation_layers(seg_path: str, images: Sequence[Any] = ()) -> list[
             kwargs["name"] = labels.series_description
         layers.append((data, kwargs, kind))
     return layers
+
+
+def _seg_layer(labels: Any, names: dict, seg_path: str) -> LayerData:
+    data, kwargs, kind = labels_layer_data(labels, names)
+    kwargs["metadata"]["napari_ssl"]["seg_path"] = seg_path
+    return data, kwargs, kind
+
+
+def _open_image_volumes() -> list[Any]:
+    """Volumes behind the image layers already open in the current viewer (none without one)."""
+    from ..io.volume import Volume
+
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:
+        return []
+    if viewer is None:
+        return []
+    out = []
+    for layer in viewer.layers:
+        vol = (getattr(layer, "metadata", None) or {}).get("volume")
+        if type(layer).__name__ == "Image" and isinstance(vol, Volume):
+            out.append(vol)
+    return out
+
+
+def _read_on_known_source(seg_path: str, images: Sequence[Any]) -> Optional[list]:
+    """The SEG's label maps on the full grid of the series it references, when that series is
+    among `images`, open in the viewer, or on disk beside the SEG; None when it is not known
+    (or the SEG does not lie on its grid: a warning, then the SEG opens on its own grid)."""
+    from ..io.orientation import canonicalize
+    from ..io.seg_read import find_source_series, read_on_source, referenced_series_uid
+
+    uid = referenced_series_uid(seg_path)
+    if not uid:
+        return None
+    source = next((v for v in list(images) + _open_image_volumes() if v.series_instance_uid == uid), None)
+    if source is None:
+        found = find_source_series(seg_path)
+        source = canonicalize(found) if found is not None else None
+    if source is None:
+        return None
+    try:
+        return read_on_source(seg_path, source)
+    except NapariSSLError as exc:
+        _notify("warning", f"{os.path.basename(seg_path)}: not placed on its source series ({exc}); shown on its own grid")
+        return None
 
 
 def _notify(kind: str, message: str) -> None:

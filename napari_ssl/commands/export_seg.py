@@ -44,6 +44,8 @@ def run(args) -> int:
     else:
         segs = ", ".join(f"{k}={v}" for k, v in summary["segments"].items())
         print(f"wrote {summary['path']}: {summary['segmentation_type']} SEG, {summary['frames']} frames, segments {segs}")
+        for w in summary.get("warnings", []):
+            print(f"warning: {w}")
         if summary.get("stored_to"):
             print(f"stored on {summary['stored_to']}")
     return 0

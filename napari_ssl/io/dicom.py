@@ -239,3 +239,25 @@ def load_dicom_volumes(path: str | os.PathLike, workers: Optional[int] = None) -
     if not volumes and not scan.itk_files:
         raise NoImageFound(_no_image_message(path, scan, errors))
     return volumes
+
+
+def load_dicom_series(files: list[str], series_instance_uid: str) -> Optional[Volume]:
+    """The volume of one series (by its UID) among `files` (other files are skipped); None if absent.
+
+    Used to find the source series of a DICOM-SEG beside it without loading everything else there.
+    """
+    from .dicom_discovery import read_header
+
+    scan = Scan()
+    for f in files:
+        try:
+            h = read_header(f)
+        except Exception:
+            continue
+        if str(value(h.ds, "SeriesInstanceUID", "") or "") == series_instance_uid and h.has_pixels:
+            scan.headers.append(h)
+    plans = _plans_from_scan(scan)
+    if not plans:
+        return None
+    plan = max(plans, key=lambda p: p.shape[0])   # a series split in stacks: the largest one
+    return read_plan(plan)

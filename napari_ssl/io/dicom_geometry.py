@@ -15,11 +15,10 @@ from typing import Optional
 import numpy as np
 
 from .dicom_frames import Frame
+# Tolerances (rounding noise vs real differences): documented in .geometry_tolerance
+from .geometry_tolerance import (DRIFT_TOL_MM, DRIFT_TOL_REL, GAP_FACTOR, ORIENTATION_TOL, SAME_POSITION_MM, UNEVEN_REL,
+                                 consensus_orientation)
 
-ORIENTATION_TOL = 1e-3     # max difference of direction cosines within one stack
-SAME_POSITION_MM = 1e-3    # two frames closer than this along the normal share a position
-UNEVEN_REL = 0.01          # relative deviation of a slice step that counts as uneven
-GAP_FACTOR = 1.5           # a step this many times the typical one means missing slices
 SPLIT_KEYS = ("stack", "echo", "temporal", "diffusion_b", "trigger", "acquisition")
 DEFAULT_IOP = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 
@@ -60,7 +59,7 @@ def _split_by_orientation(frames: list[Frame]) -> list[list[Frame]]:
     for f in frames:
         iop = DEFAULT_IOP if f.orientation is None else f.orientation
         for i, r in enumerate(reps):
-            if np.max(np.abs(r - iop)) < ORIENTATION_TOL:
+            if np.max(np.abs(r - iop)) <= ORIENTATION_TOL:
                 groups[i].append(f)
                 break
         else:
@@ -134,8 +133,11 @@ def _fallback_step(frames: list[Frame]) -> tuple[float, str]:
 def build_stack(frames: list[Frame]) -> Stack:
     """Order the frames along the slice normal and derive the affine; warn about anything irregular."""
     warnings: list[str] = []
-    row_dir, col_dir, normal = _cosines(frames[0].orientation)
-    if frames[0].orientation is None:
+    # Files of one series may spell the orientation with different last digits (within
+    # ORIENTATION_TOL, or they would be separate stacks): the one most files carry is used.
+    rep, _ = consensus_orientation([f.orientation for f in frames])
+    row_dir, col_dir, normal = _cosines(frames[rep].orientation)
+    if frames[rep].orientation is None:
         warnings.append("no ImageOrientationPatient; axial orientation assumed")
     if frames[0].spacing_missing:
         warnings.append("no PixelSpacing; 1 mm pixels assumed")
@@ -179,7 +181,7 @@ def build_stack(frames: list[Frame]) -> Stack:
             expected = origin[None, :] + (proj - proj[0])[:, None] * normal[None, :]
             pos = np.array([f.position for f in frames])
             drift = float(np.max(np.linalg.norm(pos - expected, axis=1)))
-            if drift > max(0.05 * abs(step), 0.01):
+            if drift > max(DRIFT_TOL_REL * abs(step), DRIFT_TOL_MM):
                 warnings.append(f"slice positions drift {drift:.3g} mm off the slice normal (gantry tilt?); "
                                 f"the volume is shown unsheared")
     ps = frames[0].pixel_spacing

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import NapariSSLError
+from .geometry_tolerance import GRID_SHIFT_VOXELS, VOXEL_SIZE_REL
 from .orientation import axis_mapping, reorient_array, reoriented_affine
 from .volume import Volume
 
@@ -74,13 +75,13 @@ def labels_on_source_grid(labels: np.ndarray, source: Volume, labels_affine: Opt
     moved = reoriented_affine(src_aff, arr.shape, perm, flips)
     spacing = np.linalg.norm(target[:3, :3], axis=0)
     col_err = np.linalg.norm(moved[:3, :3] - target[:3, :3], axis=0) / spacing
-    if np.any(col_err > 0.01):
+    if np.any(col_err > VOXEL_SIZE_REL):
         raise NapariSSLError(
             f"the labels' voxel size {np.round(np.linalg.norm(moved[:3, :3], axis=0), 4).tolist()} mm differs from the source's "
             f"{np.round(spacing, 4).tolist()} mm; export a mask drawn on this series"
         )
     shift = float(np.linalg.norm(moved[:3, 3] - target[:3, 3]))
-    if shift > 0.05 * float(spacing.min()) + 1e-4:
+    if shift > GRID_SHIFT_VOXELS * float(spacing.min()) + 1e-4:
         raise NapariSSLError(
             f"the labels' grid is shifted {shift:.3g} mm from the source series; export a mask drawn on this series"
         )
@@ -130,7 +131,7 @@ def load_labels(
     if isinstance(labels, (str, os.PathLike)):
         path = os.fspath(labels)
         from .nifti import is_itk_image_path, read_itk_volume
-        from .seg_read import is_segmentation_file, place_on_grid, read_single_label_map
+        from .seg_read import is_segmentation_file, read_single_on_source
 
         if not os.path.isfile(path):
             raise NapariSSLError(f"no such labels file: {path}")
@@ -144,9 +145,8 @@ def load_labels(
         if rois:
             raise NapariSSLError("--rois picks ROIs of an RTSTRUCT; the labels given are not an RTSTRUCT")
         if source is not None and is_segmentation_file(path):
-            seg_vol, _ = read_single_label_map(path, canonical=False)
-            ref = Volume(array=np.zeros(source.array.shape, np.uint8), affine=source.affine)
-            return place_on_grid(seg_vol, ref), source.affine
+            arr, _ = read_single_on_source(path, source)   # on the source's full grid (cropped SEGs too)
+            return arr, source.affine
         if not is_itk_image_path(path):
             raise NapariSSLError(f"labels file {os.path.basename(path)}: give a NIfTI/NRRD/MHA label map, a DICOM-SEG or an RTSTRUCT")
         vol = read_itk_volume(path)
@@ -223,6 +223,8 @@ def export_labels(
             "series_instance_uid": res.series_instance_uid,
             "source_series_instance_uid": src.series_instance_uid,
         }
+        if res.warnings:
+            summary["warnings"] = list(res.warnings)
         if stow_url:
             from .dicomweb import store_instances
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import warnings as _warnings
+from typing import Optional
 
 import numpy as np
 
 from ..errors import NapariSSLError
+from .geometry_tolerance import GRID_SHIFT_VOXELS, VOXEL_SIZE_REL
 from .orientation import axis_mapping, canonicalize, reorient_array, reoriented_affine
 from .volume import Volume
 
@@ -75,6 +77,22 @@ def _non_overlapping_groups(masks: np.ndarray) -> list[list[int]]:
     return [members for members, _ in groups]
 
 
+def _open_seg(path: str):
+    import highdicom as hd
+
+    from .hd_tables import install
+
+    if not os.path.isfile(path):
+        raise NapariSSLError(f"no such file: {path}")
+    install()   # highdicom's attribute table parsed per module (0.2-0.4 s less on the first SEG of a process)
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            return hd.seg.segread(path)
+    except Exception as exc:  # pydicom/highdicom raise many types for non-SEG input
+        raise NapariSSLError(f"{os.path.basename(path)} is not a readable DICOM-SEG ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
 def read_segmentation(path: str | os.PathLike, canonical: bool = True) -> list[tuple[Volume, dict[int, str]]]:
     """Labels Volumes and ``{label value: segment name}`` from a DICOM-SEG file.
 
@@ -82,22 +100,14 @@ def read_segmentation(path: str | os.PathLike, canonical: bool = True) -> list[t
     UIDs are those of the SEG's referenced source series, so it lines up with that series.
     With ``canonical`` the array is reordered like :func:`napari_ssl.io.load_volume` does.
     """
-    import highdicom as hd
-
-    from .hd_tables import install
-
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise NapariSSLError(f"no such file: {path}")
-    install()   # highdicom's attribute table parsed per module (0.2-0.4 s less on the first SEG of a process)
-    try:
-        with _warnings.catch_warnings():
-            _warnings.simplefilter("ignore")
-            seg = hd.seg.segread(path)
-    except Exception as exc:  # pydicom/highdicom raise many types for non-SEG input
-        raise NapariSSLError(f"{os.path.basename(path)} is not a readable DICOM-SEG ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-
+    seg = _open_seg(path)
     masks, numbers, affine = _segment_masks(seg)
+    return _label_volumes(seg, path, masks, numbers, affine, canonical)
+
+
+def _label_volumes(seg, path: str, masks: np.ndarray, numbers: list[int], affine: np.ndarray,
+                   canonical: bool) -> list[tuple[Volume, dict[int, str]]]:
     names = {n: str(seg.get_segment_description(n).segment_label or f"Segment {n}") for n in numbers}
     groups = _non_overlapping_groups(masks)
     max_label = max(numbers)
@@ -138,12 +148,215 @@ def read_segmentation(path: str | os.PathLike, canonical: bool = True) -> list[t
     return out
 
 
+def _item(seq_owner, keyword: str):
+    seq = seq_owner.get(keyword) if seq_owner is not None else None
+    return seq[0] if seq else None
+
+
+def _masks_by_reference(seg, source: Volume) -> Optional[tuple[np.ndarray, list[int]]]:
+    """Boolean masks (z, y, x, n) on `source`'s native grid, each frame put on the source image it
+    references (SourceImageSequence of its derivation), shifted in-plane by whole pixels (cropped
+    frames). Exact whatever the series' slice positions (gaps, uneven steps, tilt). None when this
+    does not apply: a multi-frame source, a frame without a reference into `source`, or a frame
+    whose plane is not its image's plane (then the caller places the SEG by geometry)."""
+    from .dicom_discovery import value
+    from .geometry_tolerance import POSITION_TOL_MM, same_orientation
+
+    dss = source.source_datasets
+    native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
+    n_slices = len(dss)
+    shape = tuple(int(source.array.shape[i]) for i in axis_mapping(source.affine, native)[0])
+    if n_slices < 1 or n_slices != shape[0] or any(int(value(ds, "NumberOfFrames", 1) or 1) > 1 for ds in dss):
+        return None
+    if "PerFrameFunctionalGroupsSequence" not in seg:
+        return None
+    index = {str(value(ds, "SOPInstanceUID", "")): i for i, ds in enumerate(dss)}
+    shared = _item(seg, "SharedFunctionalGroupsSequence")
+    ori = _item(shared, "PlaneOrientationSequence")
+    measures = _item(shared, "PixelMeasuresSequence")
+    seg_type = str(seg.SegmentationType)
+    numbers = [int(n) for n in seg.segment_numbers if int(n) != 0]
+    if not numbers:
+        raise NapariSSLError("the SEG describes no segments")
+    shared_segment = _item(shared, "SegmentIdentificationSequence")
+    rows, cols = int(seg.Rows), int(seg.Columns)
+    placements = []
+    for k, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        src = _item(_item(frame, "DerivationImageSequence"), "SourceImageSequence")
+        uid = str(src.get("ReferencedSOPInstanceUID", "")) if src is not None else ""
+        z = index.get(uid)
+        pos = _item(frame, "PlanePositionSequence")
+        f_ori = _item(frame, "PlaneOrientationSequence") or ori
+        f_meas = _item(frame, "PixelMeasuresSequence") or measures
+        if z is None or pos is None or f_ori is None or f_meas is None:
+            return None
+        ds = dss[z]
+        iop, ipp, ps = (value(ds, kw) for kw in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"))
+        if iop is None or ipp is None or ps is None or not same_orientation(f_ori.ImageOrientationPatient, iop):
+            return None
+        seg_ps = [float(v) for v in f_meas.PixelSpacing]
+        if not np.allclose(seg_ps, [float(v) for v in ps], rtol=VOXEL_SIZE_REL):
+            return None
+        iop = np.asarray(iop, float)
+        d = np.asarray([float(v) for v in pos.ImagePositionPatient]) - np.asarray(ipp, float)
+        normal = np.cross(iop[:3], iop[3:])
+        if abs(float(d @ normal)) > max(POSITION_TOL_MM, 0.05 * float(np.linalg.norm(native[:3, 0]))):
+            return None   # not on its image's plane
+        r = float(d @ iop[3:]) / float(ps[0])
+        c = float(d @ iop[:3]) / float(ps[1])
+        r0, c0 = int(round(r)), int(round(c))
+        if abs(r - r0) > GRID_SHIFT_VOXELS or abs(c - c0) > GRID_SHIFT_VOXELS:
+            return None
+        if r0 < 0 or c0 < 0 or r0 + rows > shape[1] or c0 + cols > shape[2]:
+            raise NapariSSLError("the SEG's frames reach outside the images they reference")
+        seg_item = _item(frame, "SegmentIdentificationSequence") or shared_segment
+        number = int(seg_item.ReferencedSegmentNumber) if seg_item is not None else None
+        placements.append((k, z, r0, c0, number))
+    masks = np.zeros(shape + (len(numbers),), dtype=bool)
+    slot = {n: i for i, n in enumerate(numbers)}
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        frames = seg.get_stored_frames()
+    if frames.ndim == 2:
+        frames = frames[None]
+    top = float(seg.get("MaximumFractionalValue", 1) or 1)
+    for k, z, r0, c0, number in placements:
+        frame = frames[k]
+        window = (z, slice(r0, r0 + rows), slice(c0, c0 + cols))
+        if seg_type == "LABELMAP":
+            for n, i in slot.items():
+                masks[window + (i,)] |= frame == n
+        elif number is not None and number in slot:
+            on = frame >= 0.5 * top if seg_type == "FRACTIONAL" else frame > 0
+            masks[window + (slot[number],)] |= on
+        else:
+            return None
+    return masks, numbers
+
+
 def read_single_label_map(path: str | os.PathLike, canonical: bool = True) -> tuple[Volume, dict[int, str]]:
     """:func:`read_segmentation` for callers that need ONE label map: overlapping segments are an error."""
     groups = read_segmentation(path, canonical=canonical)
     if len(groups) > 1:
         raise NapariSSLError(f"{os.path.basename(os.fspath(path))} has overlapping segments, which one label map cannot hold")
     return groups[0]
+
+
+# Where to look for a SEG's source series when only the SEG file is opened: its folder, the
+# folders inside it, and the folders beside it (3D Slicer / dcmqi layouts: seg/ next to image/).
+MAX_FILES_SEARCHED = 5000
+
+
+def referenced_series_uid(path: str | os.PathLike) -> Optional[str]:
+    """SeriesInstanceUID of the series a SEG (or any DICOM object) references, from its header."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(os.fspath(path), stop_before_pixels=True, specific_tags=["ReferencedSeriesSequence"])
+        return str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    except Exception:
+        return None
+
+
+def _nearby_files(path: str) -> list[str]:
+    folder = os.path.dirname(os.path.abspath(path))
+    parent = os.path.dirname(folder)
+    dirs = [folder]
+    for base in (folder, parent):
+        try:
+            dirs += sorted(os.path.join(base, d) for d in os.listdir(base)
+                           if not d.startswith(".") and os.path.isdir(os.path.join(base, d)))
+        except OSError:
+            pass
+    files: list[str] = []
+    for d in dict.fromkeys(dirs):
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for n in names:
+            p = os.path.join(d, n)
+            if not n.startswith(".") and os.path.isfile(p) and p != os.path.abspath(path):
+                files.append(p)
+                if len(files) >= MAX_FILES_SEARCHED:
+                    return files
+    return files
+
+
+def find_source_series(seg_path: str | os.PathLike) -> Optional[Volume]:
+    """The series a SEG references, when its files lie in the SEG's folder, a folder inside it or
+    a folder beside it (headers only are read for the search); None when not found."""
+    from .dicom import load_dicom_series
+    from .dicom_discovery import looks_like_dicom
+
+    seg_path = os.fspath(seg_path)
+    uid = referenced_series_uid(seg_path)
+    if not uid:
+        return None
+    import pydicom
+
+    matches = []
+    for f in _nearby_files(seg_path):
+        try:
+            with open(f, "rb") as fp:
+                if looks_like_dicom(fp.read(132)) is not True:
+                    continue
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except Exception:
+            continue
+        if str(ds.get("SeriesInstanceUID", "")) == uid:
+            matches.append(f)
+    return load_dicom_series(matches, uid) if matches else None
+
+
+def check_references(path: str | os.PathLike, source: Volume) -> None:
+    """One-line error when the SEG at `path` references another DICOM series than `source`."""
+    ref = referenced_series_uid(path)
+    if ref and source.series_instance_uid and ref != source.series_instance_uid:
+        raise NapariSSLError(
+            f"{os.path.basename(os.fspath(path))} references another DICOM series than the source given "
+            "(a mask made on a different series cannot be placed on this one)"
+        )
+
+
+def read_on_source(path: str | os.PathLike, source: Volume) -> list[tuple[Volume, dict[int, str]]]:
+    """:func:`read_segmentation`, each label map placed on `source`'s full grid (``source.array``
+    order): a SEG cropped to the structure (fewer rows/columns or slices than the images, as
+    3D Slicer and dcmqi write them) opens with the source's shape, voxel-exact.
+
+    When every frame references a single-frame image of `source`, it is put on that image
+    (:func:`_masks_by_reference`; exact also when the series has a gap or a gantry tilt);
+    otherwise by geometry (:func:`place_on_grid`). A SEG that references another series than
+    `source` is an error (one line)."""
+    path = os.fspath(path)
+    check_references(path, source)
+    seg = _open_seg(path)
+    by_reference = _masks_by_reference(seg, source)
+    if by_reference is not None:
+        # each frame on the image it references: exact also on a series with a gap or a tilt
+        native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
+        masks, numbers = by_reference
+        groups = [(np.ascontiguousarray(reorient_array(vol.array, native, source.affine)), names, vol.warnings)
+                  for vol, names in _label_volumes(seg, path, masks, numbers, native, canonical=False)]
+    else:
+        masks, numbers, affine = _segment_masks(seg)
+        groups = [(place_on_grid(vol, source), names, vol.warnings)
+                  for vol, names in _label_volumes(seg, path, masks, numbers, affine, canonical=False)]
+    out = []
+    for arr, names, warnings in groups:
+        placed = source.with_array(arr, modality="SEG", units="")
+        placed.warnings = list(warnings)
+        out.append((placed, names))
+    return out
+
+
+def read_single_on_source(path: str | os.PathLike, source: Volume) -> tuple[np.ndarray, dict[int, str]]:
+    """:func:`read_on_source` for callers that need ONE label map (export, fine-tuning labels)."""
+    groups = read_on_source(path, source)
+    if len(groups) > 1:
+        raise NapariSSLError(f"{os.path.basename(os.fspath(path))} has overlapping segments, which one label map cannot hold")
+    vol, names = groups[0]
+    return vol.array, names
 
 
 def place_on_grid(labels: Volume, reference: Volume) -> np.ndarray:
@@ -158,11 +371,11 @@ def place_on_grid(labels: Volume, reference: Volume) -> np.ndarray:
         raise NapariSSLError("the SEG's grid is rotated relative to the reference series") from None
     arr = reorient_array(labels.array, labels.affine, reference.affine)
     moved = reoriented_affine(labels.affine, labels.array.shape, perm, flips)
-    if not np.allclose(moved[:3, :3], reference.affine[:3, :3], rtol=1e-2, atol=1e-3):
+    if not np.allclose(moved[:3, :3], reference.affine[:3, :3], rtol=VOXEL_SIZE_REL, atol=1e-3):
         raise NapariSSLError("the SEG's voxel size differs from the reference series")
     offset = np.linalg.solve(reference.affine[:3, :3], moved[:3, 3] - reference.affine[:3, 3])
     start = np.round(offset).astype(int)
-    if np.any(np.abs(offset - start) > 0.05):
+    if np.any(np.abs(offset - start) > GRID_SHIFT_VOXELS):
         raise NapariSSLError("the SEG's grid is shifted by a fraction of a voxel from the reference series")
     out = np.zeros(reference.array.shape, dtype=arr.dtype)
     stop = start + np.array(arr.shape)

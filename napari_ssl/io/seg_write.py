@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import NapariSSLError
 from .dicom_discovery import value
 from .export import labels_on_source_grid, normalize_names, require_dicom_source
+from .geometry_tolerance import ORIENTATION_TOL, POSITION_TOL_MM, POSITION_TOL_REL, consensus_orientation
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class SegExport:
     segmentation_type: str
     num_frames: int
     dataset: Any = field(default=None, repr=False)  # the highdicom Segmentation
+    warnings: list[str] = field(default_factory=list)
 
 
 def _clean_header(ds):
@@ -100,15 +102,11 @@ def _native_sources(source: Volume, n_slices: int) -> tuple[list, Optional[list]
         frames = list(source.source_frames) or list(range(1, n_slices + 1))
         if frames == list(range(1, int(dss[0].NumberOfFrames) + 1)) and len(frames) == n_slices:
             return dss, None
-    elif len(dss) == n_slices:
-        ipps = []
-        for ds in dss:
-            ipp = value(ds, "ImagePositionPatient")
-            ipps.append(None if ipp is None else np.asarray([float(v) for v in ipp]))
-        expected = [native[:3, :3] @ [i, 0, 0] + native[:3, 3] for i in range(n_slices)]
-        tol = 0.05 * float(np.linalg.norm(native[:3, 0]))
-        if all(p is not None and np.linalg.norm(p - e) <= max(tol, 1e-3) for p, e in zip(ipps, expected)):
-            return dss, None
+    elif len(dss) == n_slices and all(value(ds, "ImagePositionPatient") is not None for ds in dss):
+        # One single-frame source per slice, in array order: each mask slice was drawn on that
+        # image, so its frame goes where that image is -- also when the series has a gap or its
+        # positions drift (gantry tilt); see off_grid_note for the warning.
+        return dss, None
     # General case (Enhanced frames in another order, several frames per position...):
     # give highdicom the positions; it matches them to source frames itself.
     positions = [
@@ -119,6 +117,68 @@ def _native_sources(source: Volume, n_slices: int) -> tuple[list, Optional[list]
         for i in range(n_slices)
     ]
     return dss, positions
+
+
+def _header_copy(ds):
+    """A copy of a header whose elements can be replaced without touching `ds` (the elements
+    themselves are shared, not copied: highdicom only reads them). 300x cheaper than a deep copy."""
+    out = copy.copy(ds)
+    object.__setattr__(out, "_dict", dict(ds._dict))
+    return out
+
+
+def _shared_orientation(dss: list) -> list:
+    """The single-frame source headers with ONE ImageOrientationPatient, as highdicom requires.
+
+    Real series spell the same orientation with different last digits in different files
+    (-0.059771 / -0.0597709). Within ORIENTATION_TOL (see .geometry_tolerance) the value most
+    files carry -- the one the series' affine was built from -- is given to every header, in
+    copies: the caller's datasets (and the files) are never changed. Beyond it: one-line error.
+    """
+    if len(dss) < 2 or any(int(value(ds, "NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds for ds in dss):
+        return dss
+    iops = [value(ds, "ImageOrientationPatient") for ds in dss]
+    rep, dev = consensus_orientation(iops)
+    if dev == 0.0:
+        return dss
+    if dev > ORIENTATION_TOL:
+        raise NapariSSLError(
+            f"the source series mixes slice orientations (direction cosines differ by up to {dev:.2g}, more than the "
+            f"{ORIENTATION_TOL:g} of rounding noise); a DICOM-SEG needs one orientation: give one stack of the series"
+        )
+    target = [float(v) for v in iops[rep]]
+    spelled = dss[rep].ImageOrientationPatient
+    out = []
+    for ds, iop in zip(dss, iops):
+        if iop is not None and [float(v) for v in iop] == target:
+            out.append(ds)
+        else:
+            c = _header_copy(ds)
+            c.ImageOrientationPatient = copy.deepcopy(spelled)
+            out.append(c)
+    return out
+
+
+def off_grid_note(source: Volume) -> Optional[str]:
+    """A warning when the single-frame sources do not sit on the regular grid of the volume's
+    affine (missing slice, uneven steps, gantry tilt): the SEG's frames then follow the images'
+    own positions, which a reader rebuilding a regular volume will show with the same gap/shear."""
+    dss = source.source_datasets
+    if len(dss) != source.array.shape[0] or len(dss) < 2:
+        return None
+    native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
+    step = float(np.linalg.norm(native[:3, 0]))
+    tol = max(POSITION_TOL_REL * step, POSITION_TOL_MM)
+    worst = 0.0
+    for i, ds in enumerate(dss):
+        ipp = value(ds, "ImagePositionPatient")
+        if ipp is None:
+            return None
+        worst = max(worst, float(np.linalg.norm(np.asarray(ipp, float) - (native[:3, 0] * i + native[:3, 3]))))
+    if worst <= tol:
+        return None
+    return (f"the source images are up to {worst:.3g} mm off a regular grid (missing slice, uneven spacing or gantry tilt): "
+            f"each SEG frame is placed on its own source image")
 
 
 def _plane_geometry(native: np.ndarray):
@@ -229,6 +289,7 @@ def build_segmentation(
     if not source.source_datasets[0].get("FrameOfReferenceUID"):
         raise NapariSSLError("the source series has no Frame of Reference UID, so a DICOM-SEG cannot reference it; export NIfTI instead")
     dss, positions = _native_sources(source, arr.shape[0])
+    dss = _shared_orientation(dss)
     all_dss = dss
     keep = None
     if positions is None and len(dss) == arr.shape[0] > 1:
@@ -541,4 +602,5 @@ def write_segmentation(
         segmentation_type=str(seg.SegmentationType),
         num_frames=int(seg.NumberOfFrames),
         dataset=seg,
+        warnings=[w for w in [off_grid_note(source)] if w],
     )

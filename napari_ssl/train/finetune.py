@@ -115,16 +115,12 @@ def load_labels_and_names(item: Any, image: Volume, name: str = "labels", rois: 
 
 
 def _labels_from_seg(path: str, image: Volume, name: str) -> tuple[np.ndarray, dict[int, str]]:
-    from ..io.seg_read import place_on_grid, read_single_label_map
+    from ..io.seg_read import read_single_on_source
 
-    try:
-        seg_vol, names = read_single_label_map(path, canonical=True)
+    try:   # on the image's full grid (cropped SEGs too); another series, overlaps, another grid: one line
+        arr, names = read_single_on_source(path, image)
     except NapariSSLError as exc:
         raise NapariSSLError(f"{name}: {exc}") from None
-    try:
-        arr = place_on_grid(seg_vol, Volume(array=np.zeros(image.shape, np.uint8), affine=image.affine))
-    except NapariSSLError as exc:
-        raise NapariSSLError(f"{name}: the DICOM-SEG does not lie on the image's grid ({exc}); give the SEG made on this series") from None
     return as_label_array(arr), {int(k): str(v) for k, v in names.items()}
 
 
