@@ -233,10 +233,16 @@ def fill_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.
     start = np.clip(np.ceil(a_x), 0, cols_n).astype(int)    # pixel centres j with a <= j < b
     stop = np.clip(np.ceil(b_x), 0, cols_n).astype(int)
     keep = stop > start
-    diff = np.zeros((rows_n, cols_n + 1), dtype=np.int32)
-    np.add.at(diff, (a_r[keep], start[keep]), 1)
-    np.add.at(diff, (a_r[keep], stop[keep]), -1)
-    return np.cumsum(diff[:, :cols_n], axis=1) > 0
+    if not keep.any():
+        return out
+    a_r, start, stop = a_r[keep], start[keep], stop[keep]
+    # run starts +1, run ends -1, summed along each row; only over the runs' bounding box
+    r0, c0 = int(a_r.min()), int(start.min())
+    diff = np.zeros((int(a_r.max()) + 1 - r0, int(stop.max()) + 1 - c0), dtype=np.int32)
+    np.add.at(diff, (a_r - r0, start - c0), 1)
+    np.add.at(diff, (a_r - r0, stop - c0), -1)
+    out[r0:r0 + diff.shape[0], c0:c0 + diff.shape[1] - 1] = np.cumsum(diff[:, :-1], axis=1) > 0
+    return out
 
 
 def _roi_planes(roi: ROI, affine: np.ndarray, shape: tuple[int, int, int], warnings: list[str]) -> dict[tuple[int, int], np.ndarray]:
