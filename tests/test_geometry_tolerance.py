@@ -333,3 +333,17 @@ def test_enhanced_source_with_per_frame_orientation_noise(tmp_path, dcmqi_dir):
     with pytest.raises(NapariSSLError, match="mix slice orientations") as ei:
         write_segmentation(lab, mixed, tmp_path / "bad.dcm", labels_affine=src.affine, names=["a", "b"])
     assert "\n" not in str(ei.value) and not (tmp_path / "bad.dcm").exists()
+
+
+def test_labelmap_seg_on_rounding_noise_series(rounding, tmp_path, dcmqi_dir):
+    image = load_volume(rounding)
+    lab = _mask(image.shape)
+    out = tmp_path / "lm.dcm"
+    summary = export_labels(lab, image, out, labels_affine=image.affine, names="liver,lesion", labelmap=True)
+    assert summary["segmentation_type"] == "LABELMAP"
+    known = set(dciodvfy_errors(dcmqi_dir / "sparse-labelmap-noppv.dcm"))   # dciodvfy predates the Label Map IOD
+    assert set(dciodvfy_errors(out)) <= known
+    (placed, names), = read_on_source(out, image)
+    np.testing.assert_array_equal(placed.array, lab)
+    (own, _), = read_segmentation(out)
+    np.testing.assert_array_equal(place_on_grid(own, image), lab)
