@@ -30,7 +30,8 @@ PathLike = Union[str, os.PathLike]
 ImageLike = Union[PathLike, Volume]
 LabelsLike = Union[PathLike, Volume, np.ndarray]
 
-__all__ = ["load_volume", "pretrain", "finetune", "predict", "save_prediction", "suggest", "suggest_pool", "annotated_slices", "Prediction"]
+__all__ = ["load_volume", "load_rtstruct", "deidentify", "pretrain", "finetune", "predict", "save_prediction", "suggest", "suggest_pool",
+           "annotated_slices", "fill_between", "Prediction"]
 
 
 def load_volume(path: PathLike) -> Volume:
@@ -38,6 +39,29 @@ def load_volume(path: PathLike) -> Volume:
     from .train.finetune import load_image
 
     return load_image(os.fspath(path))
+
+
+def load_rtstruct(path: PathLike, source: Optional[ImageLike] = None, rois: Optional[Sequence[str] | str] = None
+                  ) -> tuple[Volume, dict[int, str], dict[int, tuple]]:
+    """An RTSTRUCT as (labels Volume on its series' canonical grid, {value: ROI name}, {value: ROI RGB colour}).
+
+    `source`: the referenced series (Volume or folder); default: found in the RTSTRUCT's folder tree.
+    `rois`: ROI names to take, in order (later ones win where they overlap); without it overlapping ROIs
+    are an error. The Volume is usable as labels anywhere (finetune, export) and carries the series' identity.
+    An RTSTRUCT path is also accepted directly wherever labels are (no overlap, or FinetuneConfig ``rois``)."""
+    from .io.rtstruct import read_rtstruct_labels
+
+    return read_rtstruct_labels(os.fspath(path), source=source if isinstance(source, Volume) or source is None else os.fspath(source), rois=rois)
+
+
+def deidentify(sources: Sequence[PathLike] | PathLike, out: PathLike, *, key: Optional[str] = None, key_file: Optional[PathLike] = None,
+               allow_burned_in: bool = False) -> dict:
+    """De-identified copy of DICOM series (+ their SEG / RTSTRUCT) in a new folder `out`; see napari_ssl.io.deid.
+    The key (pseudonym seed) comes from `key`, `key_file` or $NAPARI_SSL_DEID_KEY and is never written out."""
+    from .io.deid import deidentify as _deidentify
+
+    paths = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(p) for p in sources]
+    return _deidentify(paths, os.fspath(out), key=key, key_file=_opt_path(key_file), allow_burned_in=allow_burned_in)
 
 
 def pretrain(method: str, data: Sequence[PathLike] | PathLike, out: PathLike, *, events: Optional[Callable[[dict], None]] = None,
@@ -112,6 +136,22 @@ def annotated_slices(labels: LabelsLike, image: Optional[ImageLike] = None, empt
         vol = image if isinstance(image, Volume) else (load_volume(image) if image is not None else None)
         arr = load_labels(labels, vol) if vol is not None else sparse_labels.as_label_array(load_volume(labels).array)
     return sparse_labels.annotated_slices(arr, empty_slices)
+
+
+def fill_between(labels: LabelsLike, image: Optional[ImageLike] = None, empty_slices: Sequence[int] = ()) -> np.ndarray:
+    """Slicer's "Fill between slices" (ITK morphological contour interpolation) on the annotated slices:
+    an instant completion, no training. Returns a label map on the image's grid (the labels' own grid when
+    no image is given); annotated slices come back as drawn, annotated-empty ones empty."""
+    from .active.fill_between import fill_between_slices
+    from .data import sparse_labels
+    from .train.finetune import load_labels
+
+    if isinstance(labels, np.ndarray):
+        arr = sparse_labels.as_label_array(labels)
+    else:
+        vol = image if isinstance(image, Volume) else (load_volume(image) if image is not None else None)
+        arr = load_labels(labels, vol) if vol is not None else sparse_labels.as_label_array(load_volume(labels).array)
+    return fill_between_slices(arr, sparse_labels.annotated_slices(arr, empty_slices))
 
 
 def _annotated_for(model_classes: int, vol: Volume, labels: Optional[LabelsLike], empty_slices: Sequence[int]) -> np.ndarray:

@@ -28,28 +28,3 @@ def hippo_dir(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def dcmqi_dir(data_dir) -> Path:
     return data_dir / "dcmqi_segmentations"
-
-
-def pytest_sessionfinish(session, exitstatus):
-    session.config._napari_ssl_exitstatus = int(exitstatus)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    """Leave without CPython's final garbage collection once pytest has reported everything.
-
-    A run that had passed and printed its summary once died afterwards in that collection
-    ("Fatal Python error: none_dealloc", exit 134), in C-extension objects (Qt / OpenGL) still
-    alive at interpreter shutdown, which made the command fail although no test had. The exit
-    status stays pytest's own (failures, "no tests ran" = 5, ...)."""
-    status = getattr(config, "_napari_ssl_exitstatus", None)
-    if status is None:
-        return
-    import sys
-
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(status)

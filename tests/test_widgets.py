@@ -458,3 +458,37 @@ def test_export_dicom_seg_with_edited_names_and_nifti(make_napari_viewer, ssl_ho
     for idx in list(nz[rng.choice(len(nz), 200)]) + list(rng.integers(0, mr_labels.data.shape, (100, 3))):
         itk_idx = got.TransformPhysicalPointToIndex(world_to_lps(mr_labels, idx))
         assert got.GetPixel(itk_idx) == mr_labels.data[tuple(idx)]
+
+
+def test_export_widget_writes_a_deidentified_copy_with_the_seg(make_napari_viewer, ssl_home, tmp_path, monkeypatch):
+    import pydicom
+
+    from napari_ssl._napari.widgets.export_widget import ExportWidget
+
+    monkeypatch.setenv("NAPARI_SSL_DEID_KEY", "widget-test-key")   # the child process inherits it
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "ct_liver_seg")
+    ct = viewer.layers[0]
+    seg_layer = next(lay for lay in viewer.layers if type(lay).__name__ == "Labels")
+    widget = dock(viewer, "Export")
+    assert isinstance(widget, ExportWidget)
+    widget.labels_combo.select(seg_layer.name)
+    widget.format.setCurrentText("DICOM-SEG")
+    widget.deid.setChecked(True)
+    out = tmp_path / "liver.dcm"
+    widget.path.setText(str(out))
+    widget.export()
+    wait_until(lambda: widget.last_result is not None, 120, "the export with a de-identified copy")
+    assert widget.last_result["type"] == "done", widget.last_result
+    deid = tmp_path / "liver_deid"
+    files = sorted(deid.rglob("*.dcm"))
+    sources = ct.metadata["volume"].source_paths
+    assert len(files) == len(sources) + 1
+    dss = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    seg = next(d for d in dss if d.Modality == "SEG")
+    imgs = [d for d in dss if d.Modality != "SEG"]
+    assert all(d.PatientIdentityRemoved == "YES" for d in dss)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == imgs[0].SeriesInstanceUID != ct.metadata["napari_ssl"]["series_instance_uid"]
+    assert "de-identified copy" in widget.status.text()
+    widget.format.setCurrentText("NIfTI")
+    assert not widget.deid.isEnabled() and not widget.deid.isChecked()

@@ -1,4 +1,4 @@
-"""npe2 reader: DICOM files/folders/DICOMDIR, DICOM-SEG, NIfTI/NRRD/MHA -> napari layers.
+"""npe2 reader: DICOM files/folders/DICOMDIR, DICOM-SEG, RTSTRUCT, NIfTI/NRRD/MHA -> napari layers.
 
 ``napari_get_reader`` only says whether a path looks like something this plugin reads (cheap:
 suffix, DICM magic, a bounded look into folders) and returns None otherwise, so napari can try
@@ -106,15 +106,18 @@ def _sop_class(path: str) -> str:
         return ""
 
 
-def _seg_files_under(path: str) -> list[str]:
+RTSTRUCT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.481.3"}
+
+
+def _seg_files_under(path: str, classes: set = SEG_SOP_CLASSES) -> list[str]:
     if os.path.isfile(path):
-        return [path] if _sop_class(path) in SEG_SOP_CLASSES else []
+        return [path] if _sop_class(path) in classes else []
     found = []
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
             p = os.path.join(root, f)
-            if not f.startswith(".") and not is_itk_image_path(f) and _sop_class(p) in SEG_SOP_CLASSES:
+            if not f.startswith(".") and not is_itk_image_path(f) and _sop_class(p) in classes:
                 found.append(p)
     return found
 
@@ -234,13 +237,14 @@ def layers_from_paths(paths: Sequence[str]) -> list[LayerData]:
 
     paths = [os.path.dirname(os.path.abspath(p)) if _is_dicomdir(p) else p for p in paths]
     seg_paths = [s for p in paths for s in _seg_files_under(p)]
-    image_paths = [p for p in paths if p not in seg_paths]
+    rt_paths = [s for p in paths for s in _seg_files_under(p, RTSTRUCT_SOP_CLASSES)]
+    image_paths = [p for p in paths if p not in seg_paths and p not in rt_paths]
     volumes = []
     if image_paths:
         try:
             volumes = load_volumes(image_paths)
         except NapariSSLError:
-            if not seg_paths:  # a folder holding only SEGs is fine; anything else is not
+            if not seg_paths and not rt_paths:  # a folder holding only SEGs / RTSTRUCTs is fine; anything else is not
                 raise
     layers: list[LayerData] = [image_layer_data(v) for v in volumes]
     _show_volume_warnings(volumes)
@@ -251,6 +255,18 @@ def layers_from_paths(paths: Sequence[str]) -> list[LayerData]:
             if len(seg_paths) == 1 and not layers:
                 raise
             _notify("warning", str(exc))  # the images still open
+    for r in rt_paths:
+        from .rtstruct_layers import read_rtstruct_layers
+
+        try:
+            new = read_rtstruct_layers(r, volumes)
+        except NapariSSLError as exc:
+            if len(rt_paths) == 1 and not layers:
+                raise
+            _notify("warning", str(exc))
+            continue
+        layers.extend(new)
+        _show_volume_warnings([kw["metadata"]["volume"] for _d, kw, kind in new if kind == "labels"][:1])
     if not layers:
         raise NapariSSLError(f"no image found under {', '.join(paths)}")
     return layers

@@ -7,7 +7,7 @@ HELP = "export a label map (NIfTI/NRRD) as DICOM-SEG on its source DICOM series,
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--labels", required=True, help="label map (NIfTI/NRRD/MHA) drawn on the source series, any axis order")
+    parser.add_argument("--labels", required=True, help="label map (NIfTI/NRRD/MHA) drawn on the source series, any axis order, or an RTSTRUCT on it")
     parser.add_argument("--source", required=True, help="the source DICOM series (folder or Enhanced multi-frame file)")
     parser.add_argument("--out", required=True, help="output SEG file (.dcm), written atomically")
     parser.add_argument("--names", help='segment names for label values 1, 2, ... in order, e.g. "liver,tumor"')
@@ -16,6 +16,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--manual", action="store_true", help="the mask was drawn by hand (segment algorithm type MANUAL)")
     parser.add_argument("--description", default="napari-ssl segmentation", help="series/content description of the SEG")
     parser.add_argument("--stow", metavar="URL", help="also store the SEG on this DICOMweb server (STOW-RS); credentials from the PACS config or environment")
+    parser.add_argument("--rois", help='RTSTRUCT labels: the ROIs to take, in order (label values 1, 2, ...; later ones win where they overlap), e.g. "liver,urinary_bladder"')
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -36,6 +37,7 @@ def run(args) -> int:
         stow_url=args.stow,
         algorithm_type="MANUAL" if args.manual else None,
         series_description=args.description,
+        rois=args.rois,
     )
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -6,7 +6,7 @@ HELP = "fine-tune a U-Net on sparsely annotated slices (from a pretrained encode
 
 def add_arguments(p) -> None:
     p.add_argument("--image", action="append", required=True, metavar="PATH", help="image volume (NIfTI/NRRD file or DICOM series folder); repeat for several")
-    p.add_argument("--labels", action="append", required=True, metavar="PATH", help="label map on that image's grid (0 = background / not annotated), NIfTI/NRRD/MHA or a DICOM-SEG of that series (its segment labels name the classes unless --classes is given); one per --image")
+    p.add_argument("--labels", action="append", required=True, metavar="PATH", help="label map on that image's grid (0 = background / not annotated), NIfTI/NRRD/MHA, a DICOM-SEG or an RTSTRUCT of that series (its segment labels / ROI names name the classes unless --classes is given); one per --image")
     p.add_argument("--out", required=True, metavar="DIR", help="output model folder (model.safetensors + model.json)")
     p.add_argument("--encoder-weights", metavar="PRETRAIN_DIR", help="pretraining output folder (or encoder .safetensors) to start the encoder from")
     p.add_argument("--init-model", metavar="DIR", help="warm-start from a previous fine-tuned model (active-learning rounds)")
@@ -16,6 +16,7 @@ def add_arguments(p) -> None:
     g.add_argument("--epochs", type=int, help="passes over the annotated slices")
     g.add_argument("--steps", type=int, help="optimiser steps (default 500)")
     p.add_argument("--classes", metavar="NAMES", help='names of labels 1..N, e.g. "anterior,posterior"')
+    p.add_argument("--rois", metavar="NAMES", help='RTSTRUCT --labels: the ROIs to take, in order (label values 1, 2, ...; later ones win where they overlap), e.g. "liver,urinary_bladder"')
     p.add_argument("--empty-slices", action="append", metavar="LIST", help="slices annotated as empty (e.g. 3,17 or 3-5); once per --labels")
     p.add_argument("--loss", choices=("dice-ce", "jaccard"), default="dice-ce")
     p.add_argument("--batch-size", type=int, default=8)
@@ -48,7 +49,8 @@ def run(args) -> int:
                             encoder=args.encoder, in_channels=args.in_channels, classes=parse_class_names(args.classes), empty_slices=empties,
                             epochs=args.epochs, steps=args.steps, loss=args.loss, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
                             encoder_lr_scale=args.encoder_lr_scale, freeze_encoder_steps=args.freeze_encoder_steps, transfer_decoder=args.transfer_decoder,
-                            augment=not args.no_augment, devices=args.devices, precision=args.precision, seed=args.seed)
+                            augment=not args.no_augment, devices=args.devices, precision=args.precision, seed=args.seed,
+                            rois=[r.strip() for r in args.rois.split(",") if r.strip()] if args.rois else None)
     state = {"last": -1}
 
     def events(e: dict) -> None:

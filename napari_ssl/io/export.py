@@ -2,7 +2,8 @@
 
 :func:`export_labels` is the one entry used by the CLI and the Export widget. Labels may
 be a path (NIfTI/NRRD/MHA), a :class:`Volume`, or an array with its affine (what a napari
-Labels layer gives, in any axis order of the source grid); the source is a path or a Volume.
+Labels layer gives, in any axis order of the source grid), a DICOM-SEG or an RTSTRUCT (placed on the
+source's grid; ROI names become segment names); the source is a path or a Volume.
 Nothing is ever resampled: a mask on another grid is an error, not a silent interpolation.
 """
 from __future__ import annotations
@@ -120,10 +121,11 @@ def load_source(source: Volume | str | os.PathLike) -> Volume:
 
 
 def load_labels(
-    labels: Volume | np.ndarray | str | os.PathLike, labels_affine: Optional[np.ndarray] = None, source: Optional[Volume] = None
+    labels: Volume | np.ndarray | str | os.PathLike, labels_affine: Optional[np.ndarray] = None, source: Optional[Volume] = None,
+    rois: Optional[Sequence[str] | str] = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """(array, affine) from a path (NIfTI/NRRD/MHA, or a DICOM-SEG placed on `source`), a Volume,
-    or an array (+ its affine; None means the order of ``source.array``)."""
+    """(array, affine) from a path (NIfTI/NRRD/MHA, or a DICOM-SEG / RTSTRUCT placed on `source`), a Volume,
+    or an array (+ its affine; None means the order of ``source.array``). `rois`: RTSTRUCT ROIs to take, in order."""
     if isinstance(labels, Volume):
         return labels.array, labels.affine
     if isinstance(labels, (str, os.PathLike)):
@@ -133,17 +135,38 @@ def load_labels(
 
         if not os.path.isfile(path):
             raise NapariSSLError(f"no such labels file: {path}")
+        from .rtstruct import is_rtstruct_file
+
+        if source is not None and is_rtstruct_file(path):
+            from .rtstruct import read_rtstruct_labels
+
+            vol, _names, _colors = read_rtstruct_labels(path, source=source, rois=rois, canonical=False)
+            return vol.array, source.affine
+        if rois:
+            raise NapariSSLError("--rois picks ROIs of an RTSTRUCT; the labels given are not an RTSTRUCT")
         if source is not None and is_segmentation_file(path):
             arr, _ = read_single_on_source(path, source)   # on the source's full grid (cropped SEGs too)
             return arr, source.affine
         if not is_itk_image_path(path):
-            raise NapariSSLError(f"labels file {os.path.basename(path)}: give a NIfTI/NRRD/MHA label map or a DICOM-SEG")
+            raise NapariSSLError(f"labels file {os.path.basename(path)}: give a NIfTI/NRRD/MHA label map, a DICOM-SEG or an RTSTRUCT")
         vol = read_itk_volume(path)
         return vol.array, vol.affine
     return np.asarray(labels), labels_affine
 
 
-def export_nifti(labels, source: Volume | str | os.PathLike, out_path: str | os.PathLike, labels_affine: Optional[np.ndarray] = None) -> str:
+def rtstruct_names(labels: Any, rois: Optional[Sequence[str] | str] = None) -> Optional[dict[int, str]]:
+    """{label value: ROI name} when `labels` is an RTSTRUCT path (the SEG's segment names), else None."""
+    if not isinstance(labels, (str, os.PathLike)):
+        return None
+    from .rtstruct import _pick, is_rtstruct_file, read_structure_set
+
+    if not os.path.isfile(os.fspath(labels)) or not is_rtstruct_file(labels):
+        return None
+    return {v: r.name for v, r in enumerate(_pick(read_structure_set(labels), rois), start=1)}
+
+
+def export_nifti(labels, source: Volume | str | os.PathLike, out_path: str | os.PathLike, labels_affine: Optional[np.ndarray] = None,
+                 rois: Optional[Sequence[str] | str] = None) -> str:
     """Write `labels` as NIfTI/NRRD in the source's native geometry (atomically)."""
     from .nifti import is_itk_image_path, write_itk_volume
 
@@ -154,7 +177,7 @@ def export_nifti(labels, source: Volume | str | os.PathLike, out_path: str | os.
     if not os.path.isdir(folder):
         raise NapariSSLError(f"output folder does not exist: {folder}")
     src = load_source(source)
-    arr, aff = load_labels(labels, labels_affine, src)
+    arr, aff = load_labels(labels, labels_affine, src, rois=rois)
     native = labels_on_source_grid(arr, src, aff)
     write_itk_volume(np.ascontiguousarray(native), native_affine(src), out_path)
     return out_path
@@ -169,6 +192,7 @@ def export_labels(
     labelmap: bool = False,
     model: Optional[str] = None,
     stow_url: Optional[str] = None,
+    rois: Optional[Sequence[str] | str] = None,
     **seg_kwargs: Any,
 ) -> dict[str, Any]:
     """Export a label map next to its source: DICOM-SEG for ``.dcm`` outputs, NIfTI/NRRD otherwise.
@@ -184,7 +208,9 @@ def export_labels(
         from .seg_write import write_segmentation
 
         src = load_source(source)
-        arr, aff = load_labels(labels, labels_affine, src)
+        arr, aff = load_labels(labels, labels_affine, src, rois=rois)
+        if names is None:
+            names = rtstruct_names(labels, rois)
         res = write_segmentation(arr, src, out_path, labels_affine=aff, names=names, labelmap=labelmap, model=model, **seg_kwargs)
         summary: dict[str, Any] = {
             "format": "DICOM-SEG",
@@ -205,5 +231,5 @@ def export_labels(
             store_instances(stow_url, [res.dataset])
             summary["stored_to"] = stow_url
         return summary
-    path = export_nifti(labels, source, out_path, labels_affine=labels_affine)
+    path = export_nifti(labels, source, out_path, labels_affine=labels_affine, rois=rois)
     return {"format": "NIfTI", "path": path}

@@ -43,6 +43,7 @@ class FinetuneConfig:
     in_channels: Optional[int] = None  # 1, or 3 for 2.5D; default: the pretrained/init model's, else 1
     classes: Optional[list] = None  # names of labels 1..N
     empty_slices: Optional[list] = None  # per image/label pair: slice indices annotated as empty
+    rois: Optional[list] = None  # RTSTRUCT labels: ROI names to take, in order (later ones win where they overlap)
     epochs: Optional[int] = None
     steps: Optional[int] = None
     loss: str = "dice-ce"
@@ -85,10 +86,11 @@ def load_labels(item: Any, image: Volume, name: str = "labels") -> np.ndarray:
     return load_labels_and_names(item, image, name)[0]
 
 
-def load_labels_and_names(item: Any, image: Volume, name: str = "labels") -> tuple[np.ndarray, dict[int, str]]:
+def load_labels_and_names(item: Any, image: Volume, name: str = "labels", rois: Optional[list] = None) -> tuple[np.ndarray, dict[int, str]]:
     """(label map on `image`'s grid, {label value: name}). Accepts an array, a NIfTI/NRRD/MHA label map
-    (no names) or a DICOM-SEG (segment labels as names; placed on the image's grid, which it must share:
-    same voxel size and orientation, whole-voxel offset, e.g. a SEG that stores only the labelled slices)."""
+    (no names), a DICOM-SEG (segment labels as names; placed on the image's grid, which it must share:
+    same voxel size and orientation, whole-voxel offset, e.g. a SEG that stores only the labelled slices)
+    or an RTSTRUCT of the image's series (ROI names as names; `rois` picks ROIs and their order)."""
     if isinstance(item, np.ndarray):
         if item.shape != image.shape:
             raise NapariSSLError(f"{name} shape {list(item.shape)} does not match the image shape {list(image.shape)}; give the label map drawn on this image")
@@ -99,6 +101,14 @@ def load_labels_and_names(item: Any, image: Volume, name: str = "labels") -> tup
 
         if is_segmentation_file(path):
             return _labels_from_seg(path, image, name)
+        from ..io.rtstruct import is_rtstruct_file, read_rtstruct_labels
+
+        if is_rtstruct_file(path):
+            try:
+                vol, names, _colors = read_rtstruct_labels(path, source=image, rois=rois, canonical=False)
+            except NapariSSLError as exc:
+                raise NapariSSLError(f"{name}: {exc}") from None
+            return as_label_array(vol.array), names
     lab = load_image(item)
     check_same_grid(image.shape, image.affine, lab.shape, lab.affine, name=name)
     return as_label_array(lab.array), {}
@@ -248,7 +258,7 @@ def prepare_data(config: FinetuneConfig, norm_meta: Optional[dict]) -> PreparedD
     for i, (img_item, lab_item, empty) in enumerate(zip(config.images, config.labels, empties)):
         img = load_image(img_item)
         name = "labels" if len(config.images) == 1 else f"labels #{i + 1}"
-        lab, names_here = load_labels_and_names(lab_item, img, name=name)
+        lab, names_here = load_labels_and_names(lab_item, img, name=name, rois=config.rois)
         for value, label in names_here.items():
             if seg_names.setdefault(value, label) != label:
                 raise NapariSSLError(f"label value {value} is {seg_names[value]!r} in one DICOM-SEG and {label!r} in another; give --classes")

@@ -135,6 +135,13 @@ def export_job(config: dict, events: EventSink, stop_event) -> str:
     from ..io.export import export_labels
 
     events({"type": "status", "message": f"writing {os.path.basename(os.fspath(config['out_path']))}"})
+    config = dict(config)
+    deid = config.pop("deidentify", None)  # {"sources", "out", "key_file"}: a de-identified copy with the SEG
     summary = export_labels(**config)
+    if deid:
+        from ..io.deid import deidentify
+
+        events({"type": "status", "message": "writing the de-identified copy"})
+        summary["deidentified"] = deidentify(list(deid["sources"]) + [summary["path"]], deid["out"], key_file=deid.get("key_file"))
     events({"type": "exported", "summary": summary})
     return summary.get("path") or os.fspath(config["out_path"])

@@ -1,5 +1,6 @@
 """Export dock widget: a Labels layer as DICOM-SEG (referencing its DICOM source series) or NIfTI (in the
-source's geometry), to a file or, when a PACS is configured, to the PACS.
+source's geometry), to a file or, when a PACS is configured, to the PACS; optionally also a de-identified
+copy of the source series with the SEG (napari_ssl.io.deid).
 
 The writing is napari_ssl.io.export.export_labels, run in a child process so a large series never
 freezes the viewer. Segment names are editable; the SNOMED CT category and type follow the name
@@ -89,6 +90,13 @@ class ExportWidget(DockWidgetBase):
         self.to_pacs = QCheckBox("Also send to PACS")
         self.pacs = QLineEdit(pacs_url() or "")
         self.pacs.setPlaceholderText("DICOMweb URL (configure $NAPARI_SSL_PACS_URL)")
+        self.deid = QCheckBox("Also write a de-identified copy (images + SEG)")
+        self.deid.setToolTip("DICOM PS3.15 Basic Profile, keyed pseudonyms (napari-ssl deidentify): the source series and the SEG, "
+                             "into the folder below. Key: the key file, else $NAPARI_SSL_DEID_KEY / $NAPARI_SSL_DEID_KEY_FILE")
+        self.deid_out = QLineEdit()
+        self.deid_out.setPlaceholderText("new folder (default: <output>_deid)")
+        self.deid_key = QLineEdit(os.environ.get("NAPARI_SSL_DEID_KEY_FILE", ""))
+        self.deid_key.setPlaceholderText("key file (or $NAPARI_SSL_DEID_KEY)")
         self.export_button = QPushButton("Export")
         self.export_button.clicked.connect(self.export)
         self.status = QLabel("Ready.")
@@ -102,6 +110,9 @@ class ExportWidget(DockWidgetBase):
         form.addRow("Output file", prow)
         form.addRow(self.to_pacs)
         form.addRow("PACS", self.pacs)
+        form.addRow(self.deid)
+        form.addRow("De-identified to", self.deid_out)
+        form.addRow("Key file", self.deid_key)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         seg_help = QLabel("Segments (names editable; the code follows the name or the chosen structure):")
@@ -208,6 +219,9 @@ class ExportWidget(DockWidgetBase):
         vol = self.source_volume()
         dicom = vol is not None and vol.is_dicom
         self.labelmap.setEnabled(seg)
+        self.deid.setEnabled(seg)
+        if not seg:
+            self.deid.setChecked(False)
         self.to_pacs.setEnabled(seg and bool(self.pacs.text().strip()))
         if not seg:
             self.to_pacs.setChecked(False)
@@ -253,6 +267,13 @@ class ExportWidget(DockWidgetBase):
                 cfg["model"] = os.path.basename(str(info["model"]))
             if self.to_pacs.isChecked() and self.pacs.text().strip():
                 cfg["stow_url"] = self.pacs.text().strip()
+            if self.deid.isChecked():
+                sources = [p for p in vol.source_paths if p and os.path.isfile(p)]
+                if not sources:
+                    raise ValueError("a de-identified copy needs the source series' files on disk")
+                stem = out[: -len(".dcm")] if out.lower().endswith(".dcm") else out
+                cfg["deidentify"] = {"sources": sources, "out": self.deid_out.text().strip() or stem + "_deid",
+                                     "key_file": self.deid_key.text().strip() or None}
         return cfg
 
     def export(self) -> None:
@@ -282,6 +303,8 @@ class ExportWidget(DockWidgetBase):
         if ev.get("type") == "done":
             summary = getattr(self, "last_summary", None) or {}
             extra = f", sent to {summary['stored_to']}" if summary.get("stored_to") else ""
+            if summary.get("deidentified"):
+                extra += f", de-identified copy in {summary['deidentified']['out']}"
             self.status.setText(f"Exported {summary.get('format', '')} to {ev.get('out')}{extra}")
             try:
                 from napari.utils.notifications import show_info
