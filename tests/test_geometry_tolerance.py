@@ -293,3 +293,57 @@ def test_the_export_widgets_job_on_rounding_noise_series(rounding, tmp_path):
     assert dciodvfy_errors(out) == []
     (placed, names), = read_on_source(out, image)
     np.testing.assert_array_equal(placed.array, lab)
+
+
+def test_enhanced_source_with_per_frame_orientation_noise(tmp_path, dcmqi_dir):
+    """The real Enhanced CT (dcmqi 23x38x3/multiframe) rewritten as some scanners write it: the orientation per
+    frame instead of shared, each frame spelling it its own way. Reads as one volume, exports a valid SEG
+    (the file untouched), reads back voxel-exact; one frame really rotated: one line, nothing written."""
+    from napari_ssl.io.seg_write import write_segmentation
+
+    ds = pydicom.dcmread(dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm")
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    del shared.PlaneOrientationSequence
+    spellings = [["1", "0", "0", "0", "1", "0"], ["1.000000", "0.000000", "0", "0", "1.0", "0"], ["0.9999999", "1e-07", "0", "0", "1", "-3e-07"]]
+    for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        ori = pydicom.Dataset()
+        ori.ImageOrientationPatient = spellings[k % 3]
+        item.PlaneOrientationSequence = [ori]
+    path = tmp_path / "mf.dcm"
+    ds.save_as(path)
+    before = path.read_bytes()
+    src = load_volume(path)
+    assert src.warnings == [] and src.shape == (3, 38, 23)
+    lab = np.zeros(src.shape, np.uint8)
+    lab[:, 5:30, 3:20] = 1
+    lab[1, 10:12, 10:12] = 2
+    out = tmp_path / "seg.dcm"
+    write_segmentation(lab, src, out, labels_affine=src.affine, names=["a", "b"])
+    assert dciodvfy_errors(out) == [] and path.read_bytes() == before
+    (back, _), = read_segmentation(out)
+    np.testing.assert_array_equal(place_on_grid(back, src), lab)
+
+    item = ds.PerFrameFunctionalGroupsSequence[2].PlaneOrientationSequence[0]
+    item.ImageOrientationPatient = ["0.996195", "0.087156", "0", "-0.087156", "0.996195", "0"]   # 5 degrees
+    ds.save_as(path)
+    with pytest.raises(NapariSSLError, match="holds 2 image series"):   # the reader splits it
+        load_volume(path)
+    mixed = src.with_array(src.array)   # a Volume holding all three frames anyway (built by hand)
+    mixed.source_datasets = [pydicom.dcmread(path, stop_before_pixels=True)]
+    with pytest.raises(NapariSSLError, match="mix slice orientations") as ei:
+        write_segmentation(lab, mixed, tmp_path / "bad.dcm", labels_affine=src.affine, names=["a", "b"])
+    assert "\n" not in str(ei.value) and not (tmp_path / "bad.dcm").exists()
+
+
+def test_labelmap_seg_on_rounding_noise_series(rounding, tmp_path, dcmqi_dir):
+    image = load_volume(rounding)
+    lab = _mask(image.shape)
+    out = tmp_path / "lm.dcm"
+    summary = export_labels(lab, image, out, labels_affine=image.affine, names="liver,lesion", labelmap=True)
+    assert summary["segmentation_type"] == "LABELMAP"
+    known = set(dciodvfy_errors(dcmqi_dir / "sparse-labelmap-noppv.dcm"))   # dciodvfy predates the Label Map IOD
+    assert set(dciodvfy_errors(out)) <= known
+    (placed, names), = read_on_source(out, image)
+    np.testing.assert_array_equal(placed.array, lab)
+    (own, _), = read_segmentation(out)
+    np.testing.assert_array_equal(place_on_grid(own, image), lab)

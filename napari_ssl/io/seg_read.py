@@ -212,7 +212,7 @@ def _masks_by_reference(seg, source: Volume) -> Optional[tuple[np.ndarray, list[
         seg_item = _item(frame, "SegmentIdentificationSequence") or shared_segment
         number = int(seg_item.ReferencedSegmentNumber) if seg_item is not None else None
         placements.append((k, z, r0, c0, number))
-    masks = np.zeros(shape + (len(numbers),), dtype=bool)
+    masks = np.zeros((len(numbers),) + shape, dtype=bool)   # segment first: each segment's mask contiguous
     slot = {n: i for i, n in enumerate(numbers)}
     with _warnings.catch_warnings():
         _warnings.simplefilter("ignore")
@@ -225,13 +225,13 @@ def _masks_by_reference(seg, source: Volume) -> Optional[tuple[np.ndarray, list[
         window = (z, slice(r0, r0 + rows), slice(c0, c0 + cols))
         if seg_type == "LABELMAP":
             for n, i in slot.items():
-                masks[window + (i,)] |= frame == n
+                masks[(i,) + window] |= frame == n
         elif number is not None and number in slot:
             on = frame >= 0.5 * top if seg_type == "FRACTIONAL" else frame > 0
-            masks[window + (slot[number],)] |= on
+            masks[(slot[number],) + window] |= on
         else:
             return None
-    return masks, numbers
+    return np.moveaxis(masks, 0, -1), numbers   # (z, y, x, n) as _segment_masks gives, a view
 
 
 def read_single_label_map(path: str | os.PathLike, canonical: bool = True) -> tuple[Volume, dict[int, str]]:

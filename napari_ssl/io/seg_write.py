@@ -135,6 +135,8 @@ def _shared_orientation(dss: list) -> list:
     files carry -- the one the series' affine was built from -- is given to every header, in
     copies: the caller's datasets (and the files) are never changed. Beyond it: one-line error.
     """
+    if len(dss) == 1 and "PerFrameFunctionalGroupsSequence" in dss[0]:
+        return [_enhanced_shared_orientation(dss[0])]
     if len(dss) < 2 or any(int(value(ds, "NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds for ds in dss):
         return dss
     iops = [value(ds, "ImageOrientationPatient") for ds in dss]
@@ -179,6 +181,38 @@ def off_grid_note(source: Volume) -> Optional[str]:
         return None
     return (f"the source images are up to {worst:.3g} mm off a regular grid (missing slice, uneven spacing or gantry tilt): "
             f"each SEG frame is placed on its own source image")
+
+
+def _enhanced_shared_orientation(ds):
+    """An Enhanced (multi-frame) source whose orientation is given per frame (as some scanners write
+    it, each frame's value spelled its own way): a copy with the orientation most frames carry moved to
+    the shared functional groups, where highdicom looks for it. Beyond ORIENTATION_TOL: one-line error."""
+    from pydicom.dataset import Dataset
+
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence) else None
+    if shared is not None and "PlaneOrientationSequence" in shared:
+        return ds
+    per = ds.PerFrameFunctionalGroupsSequence
+    items = [it.PlaneOrientationSequence[0] if "PlaneOrientationSequence" in it and len(it.PlaneOrientationSequence) else None for it in per]
+    if not items or any(i is None or "ImageOrientationPatient" not in i for i in items):
+        return ds   # no orientation to share: highdicom's own error (one line) follows
+    rep, dev = consensus_orientation([i.ImageOrientationPatient for i in items])
+    if dev > ORIENTATION_TOL:
+        raise NapariSSLError(
+            f"the source's frames mix slice orientations (direction cosines differ by up to {dev:.2g}, more than the "
+            f"{ORIENTATION_TOL:g} of rounding noise); a DICOM-SEG needs one orientation"
+        )
+    out = _header_copy(ds)
+    new_shared = _header_copy(shared) if shared is not None else Dataset()
+    new_shared.PlaneOrientationSequence = [copy.deepcopy(items[rep])]
+    out.SharedFunctionalGroupsSequence = [new_shared]
+    frames = []
+    for it in per:
+        c = _header_copy(it)
+        del c.PlaneOrientationSequence
+        frames.append(c)
+    out.PerFrameFunctionalGroupsSequence = frames
+    return out
 
 
 def _plane_geometry(native: np.ndarray):

@@ -310,6 +310,10 @@ class ExportWidget(DockWidgetBase):
                 from napari.utils.notifications import show_info
 
                 show_info(f"napari-ssl: exported {ev.get('out')}{extra}")
+                from napari.utils.notifications import show_warning
+
+                for w in summary.get("warnings", []):   # e.g. a series with a gap: frames on their own images
+                    show_warning(f"napari-ssl export: {w}")
             except Exception:
                 pass
         else:
