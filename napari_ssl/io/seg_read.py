@@ -160,7 +160,7 @@ def _masks_by_reference(seg, source: Volume) -> Optional[tuple[np.ndarray, list[
     does not apply: a multi-frame source, a frame without a reference into `source`, or a frame
     whose plane is not its image's plane (then the caller places the SEG by geometry)."""
     from .dicom_discovery import value
-    from .geometry_tolerance import POSITION_TOL_MM, same_orientation
+    from .geometry_tolerance import POSITION_TOL_MM, POSITION_TOL_REL, same_orientation
 
     dss = source.source_datasets
     native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
@@ -200,7 +200,7 @@ def _masks_by_reference(seg, source: Volume) -> Optional[tuple[np.ndarray, list[
         iop = np.asarray(iop, float)
         d = np.asarray([float(v) for v in pos.ImagePositionPatient]) - np.asarray(ipp, float)
         normal = np.cross(iop[:3], iop[3:])
-        if abs(float(d @ normal)) > max(POSITION_TOL_MM, 0.05 * float(np.linalg.norm(native[:3, 0]))):
+        if abs(float(d @ normal)) > max(POSITION_TOL_MM, POSITION_TOL_REL * float(np.linalg.norm(native[:3, 0]))):
             return None   # not on its image's plane
         r = float(d @ iop[3:]) / float(ps[0])
         c = float(d @ iop[:3]) / float(ps[1])
