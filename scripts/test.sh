@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 export QT_QPA_PLATFORM=xcb LIBGL_ALWAYS_SOFTWARE=1 NAPARI_SSL_DATA="${NAPARI_SSL_DATA:-$(cd .. && pwd)/shared/data}"
 export PYTHONFAULTHANDLER=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 if [ -z "${DISPLAY:-}" ]; then
-  exec xvfb-run -a -s "-screen 0 1600x1000x24 +extension GLX" python scripts/pytest_exit.py "$@"
+  exec xvfb-run -a -s "-screen 0 1600x1000x24 +extension GLX" python -m pytest "$@"
 fi
-exec python scripts/pytest_exit.py "$@"
+exec python -m pytest "$@"
