@@ -352,7 +352,7 @@ def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: i
                weight_decay: float = 1e-4, loss: str = "dice-ce", encoder_lr_scale: float = 1.0, freeze_encoder_steps: int = 0,
                freeze_encoder_bn: bool = False, head_warmup_steps: int = 0, class_balance: float = 0.0, seed: int = 0, devices: str = "auto", precision: str = "32", num_workers: int = 0, emit: Callable[[dict], None] = lambda e: None,
                stop_event=None, preview_every_s: float = 0.0, hook: Optional[Callable[[int, torch.nn.Module], None]] = None,
-               hook_steps: Optional[list[int]] = None) -> tuple[torch.nn.Module, dict]:
+               hook_steps: Optional[list[int]] = None, module_factory: Optional[Callable[..., Any]] = None) -> tuple[torch.nn.Module, dict]:
     """Train `unet` in place with a Lightning Trainer for `steps` optimiser steps; returns (unet, info)."""
     import pytorch_lightning as pl
 
@@ -371,7 +371,7 @@ def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: i
 
         n_cls = int(unet.segmentation_head[0].out_channels)
         weights = balanced_class_weights(dataset.targets, n_cls, class_balance)
-    module = SegmentationModule(unet, loss=loss, lr=lr, weight_decay=weight_decay, total_steps=steps,
+    module = (module_factory or SegmentationModule)(unet, loss=loss, lr=lr, weight_decay=weight_decay, total_steps=steps,
                                 encoder_lr_scale=encoder_lr_scale, freeze_encoder_steps=freeze_encoder_steps, freeze_encoder_bn=freeze_encoder_bn,
                                 head_warmup_steps=head_warmup_steps, class_weights=weights)
     loader = make_loader(dataset, batch_size, steps, seed, num_workers)
