@@ -52,6 +52,33 @@ class SemiSupervisedConfig:
         return asdict(self)
 
 
+def semi_supervised_config(options: Optional[dict] = None) -> SemiSupervisedConfig:
+    from ..errors import NapariSSLError
+
+    try:
+        return SemiSupervisedConfig(**(options or {}))
+    except TypeError as exc:
+        raise NapariSSLError(f"semi-supervised options: {exc}") from None
+
+
+def load_unlabelled(items: Sequence, spec_for: Callable[[str], dict]) -> list[np.ndarray]:
+    """Normalised (z, y, x) float arrays of unlabelled volumes (paths or Volumes; arrays are taken as normalised)."""
+    from ..data.normalize import normalize
+    from ..errors import NapariSSLError
+    from .finetune import load_image
+
+    out = []
+    for item in items:
+        if isinstance(item, np.ndarray):
+            out.append(np.asarray(item, np.float32))
+            continue
+        vol = load_image(item)
+        if vol.array.ndim != 3:
+            raise NapariSSLError(f"--unlabelled: a 3-D volume is needed, got shape {list(vol.array.shape)}")
+        out.append(normalize(vol.array, spec_for(vol.modality)))
+    return out
+
+
 # ----------------------------------------------------------------------------- pseudo-labels
 
 def nearest_unannotated(annotated: np.ndarray, limit: int) -> list[int]:
