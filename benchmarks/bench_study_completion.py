@@ -256,6 +256,7 @@ def main(argv=None) -> int:
                    help="where bench_label_efficiency caches its pretrained inits (shared)")
     p.add_argument("--quick", action="store_true", help="3 volumes, 1 seed, 40 steps")
     p.add_argument("--out", default=None)
+    p.add_argument("--time-limit-min", type=float, default=0, help="stop scheduling trainings after this many minutes and summarise what ran (0: no limit)")
     args = p.parse_args(argv)
     if args.quick:
         args.volumes, args.seeds, args.steps = 3, 1, 40
@@ -286,9 +287,9 @@ def main(argv=None) -> int:
             except (ValueError, KeyError):
                 pass
     tasks = []
-    for seed in range(args.seeds):
-        for k in ks:
-            for n in names:
+    for seed in range(args.seeds):  # volume by volume, so a run cut short by --time-limit-min still compares like with like
+        for n in names:
+            for k in ks:
                 for m in methods:
                     key = task_key(m, specs[m], n, k, seed, a)
                     if key in done:
@@ -302,6 +303,10 @@ def main(argv=None) -> int:
         keys = [t[0] for t in tasks]
         for i, r in enumerate(pool.imap(_run_task, [t[1] for t in tasks])):
             r["key"] = keys[i]
+            if args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
+                print(f"time limit reached after {i + 1} of {len(tasks)} trainings: summarising what ran", flush=True)
+                pool.terminate()
+                break
             if "error" in r:
                 print("ERROR", r["method"], r["volume"], r["k"], r["error"], r.get("tb", ""), flush=True)
             else:
@@ -310,6 +315,11 @@ def main(argv=None) -> int:
             rows.append(r)
             if (i + 1) % 20 == 0 or i + 1 == len(tasks):
                 print(f"  {i + 1}/{len(tasks)} trainings, {time.time() - t0:.0f} s", flush=True)
+    complete = {n for n in names if all(any(r["method"] == m and r["volume"] == n and r["k"] == k and "error" not in r for r in rows)
+                                        for m in methods for k in ks)}
+    if len(complete) < len(names):
+        print(f"{len(complete)} of {len(names)} volumes have every method and k: the summary uses those", flush=True)
+        rows = [r for r in rows if r["volume"] in complete]
     summary = summarize(rows, ["fill-between", *methods], ks)
     wall = time.time() - t0
     for m, per in summary.items():
