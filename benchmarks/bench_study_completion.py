@@ -61,6 +61,7 @@ VARIANTS = {
     "semi-random-2rounds": ("random", {"rounds": 2}, True),
     "semi-random-conf0.8": ("random", {"confidence": 0.8}, True),
     "semi-random-w1": ("random", {"fill_weight": 1.0, "pseudo_weight": 1.0}, True),
+    "semi-random-nofillpred": ("random", {"fill_between_prediction": False}, True),
     "supervised-random-cc": ("random", None, True),
 }
 
@@ -173,13 +174,14 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
     unet = unet.cpu()
     pred = predict_array(unet, img, image_size=a["image_size"], in_channels=1)
     raw = scores(pred.labels, lab, ann)
-    pred = respect_annotation(pred, vol.labels, ann, keep_connected=keep_cc)
+    fill_pred = semi is not None and SemiSupervisedConfig(**semi).fill_between_prediction
+    pred = respect_annotation(pred, vol.labels, ann, keep_connected=keep_cc, fill_between=fill_pred)
     return {"method": method, "volume": name, "k": k, "seed": seed, **scores(pred.labels, lab, ann), "dice_raw": raw["dice"],
             "train_seconds": t_train, "seconds": time.time() - t0, "pseudo_slices": info.get("pseudo_slices")}
 
 
 def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
-    d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"], "enc": a["encoder"], "ver": 1}
+    d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"], "enc": a["encoder"], "ver": 1 if spec[1] is None else 2}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -237,6 +239,36 @@ def plot(summary: dict, ks: list[int], path: str, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def time_default_recipe(name: str, k: int, work_dir: str) -> dict:
+    """Seconds from 'Train' to the prediction with the widget's defaults, through the job the widget runs
+    (train_predict_job: fine-tune with FinetuneConfig's defaults, then predict the study), semi-supervised on vs off."""
+    import tempfile
+
+    from napari_ssl.train.finetune import load_image, load_labels
+    from napari_ssl.train.jobs import train_predict_job
+
+    img = load_image(os.path.join(DATA, "images", name))
+    lab = load_labels(os.path.join(DATA, "labels", name), img).astype(np.uint8)
+    ann = np.zeros(lab.shape[0], bool)
+    ann[quantile_slices(lab, k)] = True
+    sparse = np.where(ann[:, None, None], lab, 0).astype(np.uint8)
+    out = {}
+    for semi in (False, True):
+        d = tempfile.mkdtemp(dir=work_dir)
+        got = {}
+        cfg = {"finetune": {"images": [img], "labels": [sparse.copy()], "out": os.path.join(d, "model"), "semi_supervised": semi,
+                            "devices": "cpu", "preview_every_s": 5.0},
+               "predict": {"image": img, "out": os.path.join(d, "pred"), "annotated_slices": ann, "labels": sparse,
+                           "keep_connected": semi, "n": 5, "device": "cpu"}}
+        t0 = time.time()
+        train_predict_job(cfg, lambda e: got.update(pred=e["labels"]) if e.get("type") == "prediction" else None, None)
+        secs = time.time() - t0
+        pred = np.load(got["pred"])
+        out["semi" if semi else "supervised"] = {"seconds": secs, **scores(pred, lab, ann)}
+        print(f"default recipe, semi-supervised {semi}: {secs:.1f} s click -> prediction, Dice {out['semi' if semi else 'supervised']['dice']:.3f}", flush=True)
+    return {"volume": name, "k": k, "load_average": os.getloadavg()[0], **out}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--split", choices=("val", "test"), default="val")
@@ -256,6 +288,7 @@ def main(argv=None) -> int:
                    help="where bench_label_efficiency caches its pretrained inits (shared)")
     p.add_argument("--quick", action="store_true", help="3 volumes, 1 seed, 40 steps")
     p.add_argument("--out", default=None)
+    p.add_argument("--time-default", action="store_true", help="only time the default recipe (widget job, k=3, one test volume), semi-supervised on vs off")
     p.add_argument("--time-limit-min", type=float, default=0, help="stop scheduling trainings after this many minutes and summarise what ran (0: no limit)")
     args = p.parse_args(argv)
     if args.quick:
@@ -272,6 +305,15 @@ def main(argv=None) -> int:
     os.makedirs(args.work_dir, exist_ok=True)
     os.makedirs(RESULTS, exist_ok=True)
     names = split_volumes(args.split, args.volumes)
+    if args.time_default:
+        _setup_worker()
+        res = time_default_recipe(split_volumes("test", 1)[0], 3, args.work_dir)
+        path = args.out or os.path.join(RESULTS, "bench_study_completion_timing.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump({"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_study_completion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                       "cpu_count": os.cpu_count(), **res}, f, indent=1)
+        os.replace(path + ".tmp", path)
+        return 0
     t0, load0 = time.time(), os.getloadavg()[0]
     print(f"study completion: split {args.split}, {len(names)} volumes, k {ks}, {args.seeds} seeds, methods {methods}, {a}", flush=True)
     _setup_worker()

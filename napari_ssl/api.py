@@ -87,11 +87,12 @@ def finetune(images: Sequence[ImageLike] | ImageLike, labels: Sequence[LabelsLik
 
 def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
             device: Optional[str] = None, labels: Optional[LabelsLike] = None, empty_slices: Sequence[int] = (),
-            keep_connected: bool = False) -> Prediction:
+            keep_connected: bool = False, fill_between: bool = False) -> Prediction:
     """Segment every slice; returns labels, probabilities, voxel and slice uncertainty on the image's canonical grid.
 
     With the user's `labels` (and `empty_slices`), the annotated slices come back exactly as drawn (annotated-empty
-    slices empty); `keep_connected` also drops predicted foreground that does not touch the user's labels in 3-D."""
+    slices empty); `keep_connected` also drops predicted foreground that does not touch the user's labels in 3-D;
+    `fill_between`: between annotated slices, each class is the interpolation of the user's slices (beyond them, the model's)."""
     from .active.predict import predict_volume
 
     vol = image if isinstance(image, Volume) else load_volume(image)
@@ -102,7 +103,7 @@ def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout:
 
         annotation = annotation_from(load_labels(labels, vol), empty_slices)
     return predict_volume(os.fspath(model), vol, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=device,
-                          annotation=annotation, keep_connected=keep_connected)
+                          annotation=annotation, keep_connected=keep_connected, fill_between=fill_between)
 
 
 def save_prediction(prediction: Prediction, image: ImageLike, out: PathLike, *, probabilities: Optional[PathLike] = None,

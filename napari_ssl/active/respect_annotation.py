@@ -14,13 +14,33 @@ import numpy as np
 from ..errors import NapariSSLError
 
 
-def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_connected: bool = False):
+def fill_inside(out: np.ndarray, labels: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """Between the outermost annotated slices that hold a class, that class comes from fill between slices
+    (ITK morphological contour interpolation of the user's slices); beyond them, from the model."""
+    from .fill_between import fill_between_slices
+
+    held = annotated[:, None] & (labels.reshape(labels.shape[0], -1)[:, None, :] == np.arange(1, int(labels.max(initial=0)) + 1)[None, :, None]).any(2)
+    ranges = {c + 1: (int(np.flatnonzero(held[:, c])[0]), int(np.flatnonzero(held[:, c])[-1])) for c in range(held.shape[1]) if held[:, c].sum() >= 2}
+    if not ranges:
+        return out
+    filled = fill_between_slices(np.where(annotated[:, None, None], labels, 0).astype(np.uint16), annotated)
+    out = out.copy()
+    for c, (z0, z1) in ranges.items():
+        sl = slice(z0 + 1, z1)
+        block, fb = out[sl], filled[sl]
+        block[(block == c) & (fb != c)] = 0
+        block[fb == c] = c
+    return out
+
+
+def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_connected: bool = False, fill_between: bool = False):
     """`pred` (a Prediction, changed in place and returned) with the user's slices put back.
 
     ``labels``: the user's (z, y, x) label map; ``annotated``: bool per slice (annotated slices, the
     annotated-empty ones included). On those slices the labels are the user's, the probabilities one-hot
     and the uncertainty 0. With ``keep_connected`` and some annotated foreground, predicted foreground in
-    3-D components (26-connected) holding no annotated foreground voxel becomes background."""
+    3-D components (26-connected) holding no annotated foreground voxel becomes background. With ``fill_between``,
+    each class between its outermost annotated slices is the interpolation of the user's slices (:func:`fill_inside`)."""
     lab = np.asarray(labels)
     ann = np.asarray(annotated, bool)
     if lab.shape != pred.labels.shape:
@@ -41,6 +61,13 @@ def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_con
             out = np.where(dropped, 0, out).astype(out.dtype)
             pred.probabilities[:, dropped] = 0.0
             pred.probabilities[0][dropped] = 1.0
+    if fill_between and ann.any():
+        fused = fill_inside(out, lab, ann)
+        changed = fused != out
+        if changed.any():
+            onehot = (np.arange(k)[:, None] == fused[changed][None, :]).astype(pred.probabilities.dtype)
+            pred.probabilities[:, changed] = onehot
+            out = fused
     zs = np.flatnonzero(ann)
     if zs.size:
         user = lab[zs].astype(out.dtype)

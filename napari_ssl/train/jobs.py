@@ -105,7 +105,8 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
         annotation = (np.asarray(config["labels"]), np.asarray(annotated, bool))
     pred = predict_volume(config["model"], volume, tta=bool(config.get("tta", False)),
                           device=None if device in (None, "auto") else device, annotation=annotation,
-                          keep_connected=bool(config.get("keep_connected", False)))
+                          keep_connected=bool(config.get("keep_connected", False)),
+                          fill_between=bool(config.get("fill_between", False)))
     suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
     unc_path = _save_npy(os.path.join(config["out"], "uncertainty.npy"), pred.uncertainty.astype(np.float32))

@@ -47,6 +47,8 @@ class SemiSupervisedConfig:
     max_unlabelled_slices: int = 32  # per unlabelled volume and round, sampled evenly
     connected_to_annotation: bool = True  # pseudo-label foreground only in 3-D components touching the user's labels
     labelled_fraction: float = 0.5  # share of each batch from the user's slices
+    min_fit_dice: float = 0.5  # no model pseudo-labels for a volume until the model's foreground Dice on its annotated slices reaches this
+    fill_between_prediction: bool = True  # prediction: between annotated slices, each class from fill between slices
 
     def as_meta(self) -> dict:
         return asdict(self)
@@ -106,8 +108,20 @@ def fill_between_pseudo(vol: LabelledVolume, limit: int) -> dict[int, np.ndarray
     zs = [z for z in nearest_unannotated(ann, max(limit, 0) + int(ann.sum()) + ann.size) if inside[z]][:limit]
     if not zs:
         return {}
-    filled = fill_between_slices(vol.labels, ann)
-    return {z: np.asarray(filled[z]) for z in zs}
+    # interpolate only the block that can change: the annotated z-range and the in-plane box of the labels (+ margin)
+    z0, z1 = int(held[0]), int(held[-1]) + 1
+    fg = vol.labels[z0:z1].any(0)
+    ys, xs = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+    m = 4
+    y0, y1 = max(0, ys[0] - m), min(fg.shape[0], ys[-1] + 1 + m)
+    x0, x1 = max(0, xs[0] - m), min(fg.shape[1], xs[-1] + 1 + m)
+    block = fill_between_slices(np.ascontiguousarray(vol.labels[z0:z1, y0:y1, x0:x1]), ann[z0:z1])
+    out = {}
+    for z in zs:
+        t = np.zeros(vol.labels.shape[1:], vol.labels.dtype)
+        t[y0:y1, x0:x1] = block[z - z0]
+        out[z] = t
+    return out
 
 
 @torch.no_grad()
@@ -136,28 +150,49 @@ def keep_touching(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     seed_fg = seeds > 0
     if not seed_fg.any():
         return labels
-    comp, n = ndimage.label((labels > 0) | seed_fg, structure=np.ones((3, 3, 3), bool))
-    keep = np.unique(comp[seed_fg])
+    fg = (labels > 0) | seed_fg
+    box = ndimage.find_objects(fg.astype(np.uint8))[0]  # label only inside the foreground's bounding box (a full CT is 77 M voxels)
+    comp, n = ndimage.label(fg[box], structure=np.ones((3, 3, 3), bool))
+    keep = np.unique(comp[seed_fg[box]])
     keep = keep[keep > 0]
-    return np.where(np.isin(comp, keep), labels, 0).astype(labels.dtype)
+    out = np.zeros_like(labels)
+    out[box] = np.where(np.isin(comp, keep), labels[box], 0)
+    return out
 
 
 def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_channels: int, cfg: SemiSupervisedConfig) -> dict[int, np.ndarray]:
     """Confident model pseudo-labels ({slice: labels with IGNORE}) for slices `zs` of an annotated volume."""
     if not zs:
         return {}
+    # gate: the model's guesses are trusted only once it reproduces the user's own slices
+    ann_z = [int(z) for z in np.flatnonzero(vol.annotated)]
+    fit = predict_slices(unet, vol.image, ann_z, image_size, in_channels).argmax(1)
+    user = vol.labels[ann_z]
+    fg_dice = 2 * float(((fit > 0) & (user > 0)).sum()) / max(1.0, float((fit > 0).sum() + (user > 0).sum())) if (user > 0).any() else 1.0
+    if fg_dice < cfg.min_fit_dice:
+        return {}
     probs = predict_slices(unet, vol.image, zs, image_size, in_channels)
     lab = probs.argmax(1).astype(np.uint8)
     conf = probs.max(1) >= cfg.confidence
     if cfg.connected_to_annotation:
-        full = np.zeros(vol.labels.shape, np.uint8)
-        full[zs] = lab
-        seeds = np.where(vol.annotated[:, None, None], vol.labels, 0)
-        full = np.where(vol.annotated[:, None, None], seeds, full)
-        kept = keep_touching(full, seeds)[zs]
+        ann_z = np.flatnonzero(vol.annotated)
+        z0, z1 = min(min(zs), int(ann_z.min())), max(max(zs), int(ann_z.max())) + 1  # the window the pseudo-labels span
+        full = np.zeros((z1 - z0, *vol.labels.shape[1:]), np.uint8)
+        full[np.asarray(zs) - z0] = lab
+        win_ann = vol.annotated[z0:z1]
+        seeds = np.where(win_ann[:, None, None], vol.labels[z0:z1], 0).astype(np.uint8)
+        full = np.where(win_ann[:, None, None], seeds, full)
+        kept = keep_touching(full, seeds)[np.asarray(zs) - z0]
         conf |= (lab > 0) & (kept == 0)  # a detached blob is confidently not the user's structure
         lab = kept
-    return {z: np.where(conf[i], lab[i], IGNORE).astype(np.uint8) for i, z in enumerate(zs)}
+    # a slice between annotated slices that show the structure cannot be empty: no pseudo-label rather than background
+    held = np.flatnonzero(vol.annotated & vol.labels.reshape(vol.labels.shape[0], -1).any(1))
+    out = {}
+    for i, z in enumerate(zs):
+        if held.size and held[0] < z < held[-1] and not lab[i].any():
+            continue
+        out[z] = np.where(conf[i], lab[i], IGNORE).astype(np.uint8)
+    return out
 
 
 def unlabelled_pseudo(unet, image: np.ndarray, image_size: int, in_channels: int, cfg: SemiSupervisedConfig, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:

@@ -429,6 +429,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         cfg = {"finetune": ft,
                "predict": {"image": image, "out": str(runs_dir() / ".predictions" / out.name),
                            "annotated_slices": mask, "labels": labels.copy(), "keep_connected": self.semi_supervised.isChecked(),
+                           "fill_between": self.semi_supervised.isChecked(),
                            "n": 5, "device": self.device.currentData() or "cpu"}}
         if self.threads:
             cfg["threads"] = int(self.threads)
