@@ -174,6 +174,10 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
     unet = unet.cpu()
     pred = predict_array(unet, img, image_size=a["image_size"], in_channels=1)
     raw = scores(pred.labels, lab, ann)
+    if a.get("save_predictions"):  # the model's own output, before the prediction path's post-processing
+        d = os.path.join(a["save_predictions"], method)
+        os.makedirs(d, exist_ok=True)
+        np.savez_compressed(os.path.join(d, f"{name[:-7]}_k{k}_s{seed}.npz"), probabilities=pred.probabilities.astype(np.float16))
     fill_pred = semi is not None and SemiSupervisedConfig(**semi).fill_between_prediction
     pred = respect_annotation(pred, vol.labels, ann, keep_connected=keep_cc, fill_between=fill_pred)
     return {"method": method, "volume": name, "k": k, "seed": seed, **scores(pred.labels, lab, ann), "dice_raw": raw["dice"],
@@ -181,7 +185,7 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
 
 
 def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
-    d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"], "enc": a["encoder"], "ver": 1 if spec[1] is None else 2}
+    d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"], "enc": a["encoder"], "ver": 1 if spec[1] is None else 2}  # save_predictions not in the key
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -259,7 +263,7 @@ def time_default_recipe(name: str, k: int, work_dir: str) -> dict:
         cfg = {"finetune": {"images": [img], "labels": [sparse.copy()], "out": os.path.join(d, "model"), "semi_supervised": semi,
                             "devices": "cpu", "preview_every_s": 5.0},
                "predict": {"image": img, "out": os.path.join(d, "pred"), "annotated_slices": ann, "labels": sparse,
-                           "keep_connected": semi, "n": 5, "device": "cpu"}}
+                           "keep_connected": semi, "fill_between": semi, "n": 5, "device": "cpu"}}
         t0 = time.time()
         train_predict_job(cfg, lambda e: got.update(pred=e["labels"]) if e.get("type") == "prediction" else None, None)
         secs = time.time() - t0
@@ -300,7 +304,8 @@ def main(argv=None) -> int:
         if m not in specs:
             p.error(f"unknown method {m}")
     a = {"steps": args.steps, "lr": args.lr, "image_size": args.image_size, "encoder": args.encoder, "device": args.device,
-         "pretrain_dir": args.pretrain_dir, "pretrain_steps": args.pretrain_steps}
+         "pretrain_dir": args.pretrain_dir, "pretrain_steps": args.pretrain_steps,
+         "save_predictions": os.path.join(args.work_dir, "predictions", args.split)}
     out_json = args.out or os.path.join(RESULTS, "bench_study_completion" + ("_val" if args.split == "val" else "") + ".json")
     os.makedirs(args.work_dir, exist_ok=True)
     os.makedirs(RESULTS, exist_ok=True)

@@ -11,7 +11,14 @@ The recipe (``SemiSupervisedConfig``), chosen on validation volumes of the hippo
    no more than a 35-slice crop); confident pixels (max probability >= ``confidence``) become targets,
    the others are ignored; foreground that does not touch the user's labels in 3-D is marked background
    (anatomy: the structure the user drew is one connected thing). Unlabelled volumes get confident
-   pseudo-labels of a bounded number of sampled slices.
+   pseudo-labels of a bounded number of sampled slices. A volume's model pseudo-labels are used only once the
+   model reproduces the user's own slices (foreground Dice >= ``min_fit_dice``): an under-trained model's
+   all-background guesses would otherwise teach it to miss the structure; an empty guess between annotated
+   slices that show the structure is dropped for the same reason.
+3. **Prediction** (``fill_between_prediction``, applied by the prediction path with the user's labels): between
+   the outermost annotated slices holding a class, that class is the interpolation of the user's slices;
+   beyond them (where interpolation has nothing), the model's; foreground not touching the user's labels in
+   3-D is dropped; the annotated slices come back exactly as drawn.
 
 A pseudo-label is never a user's label: it is kept in memory for the run, never written, never exported,
 and unknown (ignored) wherever the model is not confident -- an unannotated slice is never background by
