@@ -50,7 +50,8 @@ def test_semi_supervised_run_keeps_pseudo_labels_in_memory_and_predict_respects_
     assert sorted(os.listdir(out)) == ["model.json", "model.safetensors"]
     meta = read_meta(out)
     semi = meta["training"]["semi_supervised"]
-    assert semi["enabled"] and semi["pseudo_slices_per_phase"][-1] > semi["pseudo_slices_per_phase"][0] > 0  # fill-between, then model pseudo-labels
+    # phase 0: fill-between pseudo-labels; phase 1 adds the model's once it reproduces the user's slices (gated)
+    assert semi["enabled"] and len(semi["pseudo_slices_per_phase"]) == 2 and semi["pseudo_slices_per_phase"][1] >= semi["pseudo_slices_per_phase"][0] > 0
     assert meta["training_slices"][0]["slices"] == sorted([*zs, empty])  # only the user's slices are training slices
     # the loss falls over the run
     assert len(losses) == 100 and np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
@@ -97,7 +98,7 @@ def test_cli_switch_and_unlabelled(study, hippo_dir, tmp_path, capsys):
                  "--encoder", "mobilenetv3-small-lite", "--no-semi-supervised"]) == 0
     assert read_meta(str(tmp_path / "sup"))["training"]["semi_supervised"] is None
     assert main(["finetune", "--image", image, "--labels", lab_path, "--out", str(tmp_path / "bad"), "--steps", "6",
-                 "--no-semi-supervised", "--unlabelled", other]) == 1
+                 "--no-semi-supervised", "--unlabelled", other]) == 2
     assert "--unlabelled" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "bad")
     pred_path = str(tmp_path / "pred.nii.gz")

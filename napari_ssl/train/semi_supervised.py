@@ -167,8 +167,9 @@ def keep_touching(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return out
 
 
-def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_channels: int, cfg: SemiSupervisedConfig) -> dict[int, np.ndarray]:
-    """Confident model pseudo-labels ({slice: labels with IGNORE}) for slices `zs` of an annotated volume."""
+def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_channels: int, cfg: SemiSupervisedConfig) -> Optional[dict[int, np.ndarray]]:
+    """Confident model pseudo-labels ({slice: labels with IGNORE}) for slices `zs` of an annotated volume;
+    None when the model does not yet reproduce the volume's annotated slices (gate)."""
     if not zs:
         return {}
     # gate: the model's guesses are trusted only once it reproduces the user's own slices
@@ -177,7 +178,7 @@ def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_c
     user = vol.labels[ann_z]
     fg_dice = 2 * float(((fit > 0) & (user > 0)).sum()) / max(1.0, float((fit > 0).sum() + (user > 0).sum())) if (user > 0).any() else 1.0
     if fg_dice < cfg.min_fit_dice:
-        return {}
+        return None
     probs = predict_slices(unet, vol.image, zs, image_size, in_channels)
     lab = probs.argmax(1).astype(np.uint8)
     conf = probs.max(1) >= cfg.confidence
@@ -340,11 +341,14 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
         n = int(bounds[p + 1] - bounds[p])
         if p > 0:
             model_items = []
+            fits = True
             for vol, fz in zip(volumes, fill_zs):
                 zs = [z for z in nearest_unannotated(vol.annotated, cfg.max_pseudo_slices + len(fz)) if z not in fz][:cfg.max_pseudo_slices]
-                for z, t in model_pseudo(unet, vol, zs, image_size, in_channels, cfg).items():
+                got = model_pseudo(unet, vol, zs, image_size, in_channels, cfg)
+                fits = fits and got is not None
+                for z, t in (got or {}).items():
                     model_items.append((vol.image, z, t, cfg.pseudo_weight))
-            for image in unlabelled:
+            for image in (unlabelled if fits else ()):  # other volumes only once the model fits every annotated one
                 for z, t in unlabelled_pseudo(unet, image, image_size, in_channels, cfg, rng):
                     model_items.append((image, z, t, cfg.pseudo_weight))
         items = fill_items + model_items
