@@ -23,7 +23,15 @@ def fill_inside(out: np.ndarray, labels: np.ndarray, annotated: np.ndarray) -> n
     ranges = {c + 1: (int(np.flatnonzero(held[:, c])[0]), int(np.flatnonzero(held[:, c])[-1])) for c in range(held.shape[1]) if held[:, c].sum() >= 2}
     if not ranges:
         return out
-    filled = fill_between_slices(np.where(annotated[:, None, None], labels, 0).astype(np.uint16), annotated)
+    # interpolate only the block that can change: the annotated z-range and the labels' in-plane box (+ margin)
+    za, zb = min(r[0] for r in ranges.values()), max(r[1] for r in ranges.values()) + 1
+    fg = (np.where(annotated[za:zb, None, None], labels[za:zb], 0) > 0).any(0)
+    ys, xs = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+    y0, y1 = max(0, ys[0] - 4), min(fg.shape[0], ys[-1] + 5)
+    x0, x1 = max(0, xs[0] - 4), min(fg.shape[1], xs[-1] + 5)
+    filled = np.zeros(labels.shape, np.uint16)
+    filled[za:zb, y0:y1, x0:x1] = fill_between_slices(np.where(annotated[za:zb, None, None], labels[za:zb, y0:y1, x0:x1], 0).astype(np.uint16),
+                                                       annotated[za:zb])
     out = out.copy()
     for c, (z0, z1) in ranges.items():
         sl = slice(z0 + 1, z1)

@@ -101,7 +101,19 @@ def nearest_unannotated(annotated: np.ndarray, limit: int) -> list[int]:
     return sorted(int(z) for z in cand[order[:limit]])
 
 
-def fill_between_pseudo(vol: LabelledVolume, limit: int) -> dict[int, np.ndarray]:
+def _stride(shape: tuple, image_size: int) -> int:
+    """In-plane subsampling that keeps at least `image_size` pixels on the longer side (pseudo-labels are
+    resized to the training size anyway; a 512 x 512 CT interpolated at full size costs minutes)."""
+    return max(1, int(max(shape) // max(1, image_size)))
+
+
+def _upsample(a: np.ndarray, f: int, shape: tuple) -> np.ndarray:
+    if f == 1:
+        return a
+    return np.repeat(np.repeat(a, f, axis=-2), f, axis=-1)[..., :shape[0], :shape[1]]
+
+
+def fill_between_pseudo(vol: LabelledVolume, limit: int, image_size: int = 0) -> dict[int, np.ndarray]:
     """{slice: interpolated labels} for unannotated slices strictly between annotated slices holding labels."""
     from ..active.fill_between import fill_between_slices
 
@@ -122,11 +134,12 @@ def fill_between_pseudo(vol: LabelledVolume, limit: int) -> dict[int, np.ndarray
     m = 4
     y0, y1 = max(0, ys[0] - m), min(fg.shape[0], ys[-1] + 1 + m)
     x0, x1 = max(0, xs[0] - m), min(fg.shape[1], xs[-1] + 1 + m)
-    block = fill_between_slices(np.ascontiguousarray(vol.labels[z0:z1, y0:y1, x0:x1]), ann[z0:z1])
+    f = _stride(vol.labels.shape[1:], image_size) if image_size else 1
+    block = fill_between_slices(np.ascontiguousarray(vol.labels[z0:z1, y0:y1:f, x0:x1:f]), ann[z0:z1])
     out = {}
     for z in zs:
         t = np.zeros(vol.labels.shape[1:], vol.labels.dtype)
-        t[y0:y1, x0:x1] = block[z - z0]
+        t[y0:y1, x0:x1] = _upsample(block[z - z0], f, (y1 - y0, x1 - x0))
         out[z] = t
     return out
 
@@ -185,12 +198,14 @@ def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_c
     if cfg.connected_to_annotation:
         ann_z = np.flatnonzero(vol.annotated)
         z0, z1 = min(min(zs), int(ann_z.min())), max(max(zs), int(ann_z.max())) + 1  # the window the pseudo-labels span
-        full = np.zeros((z1 - z0, *vol.labels.shape[1:]), np.uint8)
-        full[np.asarray(zs) - z0] = lab
+        f = _stride(vol.labels.shape[1:], image_size)  # components at about the training resolution
+        full = np.zeros((z1 - z0, *vol.labels[0, ::f, ::f].shape), np.uint8)
+        full[np.asarray(zs) - z0] = lab[:, ::f, ::f]
         win_ann = vol.annotated[z0:z1]
-        seeds = np.where(win_ann[:, None, None], vol.labels[z0:z1], 0).astype(np.uint8)
+        seeds = np.where(win_ann[:, None, None], vol.labels[z0:z1, ::f, ::f], 0).astype(np.uint8)
         full = np.where(win_ann[:, None, None], seeds, full)
-        kept = keep_touching(full, seeds)[np.asarray(zs) - z0]
+        kept_small = keep_touching(full, seeds)[np.asarray(zs) - z0] > 0
+        kept = np.where(_upsample(kept_small, f, lab.shape[1:]), lab, 0)
         conf |= (lab > 0) & (kept == 0)  # a detached blob is confidently not the user's structure
         lab = kept
     # a slice between annotated slices that show the structure cannot be empty: no pseudo-label rather than background
@@ -328,7 +343,7 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
     fill_items: list = []
     if cfg.fill_between and cfg.fill_weight > 0:
         for vol in volumes:
-            for z, t in fill_between_pseudo(vol, cfg.max_pseudo_slices).items():
+            for z, t in fill_between_pseudo(vol, cfg.max_pseudo_slices, image_size).items():
                 fill_items.append((vol.image, z, t, cfg.fill_weight))
     fill_zs = [{z for (img, z, _, _) in fill_items if img is vol.image} for vol in volumes]
     rng = np.random.default_rng(seed)
