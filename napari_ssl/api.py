@@ -88,7 +88,9 @@ def finetune(images: Sequence[ImageLike] | ImageLike, labels: Sequence[LabelsLik
 
     `empty_slices`: for one image a list of slice indices annotated as empty; for several, one list per image.
     `options` are FinetuneConfig fields: encoder, in_channels, loss ("dice-ce"|"jaccard"), batch_size, image_size,
-    lr, encoder_lr_scale, freeze_encoder_steps, transfer_decoder, augment, normalization, devices, precision, seed."""
+    lr, encoder_lr_scale, freeze_encoder_steps, transfer_decoder, augment, normalization, devices, precision, seed,
+    semi_supervised (default True: unannotated slices train through in-run pseudo-labels), unlabelled (extra volumes),
+    semi_options (SemiSupervisedConfig overrides)."""
     from .data.sparse_labels import parse_class_names
     from .train.finetune import FinetuneConfig, run_finetuning
 
@@ -108,12 +110,31 @@ def finetune(images: Sequence[ImageLike] | ImageLike, labels: Sequence[LabelsLik
 
 
 def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
-            device: Optional[str] = None) -> Prediction:
-    """Segment every slice; returns labels, probabilities, voxel and slice uncertainty on the image's canonical grid."""
+            device: Optional[str] = None, labels: Optional[LabelsLike] = None, empty_slices: Sequence[int] = (),
+            keep_connected: Optional[bool] = None, fill_between: Optional[bool] = None) -> Prediction:
+    """Segment every slice; returns labels, probabilities, voxel and slice uncertainty on the image's canonical grid.
+
+    With the user's `labels` (and `empty_slices`), the annotated slices come back exactly as drawn (annotated-empty
+    slices empty); `keep_connected` also drops predicted foreground that does not touch the user's labels in 3-D;
+    `fill_between`: between annotated slices, each class is the interpolation of the user's slices (beyond them, the model's).
+    Both default (None) to what the model's semi-supervised recipe recorded in model.json (off for supervised models)."""
     from .active.predict import predict_volume
 
     vol = image if isinstance(image, Volume) else load_volume(image)
-    return predict_volume(os.fspath(model), vol, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=device)
+    annotation = None
+    if labels is not None:
+        from .active.respect_annotation import annotation_from
+        from .train.finetune import load_labels
+
+        annotation = annotation_from(load_labels(labels, vol), empty_slices)
+        if keep_connected is None or fill_between is None:  # default: what the model's training recipe recommends
+            from .active.predict import load_segmentation_model_meta
+
+            semi = (load_segmentation_model_meta(os.fspath(model)).get("training") or {}).get("semi_supervised") or {}
+            keep_connected = bool(semi.get("connected_to_annotation", False)) if keep_connected is None else keep_connected
+            fill_between = bool(semi.get("fill_between_prediction", False)) if fill_between is None else fill_between
+    return predict_volume(os.fspath(model), vol, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=device,
+                          annotation=annotation, keep_connected=bool(keep_connected), fill_between=bool(fill_between))
 
 
 def save_prediction(prediction: Prediction, image: ImageLike, out: PathLike, *, probabilities: Optional[PathLike] = None,

@@ -14,6 +14,7 @@ from napari_ssl.train.finetune import FinetuneConfig, build_initial_model, load_
 
 WINDOW = {"mode": "window", "window": [0.0, 255.0]}  # per-voxel, so other slices cannot shift it
 TINY = dict(image_size=32, batch_size=4, steps=4, preview_every_s=0.0, seed=0)
+SUPERVISED = dict(TINY, semi_supervised=False)  # the user's slices only (the default recipe also learns from unannotated slices)
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +49,16 @@ def _weights(out):
 
 def test_unannotated_slices_never_reach_the_loss(case, tmp_path):
     img, lab, one, z0, empty = case
-    a = run_finetuning(FinetuneConfig(images=[img], labels=[one], out=str(tmp_path / "a"), normalization=WINDOW, **TINY))
+    a = run_finetuning(FinetuneConfig(images=[img], labels=[one], out=str(tmp_path / "a"), normalization=WINDOW, **SUPERVISED))
     # scramble every unannotated slice of the image: same weights under the same seed
     noisy = img.array.astype(np.float32).copy()
     others = [z for z in range(img.shape[0]) if z != z0]
     noisy[others] = np.random.default_rng(0).uniform(0, 255, size=noisy[others].shape)
-    b = run_finetuning(FinetuneConfig(images=[img.with_array(noisy)], labels=[one], out=str(tmp_path / "b"), normalization=WINDOW, **TINY))
+    b = run_finetuning(FinetuneConfig(images=[img.with_array(noisy)], labels=[one], out=str(tmp_path / "b"), normalization=WINDOW, **SUPERVISED))
     wa, wb = _weights(a), _weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # an annotated-empty slice does contribute (as background): the weights change
-    c = run_finetuning(FinetuneConfig(images=[img], labels=[one], empty_slices=[[empty]], out=str(tmp_path / "c"), normalization=WINDOW, **TINY))
+    c = run_finetuning(FinetuneConfig(images=[img], labels=[one], empty_slices=[[empty]], out=str(tmp_path / "c"), normalization=WINDOW, **SUPERVISED))
     wc = _weights(c)
     assert any(not torch.equal(wa[k], wc[k]) for k in wa if wa[k].dtype.is_floating_point)
     meta = read_meta(c)

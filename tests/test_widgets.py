@@ -340,6 +340,7 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     widget.train()
     assert widget.train_button.text() == "Stop"
     assert widget.job.runner.config["finetune"]["encoder_weights"] == pretrained
+    assert widget.job.runner.config["finetune"]["semi_supervised"] and widget.job.runner.config["predict"]["fill_between"]
     pid = widget.job.pid
     wait_until(lambda: not widget.running, 240, "fine-tuning and prediction")
     assert widget.last_result["type"] == "done", widget.last_result
@@ -355,6 +356,9 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
         assert lay.data.shape == image.data.shape
         assert np.allclose(lay.scale, image.scale) and np.allclose(lay.translate, image.translate)
     assert set(np.unique(pred.data)) <= {0, 1, 2} and np.isfinite(unc.data).all() and unc.data.max() > 0
+    # the default recipe: semi-supervised, and the prediction gives the user's slices back exactly as drawn
+    assert widget.semi_supervised.isChecked() and meta1["training"]["semi_supervised"]["enabled"]
+    assert all(np.array_equal(pred.data[z], labels.data[z]) for z in painted) and not pred.data[empty_z].any()
     annotated = widget.annotated_mask()
     assert widget.suggestions and not any(annotated[s["slice"]] for s in widget.suggestions)
     assert widget.suggest_list.count() == len(widget.suggestions)

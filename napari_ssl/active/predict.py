@@ -151,9 +151,16 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
 
 
 def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
-                   device: Optional[str] = None, loaded: Optional[tuple[torch.nn.Module, dict]] = None) -> Prediction:
+                   device: Optional[str] = None, loaded: Optional[tuple[torch.nn.Module, dict]] = None,
+                   annotation: Optional[tuple[np.ndarray, np.ndarray]] = None, keep_connected: bool = False,
+                   fill_between: bool = False) -> Prediction:
     """Predict a :class:`~napari_ssl.io.Volume` (canonical grid) with the model in `model_dir`
-    (or `loaded`, the (unet, meta) pair of :func:`load_segmentation_model`, to predict many volumes)."""
+    (or `loaded`, the (unet, meta) pair of :func:`load_segmentation_model`, to predict many volumes).
+
+    ``annotation``: the user's (labels, annotated-slice mask) on this volume's grid: those slices come back
+    exactly as drawn (see :mod:`napari_ssl.active.respect_annotation`); ``keep_connected`` also drops predicted
+    foreground not touching the user's labels in 3-D; ``fill_between``: between annotated slices, each class
+    comes from fill between slices (the interpolation of the user's slices)."""
     from ..data.normalize import normalize
     from ..train.finetune import resolve_normalization
 
@@ -163,8 +170,13 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
         raise NapariSSLError(f"the image must be a 3-D volume; got shape {list(volume.array.shape)}")
     spec = resolve_normalization(meta.get("normalization"), volume.modality)
     img = normalize(volume.array, spec)
-    return predict_array(unet, img, image_size=int(meta.get("image_size", 64)), in_channels=int(meta["in_channels"]), batch_size=batch_size,
+    pred = predict_array(unet, img, image_size=int(meta.get("image_size", 64)), in_channels=int(meta["in_channels"]), batch_size=batch_size,
                          tta=tta, mc_dropout=mc_dropout, class_names=meta.get("class_names"))
+    if annotation is not None:
+        from .respect_annotation import respect_annotation
+
+        pred = respect_annotation(pred, annotation[0], annotation[1], keep_connected=keep_connected, fill_between=fill_between)
+    return pred
 
 
 def to_source_grid(array: np.ndarray, volume) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,8 @@ def add_arguments(p) -> None:
     p.add_argument("--devices", default="auto", help='"auto", "cpu", a GPU count or a list such as 0,1')
     p.add_argument("--precision", default="32", help='"32", "16-mixed" or "bf16-mixed"')
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-semi-supervised", action="store_true", help="train on the annotated slices only (default: the unannotated slices and --unlabelled volumes also train, through pseudo-labels kept in memory for the run)")
+    p.add_argument("--unlabelled", action="append", default=[], metavar="PATH", help="an unlabelled volume that also trains (semi-supervised); repeat for several")
 
 
 def run(args) -> int:
@@ -50,7 +52,8 @@ def run(args) -> int:
                             epochs=args.epochs, steps=args.steps, loss=args.loss, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
                             encoder_lr_scale=args.encoder_lr_scale, freeze_encoder_steps=args.freeze_encoder_steps, transfer_decoder=args.transfer_decoder,
                             augment=not args.no_augment, devices=args.devices, precision=args.precision, seed=args.seed,
-                            rois=[r.strip() for r in args.rois.split(",") if r.strip()] if args.rois else None)
+                            rois=[r.strip() for r in args.rois.split(",") if r.strip()] if args.rois else None,
+                            semi_supervised=not args.no_semi_supervised, unlabelled=list(args.unlabelled))
     state = {"last": -1}
 
     def events(e: dict) -> None:

@@ -12,6 +12,10 @@ def add_arguments(p) -> None:
     p.add_argument("--uncertainty", metavar="U.nii.gz", help="also write the voxel uncertainty (predictive entropy divided by log(classes incl. background): 0..1)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (flips, gamma) for probabilities and uncertainty")
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="N Monte-Carlo dropout passes (per TTA variant)")
+    p.add_argument("--labels", metavar="PATH", help="the user's sparse label map on this image: its annotated slices come back exactly as drawn")
+    p.add_argument("--empty-slices", metavar="LIST", help="slices annotated as empty (come back empty); with --labels")
+    p.add_argument("--keep-connected", action="store_true", default=None, help="with --labels: drop predicted foreground not touching the annotated labels in 3-D (default: as the model's recipe says)")
+    p.add_argument("--fill-between", action="store_true", default=None, help="with --labels: between annotated slices, each class from fill between slices, the model beyond them (default: as the model's recipe says)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help='"cpu" or "cuda" (default: cuda when available)')
     p.add_argument("--json", action="store_true", help="print a JSON summary with the per-slice uncertainty (slices along the first axis of the canonical grid, as napari shows it)")
@@ -23,7 +27,13 @@ def run(args) -> int:
     from .. import api
 
     vol = api.load_volume(args.image)
-    pred = api.predict(args.model, vol, tta=args.tta, mc_dropout=args.mc_dropout, batch_size=args.batch_size, device=args.device)
+    from ..data.sparse_labels import parse_index_list
+    from ..errors import NapariSSLError
+
+    if (args.empty_slices or args.keep_connected or args.fill_between) and not args.labels:
+        raise NapariSSLError("--empty-slices / --keep-connected / --fill-between need --labels (the annotation they refer to)")
+    pred = api.predict(args.model, vol, tta=args.tta, mc_dropout=args.mc_dropout, batch_size=args.batch_size, device=args.device,
+                       labels=args.labels, empty_slices=parse_index_list(args.empty_slices), keep_connected=args.keep_connected, fill_between=args.fill_between)
     api.save_prediction(pred, vol, args.out, probabilities=args.probabilities, uncertainty=args.uncertainty)
     counts = {name: int((pred.labels == i + 1).sum()) for i, name in enumerate(pred.class_names)}
     if args.json:

@@ -62,6 +62,9 @@ class FinetuneConfig:
     seed: int = 0
     num_workers: int = 0
     preview_every_s: float = 5.0
+    semi_supervised: bool = True  # unannotated slices (and `unlabelled` volumes) train through in-run pseudo-labels
+    unlabelled: list = field(default_factory=list)  # paths or Volumes without labels (semi-supervised only)
+    semi_options: Optional[dict] = None  # SemiSupervisedConfig overrides
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -358,7 +361,7 @@ def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: i
                weight_decay: float = 1e-4, loss: str = "dice-ce", encoder_lr_scale: float = 1.0, freeze_encoder_steps: int = 0,
                freeze_encoder_bn: bool = False, head_warmup_steps: int = 0, class_balance: float = 0.0, seed: int = 0, devices: str = "auto", precision: str = "32", num_workers: int = 0, emit: Callable[[dict], None] = lambda e: None,
                stop_event=None, preview_every_s: float = 0.0, hook: Optional[Callable[[int, torch.nn.Module], None]] = None,
-               hook_steps: Optional[list[int]] = None) -> tuple[torch.nn.Module, dict]:
+               hook_steps: Optional[list[int]] = None, module_factory: Optional[Callable[..., Any]] = None) -> tuple[torch.nn.Module, dict]:
     """Train `unet` in place with a Lightning Trainer for `steps` optimiser steps; returns (unet, info)."""
     import pytorch_lightning as pl
 
@@ -377,7 +380,7 @@ def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: i
 
         n_cls = int(unet.segmentation_head[0].out_channels)
         weights = balanced_class_weights(dataset.targets, n_cls, class_balance)
-    module = SegmentationModule(unet, loss=loss, lr=lr, weight_decay=weight_decay, total_steps=steps,
+    module = (module_factory or SegmentationModule)(unet, loss=loss, lr=lr, weight_decay=weight_decay, total_steps=steps,
                                 encoder_lr_scale=encoder_lr_scale, freeze_encoder_steps=freeze_encoder_steps, freeze_encoder_bn=freeze_encoder_bn,
                                 head_warmup_steps=head_warmup_steps, class_weights=weights)
     loader = make_loader(dataset, batch_size, steps, seed, num_workers)
@@ -445,11 +448,25 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
             raise NapariSSLError(f"--image-size must be a multiple of 32 (the U-Net downsamples 5 times); got {image_size}")
         dataset = LabelledSliceDataset(data.volumes, image_size, in_channels, AugmentConfig() if config.augment else None)
         steps = resolve_steps(config, len(dataset))
-        unet, info = train_unet(unet, dataset, steps=steps, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
-                                loss=config.loss, encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
-                                freeze_encoder_bn=config.freeze_encoder_bn,
-                                seed=config.seed, devices=config.devices, precision=config.precision, num_workers=config.num_workers,
-                                emit=emit, stop_event=stop_event, preview_every_s=config.preview_every_s)
+        train_kw = dict(batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+                        loss=config.loss, encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
+                        freeze_encoder_bn=config.freeze_encoder_bn,
+                        devices=config.devices, precision=config.precision, num_workers=config.num_workers,
+                        emit=emit, stop_event=stop_event, preview_every_s=config.preview_every_s)
+        semi_meta = None
+        if config.semi_supervised:
+            from .semi_supervised import load_unlabelled, semi_supervised_config, train_semi_supervised
+
+            semi_cfg = semi_supervised_config(config.semi_options)
+            unlabelled = load_unlabelled(config.unlabelled or [], lambda modality: dict(config.normalization) if config.normalization
+                                         else resolve_normalization(pre_meta.get("normalization"), modality))
+            unet, info = train_semi_supervised(unet, data.volumes, image_size=image_size, in_channels=in_channels, steps=steps, cfg=semi_cfg,
+                                               unlabelled=unlabelled, augment=config.augment, seed=config.seed, **train_kw)
+            semi_meta = {**semi_cfg.as_meta(), "unlabelled_volumes": len(unlabelled), "pseudo_slices_per_phase": info["pseudo_slices"]}
+        else:
+            if config.unlabelled:
+                raise NapariSSLError("--unlabelled volumes are used by the semi-supervised recipe; drop --no-semi-supervised or --unlabelled")
+            unet, info = train_unet(unet, dataset, steps=steps, seed=config.seed, **train_kw)
         unet = unet.cpu()
         dice = annotated_dice(unet, dataset, num_classes)
         meta = {
@@ -469,7 +486,8 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
             "training": {"steps": info["steps"], "requested_steps": steps, "batch_size": config.batch_size, "lr": config.lr,
                          "loss": config.loss, "encoder_lr_scale": config.encoder_lr_scale, "freeze_encoder_steps": config.freeze_encoder_steps,
                          "freeze_encoder_bn": config.freeze_encoder_bn,
-                         "augment": config.augment, "seed": config.seed, "stopped": info["stopped"]},
+                         "augment": config.augment, "seed": config.seed, "stopped": info["stopped"],
+                         "semi_supervised": semi_meta},
             "metrics": {"final_loss": info["final_loss"], "train_dice": dict(zip(data.class_names, dice))},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -84,7 +84,8 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     """Predict labels + uncertainty for one image and rank slices to annotate next.
 
     config: ``model`` (folder), ``image`` (Volume or path), ``out`` (folder for the .npy results),
-    optional ``annotated_slices`` ((z,) bool, excluded from suggestions), ``n`` (suggestions), ``tta`` (bool),
+    optional ``annotated_slices`` ((z,) bool, excluded from suggestions), ``labels`` (the user's label map: with
+    ``annotated_slices``, those slices come back as drawn; ``keep_connected``), ``n`` (suggestions), ``tta`` (bool),
     ``device``. Emits ``{"type": "prediction", "labels": path, "uncertainty": path,
     "slice_uncertainty": [...], "suggestions": [{"rank", "slice", "uncertainty"}, ...]}`` before done.
     """
@@ -98,9 +99,14 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     events({"type": "status", "message": "predicting the whole image"})
     volume = load_image(config["image"])
     device = config.get("device")
-    pred = predict_volume(config["model"], volume, tta=bool(config.get("tta", False)),
-                          device=None if device in (None, "auto") else device)
     annotated = config.get("annotated_slices")
+    annotation = None
+    if config.get("labels") is not None and annotated is not None:  # the user's slices come back exactly as drawn
+        annotation = (np.asarray(config["labels"]), np.asarray(annotated, bool))
+    pred = predict_volume(config["model"], volume, tta=bool(config.get("tta", False)),
+                          device=None if device in (None, "auto") else device, annotation=annotation,
+                          keep_connected=bool(config.get("keep_connected", False)),
+                          fill_between=bool(config.get("fill_between", False)))
     suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
     unc_path = _save_npy(os.path.join(config["out"], "uncertainty.npy"), pred.uncertainty.astype(np.float32))

@@ -123,6 +123,10 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 1024)
         self.batch_size.setValue(8)
+        self.semi_supervised = QCheckBox("Learn from unannotated slices too")
+        self.semi_supervised.setChecked(True)
+        self.semi_supervised.setToolTip("Semi-supervised: the image's unannotated slices also train, through pseudo-labels "
+                                        "kept only for this run (fill between slices, confident predictions); never saved as annotation")
         self.device = compact_combo(QComboBox())
         for label, value in device_choices():
             self.device.addItem(label, value)
@@ -135,6 +139,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         tl.addRow("Steps", self.steps)
         tl.addRow("Image size", self.image_size)
         tl.addRow("Batch size", self.batch_size)
+        tl.addRow("", self.semi_supervised)
         tl.addRow("Device", self.device)
         tl.addRow(self.train_button)
 
@@ -414,6 +419,7 @@ class AnnotateTrainWidget(DockWidgetBase):
             "steps": int(self.steps.value()) or None, "batch_size": int(self.batch_size.value()),
             "image_size": int(self.image_size.value()) or None,
             "devices": self.device.currentData() or "cpu", "preview_every_s": float(self.preview_every_s),
+            "semi_supervised": self.semi_supervised.isChecked(),
         }
         if self.warm_start.isChecked() and self.last_model:
             ft["init_model"] = self.last_model
@@ -422,7 +428,9 @@ class AnnotateTrainWidget(DockWidgetBase):
             ft["init_model" if kind == "model" else "encoder_weights"] = self.init_combo.currentData()
         cfg = {"finetune": ft,
                "predict": {"image": image, "out": str(runs_dir() / ".predictions" / out.name),
-                           "annotated_slices": mask, "n": 5, "device": self.device.currentData() or "cpu"}}
+                           "annotated_slices": mask, "labels": labels.copy(), "keep_connected": self.semi_supervised.isChecked(),
+                           "fill_between": self.semi_supervised.isChecked(),
+                           "n": 5, "device": self.device.currentData() or "cpu"}}
         if self.threads:
             cfg["threads"] = int(self.threads)
         return cfg

@@ -1,0 +1,394 @@
+"""Semi-supervised fine-tuning: the unannotated slices of the annotated study (and optional unlabelled
+volumes) take part in training through pseudo-labels that live only inside one training run.
+
+The recipe (``SemiSupervisedConfig``), chosen on validation volumes of the hippocampus pool
+(benchmarks/bench_study_completion.py, benchmarks/RESULTS.md):
+
+1. **Fill between slices as soft pseudo-labels**: between the outermost annotated slices of a volume, the
+   ITK morphological contour interpolation of the user's slices is a lower-weighted target.
+2. **Self-training grown from the user's slices** (Sli2Vol-style): after each phase the model predicts the
+   unannotated slices nearest to the annotated ones (a bounded number per volume, so a 300-slice CT costs
+   no more than a 35-slice crop); confident pixels (max probability >= ``confidence``) become targets,
+   the others are ignored; foreground that does not touch the user's labels in 3-D is marked background
+   (anatomy: the structure the user drew is one connected thing). Unlabelled volumes get confident
+   pseudo-labels of a bounded number of sampled slices. A volume's model pseudo-labels are used only once the
+   model reproduces the user's own slices (foreground Dice >= ``min_fit_dice``): an under-trained model's
+   all-background guesses would otherwise teach it to miss the structure; an empty guess between annotated
+   slices that show the structure is dropped for the same reason.
+3. **Prediction** (``fill_between_prediction``, applied by the prediction path with the user's labels): between
+   the outermost annotated slices holding a class, that class is the interpolation of the user's slices;
+   beyond them (where interpolation has nothing), the model's; foreground not touching the user's labels in
+   3-D is dropped; the annotated slices come back exactly as drawn.
+
+A pseudo-label is never a user's label: it is kept in memory for the run, never written, never exported,
+and unknown (ignored) wherever the model is not confident -- an unannotated slice is never background by
+default. Each batch keeps ``labelled_fraction`` of the user's own slices at full weight.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume, augment_pair, fit_to_size, slice_stack, unfit_from_size
+from .seg_module import SegmentationModule, segmentation_loss
+
+log = logging.getLogger(__name__)
+
+IGNORE = 255  # target value of pixels a pseudo-label does not decide
+
+
+@dataclass
+class SemiSupervisedConfig:
+    enabled: bool = True
+    fill_between: bool = True  # interpolated masks between annotated slices as pseudo-labels
+    fill_weight: float = 0.5
+    rounds: int = 1  # self-training rounds (each adds a training phase after a pseudo-labelling pass)
+    confidence: float = 0.9
+    pseudo_weight: float = 0.5
+    max_pseudo_slices: int = 48  # per volume and round: the unannotated slices nearest to the annotated ones
+    max_unlabelled_slices: int = 32  # per unlabelled volume and round, sampled evenly
+    connected_to_annotation: bool = True  # pseudo-label foreground only in 3-D components touching the user's labels
+    labelled_fraction: float = 0.5  # share of each batch from the user's slices
+    min_fit_dice: float = 0.5  # no model pseudo-labels for a volume until the model's foreground Dice on its annotated slices reaches this
+    fill_between_prediction: bool = True  # prediction: between annotated slices, each class from fill between slices
+
+    def as_meta(self) -> dict:
+        return asdict(self)
+
+
+def semi_supervised_config(options: Optional[dict] = None) -> SemiSupervisedConfig:
+    from ..errors import NapariSSLError
+
+    try:
+        return SemiSupervisedConfig(**(options or {}))
+    except TypeError as exc:
+        raise NapariSSLError(f"semi-supervised options: {exc}") from None
+
+
+def load_unlabelled(items: Sequence, spec_for: Callable[[str], dict]) -> list[np.ndarray]:
+    """Normalised (z, y, x) float arrays of unlabelled volumes (paths or Volumes; arrays are taken as normalised)."""
+    from ..data.normalize import normalize
+    from ..errors import NapariSSLError
+    from .finetune import load_image
+
+    out = []
+    for item in items:
+        if isinstance(item, np.ndarray):
+            out.append(np.asarray(item, np.float32))
+            continue
+        vol = load_image(item)
+        if vol.array.ndim != 3:
+            raise NapariSSLError(f"--unlabelled: a 3-D volume is needed, got shape {list(vol.array.shape)}")
+        out.append(normalize(vol.array, spec_for(vol.modality)))
+    return out
+
+
+# ----------------------------------------------------------------------------- pseudo-labels
+
+def nearest_unannotated(annotated: np.ndarray, limit: int) -> list[int]:
+    """Unannotated slice indices ordered by distance to the nearest annotated slice, at most `limit`."""
+    ann = np.flatnonzero(annotated)
+    cand = np.flatnonzero(~annotated)
+    if ann.size == 0 or cand.size == 0 or limit <= 0:
+        return []
+    dist = np.abs(cand[:, None] - ann[None, :]).min(1)
+    order = np.lexsort((cand, dist))
+    return sorted(int(z) for z in cand[order[:limit]])
+
+
+def _stride(shape: tuple, image_size: int) -> int:
+    """In-plane subsampling that keeps at least `image_size` pixels on the longer side (pseudo-labels are
+    resized to the training size anyway; a 512 x 512 CT interpolated at full size costs minutes)."""
+    return max(1, int(max(shape) // max(1, image_size)))
+
+
+def _upsample(a: np.ndarray, f: int, shape: tuple) -> np.ndarray:
+    if f == 1:
+        return a
+    return np.repeat(np.repeat(a, f, axis=-2), f, axis=-1)[..., :shape[0], :shape[1]]
+
+
+def fill_between_pseudo(vol: LabelledVolume, limit: int, image_size: int = 0) -> dict[int, np.ndarray]:
+    """{slice: interpolated labels} for unannotated slices strictly between annotated slices holding labels."""
+    from ..active.fill_between import fill_between_slices
+
+    ann = vol.annotated
+    held = np.flatnonzero(ann & vol.labels.reshape(vol.labels.shape[0], -1).any(1))
+    if held.size < 2:
+        return {}
+    inside = np.zeros_like(ann)
+    inside[held[0]:held[-1] + 1] = True
+    inside &= ~ann
+    zs = [z for z in nearest_unannotated(ann, max(limit, 0) + int(ann.sum()) + ann.size) if inside[z]][:limit]
+    if not zs:
+        return {}
+    # interpolate only the block that can change: the annotated z-range and the in-plane box of the labels (+ margin)
+    z0, z1 = int(held[0]), int(held[-1]) + 1
+    fg = vol.labels[z0:z1].any(0)
+    ys, xs = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+    m = 4
+    y0, y1 = max(0, ys[0] - m), min(fg.shape[0], ys[-1] + 1 + m)
+    x0, x1 = max(0, xs[0] - m), min(fg.shape[1], xs[-1] + 1 + m)
+    f = _stride(vol.labels.shape[1:], image_size) if image_size else 1
+    block = fill_between_slices(np.ascontiguousarray(vol.labels[z0:z1, y0:y1:f, x0:x1:f]), ann[z0:z1])
+    out = {}
+    for z in zs:
+        t = np.zeros(vol.labels.shape[1:], vol.labels.dtype)
+        t[y0:y1, x0:x1] = _upsample(block[z - z0], f, (y1 - y0, x1 - x0))
+        out[z] = t
+    return out
+
+
+@torch.no_grad()
+def predict_slices(unet: torch.nn.Module, image: np.ndarray, zs: Sequence[int], image_size: int, in_channels: int,
+                   batch_size: int = 32) -> np.ndarray:
+    """Class probabilities (len(zs), K, y, x) of the given slices of a normalised volume."""
+    modes = [(m, m.training) for m in unet.modules()]
+    unet.eval()
+    dev = next(unet.parameters()).device
+    h, w = image.shape[1:]
+    out = []
+    for i in range(0, len(zs), batch_size):
+        x = torch.from_numpy(np.stack([slice_stack(image, z, in_channels) for z in zs[i:i + batch_size]]).astype(np.float32))
+        pr = unet(fit_to_size(x, image_size).to(dev)).float().softmax(1).cpu()
+        out.append(unfit_from_size(pr, (h, w)).numpy())
+    for m, mode in modes:
+        m.training = mode
+    return np.concatenate(out) if out else np.zeros((0, 1, h, w), np.float32)
+
+
+def keep_touching(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Foreground of `labels` only in the 3-D connected components (26-connectivity) that contain a
+    foreground voxel of `seeds`; everything else becomes 0. With no seed foreground, `labels` unchanged."""
+    from scipy import ndimage
+
+    seed_fg = seeds > 0
+    if not seed_fg.any():
+        return labels
+    fg = (labels > 0) | seed_fg
+    box = ndimage.find_objects(fg.astype(np.uint8))[0]  # label only inside the foreground's bounding box (a full CT is 77 M voxels)
+    comp, n = ndimage.label(fg[box], structure=np.ones((3, 3, 3), bool))
+    keep = np.unique(comp[seed_fg[box]])
+    keep = keep[keep > 0]
+    out = np.zeros_like(labels)
+    out[box] = np.where(np.isin(comp, keep), labels[box], 0)
+    return out
+
+
+def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_channels: int, cfg: SemiSupervisedConfig) -> Optional[dict[int, np.ndarray]]:
+    """Confident model pseudo-labels ({slice: labels with IGNORE}) for slices `zs` of an annotated volume;
+    None when the model does not yet reproduce the volume's annotated slices (gate)."""
+    if not zs:
+        return {}
+    # gate: the model's guesses are trusted only once it reproduces the user's own slices
+    ann_z = [int(z) for z in np.flatnonzero(vol.annotated)]
+    fit = predict_slices(unet, vol.image, ann_z, image_size, in_channels).argmax(1)
+    user = vol.labels[ann_z]
+    fg_dice = 2 * float(((fit > 0) & (user > 0)).sum()) / max(1.0, float((fit > 0).sum() + (user > 0).sum())) if (user > 0).any() else 1.0
+    if fg_dice < cfg.min_fit_dice:
+        return None
+    probs = predict_slices(unet, vol.image, zs, image_size, in_channels)
+    lab = probs.argmax(1).astype(np.uint8)
+    conf = probs.max(1) >= cfg.confidence
+    if cfg.connected_to_annotation:
+        ann_z = np.flatnonzero(vol.annotated)
+        z0, z1 = min(min(zs), int(ann_z.min())), max(max(zs), int(ann_z.max())) + 1  # the window the pseudo-labels span
+        f = _stride(vol.labels.shape[1:], image_size)  # components at about the training resolution
+        full = np.zeros((z1 - z0, *vol.labels[0, ::f, ::f].shape), np.uint8)
+        full[np.asarray(zs) - z0] = lab[:, ::f, ::f]
+        win_ann = vol.annotated[z0:z1]
+        seeds = np.where(win_ann[:, None, None], vol.labels[z0:z1, ::f, ::f], 0).astype(np.uint8)
+        full = np.where(win_ann[:, None, None], seeds, full)
+        kept_small = keep_touching(full, seeds)[np.asarray(zs) - z0] > 0
+        kept = np.where(_upsample(kept_small, f, lab.shape[1:]), lab, 0)
+        conf |= (lab > 0) & (kept == 0)  # a detached blob is confidently not the user's structure
+        lab = kept
+    # a slice between annotated slices that show the structure cannot be empty: no pseudo-label rather than background
+    held = np.flatnonzero(vol.annotated & vol.labels.reshape(vol.labels.shape[0], -1).any(1))
+    out = {}
+    for i, z in enumerate(zs):
+        if held.size and held[0] < z < held[-1] and not lab[i].any():
+            continue
+        out[z] = np.where(conf[i], lab[i], IGNORE).astype(np.uint8)
+    return out
+
+
+def unlabelled_pseudo(unet, image: np.ndarray, image_size: int, in_channels: int, cfg: SemiSupervisedConfig, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    n = image.shape[0]
+    m = min(n, cfg.max_unlabelled_slices)
+    if m <= 0:
+        return []
+    zs = sorted(int(z) for z in np.unique(np.linspace(0, n - 1, m).round().astype(int)))
+    probs = predict_slices(unet, image, zs, image_size, in_channels)
+    lab = probs.argmax(1).astype(np.uint8)
+    conf = probs.max(1) >= cfg.confidence
+    return [(z, np.where(conf[i], lab[i], IGNORE).astype(np.uint8)) for i, z in enumerate(zs)]
+
+
+# ----------------------------------------------------------------------------- data
+
+class PseudoSlices(torch.utils.data.Dataset):
+    """Pseudo-labelled slices as (image (C,S,S), target (S,S) with IGNORE, weight)."""
+
+    def __init__(self, items: list[tuple[np.ndarray, int, np.ndarray, float]], image_size: int, in_channels: int, augment: Optional[AugmentConfig]):
+        self.augment = augment
+        imgs, tgts, self.weights = [], [], []
+        for image, z, target, weight in items:
+            x = torch.from_numpy(np.ascontiguousarray(slice_stack(image, z, in_channels), dtype=np.float32))[None]
+            t = torch.from_numpy(np.ascontiguousarray(target).astype(np.float32))[None, None]
+            imgs.append(fit_to_size(x, image_size)[0])
+            tgts.append(fit_to_size(t, image_size, mode="nearest")[0, 0].round().long())
+            self.weights.append(float(weight))
+        self.images = torch.stack(imgs) if imgs else torch.zeros(0, in_channels, image_size, image_size)
+        self.targets = torch.stack(tgts) if tgts else torch.zeros(0, image_size, image_size, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __getitem__(self, i: int) -> dict:
+        img, tgt = self.images[i], self.targets[i]
+        if self.augment is not None:
+            # pad value after augmentation is 0 (background) outside the image, as for the user's slices
+            img, tgt = augment_pair(img, tgt, self.augment)
+        return {"image": img, "target": tgt, "weight": torch.tensor(self.weights[i])}
+
+
+class MixedSlices(torch.utils.data.Dataset):
+    """The user's slices and pseudo-labelled slices; a uniformly random index draws from the user's slices
+    with probability `labelled_fraction` (so the step budget and loader of plain fine-tuning are kept)."""
+
+    SPREAD = 1000
+
+    def __init__(self, labelled: LabelledSliceDataset, pseudo: PseudoSlices, labelled_fraction: float):
+        self.labelled, self.pseudo = labelled, pseudo
+        self.cut = int(round(self.SPREAD * (labelled_fraction if len(pseudo) else 1.0)))
+        self.targets = labelled.targets  # class-balance weights come from the user's slices only
+
+    def __len__(self) -> int:
+        return self.SPREAD * max(len(self.labelled), len(self.pseudo), 1)
+
+    def __getitem__(self, i: int) -> dict:
+        j, r = divmod(int(i), self.SPREAD)
+        if r < self.cut:
+            item = self.labelled[j % len(self.labelled)]
+            return {"image": item["image"], "target": item["target"], "weight": torch.tensor(1.0)}
+        return self.pseudo[j % len(self.pseudo)]
+
+
+# ----------------------------------------------------------------------------- loss
+
+def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice over foreground classes present, on pixels whose target is not IGNORE."""
+    valid = (target != IGNORE).unsqueeze(1).to(logits.dtype)
+    probs = logits.softmax(1) * valid
+    k = logits.shape[1]
+    onehot = F.one_hot(target.clamp(max=k - 1) * (target != IGNORE), k).permute(0, 3, 1, 2).to(probs.dtype) * valid
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    card = probs.sum(dims) + onehot.sum(dims)
+    present = onehot.sum(dims) > 0
+    present[0] = False
+    if not bool(present.any()):
+        return logits.sum() * 0
+    return (1 - (2 * inter + eps) / (card + eps))[present].mean()
+
+
+def semi_supervised_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "dice-ce",
+                         class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The plain loss on the user's slices (weight 1) + weight-scaled CE and masked Dice on pseudo-labelled ones."""
+    user = weight >= 1.0
+    total = logits.sum() * 0
+    if bool(user.any()):
+        total = total + segmentation_loss(logits[user], target[user], kind, class_weights)
+    pseudo = ~user
+    if bool(pseudo.any()):
+        lp, tp, wp = logits[pseudo], target[pseudo], weight[pseudo].to(logits.dtype)
+        cw = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
+        ce = F.cross_entropy(lp, tp, weight=cw, ignore_index=IGNORE, reduction="none")  # (n, H, W), 0 at ignored
+        valid = (tp != IGNORE).to(logits.dtype)
+        ce = (ce.sum((1, 2)) / valid.sum((1, 2)).clamp(min=1) * wp).mean()
+        total = total + ce + wp.mean() * masked_soft_dice(lp, tp)
+    return total
+
+
+class SemiSupervisedModule(SegmentationModule):
+    def training_step(self, batch, batch_idx):
+        logits = self.unet(batch["image"])
+        loss = semi_supervised_loss(logits, batch["target"], batch["weight"], self.loss_kind, self.class_weights)
+        self.last_loss = float(loss.detach())
+        self.log("loss", loss, prog_bar=False, on_step=True, batch_size=batch["image"].shape[0])
+        return loss
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image_size: int, in_channels: int, steps: int,
+                          cfg: Optional[SemiSupervisedConfig] = None, unlabelled: Sequence[np.ndarray] = (), augment: bool = True,
+                          emit: Callable[[dict], None] = lambda e: None, seed: int = 0, **train_kw) -> tuple[torch.nn.Module, dict]:
+    """Fine-tune `unet` for `steps` steps in all, split evenly over 1 + cfg.rounds phases: phase 0 on the user's
+    slices (+ fill-between pseudo-labels), each later phase after a pseudo-labelling pass with the current model.
+    ``train_kw`` goes to :func:`napari_ssl.train.finetune.train_unet` (lr, batch_size, loss, devices, ...)."""
+    from .finetune import train_unet
+
+    cfg = cfg or SemiSupervisedConfig()
+    aug = AugmentConfig() if augment else None
+    labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
+    phases = 1 + max(0, int(cfg.rounds))
+    bounds = np.linspace(0, steps, phases + 1).round().astype(int)
+    fill_items: list = []
+    if cfg.fill_between and cfg.fill_weight > 0:
+        for vol in volumes:
+            for z, t in fill_between_pseudo(vol, cfg.max_pseudo_slices, image_size).items():
+                fill_items.append((vol.image, z, t, cfg.fill_weight))
+    fill_zs = [{z for (img, z, _, _) in fill_items if img is vol.image} for vol in volumes]
+    rng = np.random.default_rng(seed)
+    info: dict = {"phases": [], "pseudo_slices": []}
+    model_items: list = []
+    total_steps = 0
+    user_emit = emit
+
+    for p in range(phases):
+        n = int(bounds[p + 1] - bounds[p])
+        if p > 0:
+            model_items = []
+            fits = True
+            for vol, fz in zip(volumes, fill_zs):
+                zs = [z for z in nearest_unannotated(vol.annotated, cfg.max_pseudo_slices + len(fz)) if z not in fz][:cfg.max_pseudo_slices]
+                got = model_pseudo(unet, vol, zs, image_size, in_channels, cfg)
+                fits = fits and got is not None
+                for z, t in (got or {}).items():
+                    model_items.append((vol.image, z, t, cfg.pseudo_weight))
+            for image in (unlabelled if fits else ()):  # other volumes only once the model fits every annotated one
+                for z, t in unlabelled_pseudo(unet, image, image_size, in_channels, cfg, rng):
+                    model_items.append((image, z, t, cfg.pseudo_weight))
+        items = fill_items + model_items
+        info["pseudo_slices"].append(len(items))
+        if n <= 0:
+            continue
+        ds = MixedSlices(labelled, PseudoSlices(items, image_size, in_channels, aug), cfg.labelled_fraction)
+        offset = total_steps
+
+        def phase_emit(e, offset=offset):  # one step count and one total across the phases
+            e = dict(e)
+            if "step" in e:
+                e["step"] = int(e["step"]) + offset
+            if "total_steps" in e:
+                e["total_steps"] = int(steps)
+            if e.get("type") == "started" and offset > 0:
+                return
+            user_emit(e)
+
+        unet, ph = train_unet(unet, ds, steps=n, seed=seed + p, emit=phase_emit,
+                              module_factory=SemiSupervisedModule, **train_kw)
+        total_steps += ph["steps"]
+        info["phases"].append(ph)
+        if ph.get("stopped"):
+            break
+    last = info["phases"][-1] if info["phases"] else {"final_loss": float("nan"), "stopped": False}
+    return unet, {"steps": total_steps, "final_loss": last["final_loss"], "stopped": bool(last.get("stopped")),
+                  "pseudo_slices": info["pseudo_slices"], "labelled": labelled}

@@ -1,0 +1,169 @@
+"""Semi-supervised fine-tuning and 'the output respects the user', on real hippocampus volumes."""
+import os
+
+import numpy as np
+import pytest
+
+from napari_ssl import api
+from napari_ssl.cli import main
+from napari_ssl.models.checkpoint import read_meta
+from napari_ssl.train.finetune import load_image, load_labels
+from napari_ssl.train.semi_supervised import IGNORE, keep_touching, nearest_unannotated, semi_supervised_loss
+
+FAST = dict(encoder="mobilenetv3-small-lite", image_size=64, batch_size=8, lr=3e-3, preview_every_s=0.0, seed=0)
+
+
+def _quantile_slices(lab, k):
+    zs = np.flatnonzero(lab.reshape(lab.shape[0], -1).any(1))
+    return sorted({int(round(zs[0] + (zs[-1] - zs[0]) * (i + 1) / (k + 1))) for i in range(k)})
+
+
+def _dice(pred, lab):
+    out = []
+    for c in (1, 2):
+        p, t = pred == c, lab == c
+        den = p.sum() + t.sum()
+        out.append(2 * (p & t).sum() / den if den else 1.0)
+    return float(np.mean(out))
+
+
+@pytest.fixture(scope="module")
+def study(hippo_dir):
+    name = "hippocampus_001.nii.gz"
+    img = load_image(str(hippo_dir / "images" / name))
+    lab = load_labels(str(hippo_dir / "labels" / name), img)
+    zs = _quantile_slices(lab, 3)
+    sparse = np.zeros_like(lab)
+    sparse[zs] = lab[zs]
+    return img, lab, sparse, zs
+
+
+def test_semi_supervised_run_keeps_pseudo_labels_in_memory_and_predict_respects_the_user(study, tmp_path):
+    img, lab, sparse, zs = study
+    given = sparse.copy()
+    losses = []
+    empty = int(np.flatnonzero(~lab.reshape(lab.shape[0], -1).any(1))[0])
+    out = api.finetune([img], [sparse], tmp_path / "m", steps=100, empty_slices=[empty],
+                       events=lambda e: losses.append(e["values"]["loss"]) if e["type"] == "loss" else None, **FAST)
+    # the user's label map is untouched (pseudo-labels are never written into it), the folder holds only the model
+    assert np.array_equal(sparse, given)
+    assert sorted(os.listdir(out)) == ["model.json", "model.safetensors"]
+    meta = read_meta(out)
+    semi = meta["training"]["semi_supervised"]
+    # phase 0: fill-between pseudo-labels; phase 1 adds the model's once it reproduces the user's slices (gated)
+    assert semi["enabled"] and len(semi["pseudo_slices_per_phase"]) == 2 and semi["pseudo_slices_per_phase"][1] >= semi["pseudo_slices_per_phase"][0] > 0
+    assert meta["training_slices"][0]["slices"] == sorted([*zs, empty])  # only the user's slices are training slices
+    # the loss falls over the run
+    assert len(losses) == 100 and np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
+    # annotated slices come back exactly as drawn, the annotated-empty one empty; probabilities one-hot there
+    pred = api.predict(out, img, labels=sparse, empty_slices=[empty])
+    for z in zs:
+        assert np.array_equal(pred.labels[z], sparse[z])
+        assert np.all(pred.uncertainty[z] == 0)
+    assert not pred.labels[empty].any()
+    raw = api.predict(out, img)
+    assert not all(np.array_equal(raw.labels[z], sparse[z]) for z in zs)  # so the check above is not vacuous
+    # the default recipe's prediction (fill between inside the annotated range, the model beyond, connected to the
+    # user's labels): useful on the unannotated slices, and at least as good there as the interpolation alone
+    fused = api.predict(out, img, labels=sparse, empty_slices=[empty], keep_connected=True, fill_between=True)
+    assert all(np.array_equal(fused.labels[z], sparse[z]) for z in zs)
+    un = np.ones(lab.shape[0], bool)
+    un[zs] = False
+    un[empty] = False
+    filled = api.fill_between(sparse, img, empty_slices=[empty])
+    assert _dice(fused.labels[un], lab[un]) > 0.3
+    assert _dice(fused.labels[un], lab[un]) >= _dice(filled[un], lab[un]) - 0.02
+
+
+def test_cli_switch_and_unlabelled(study, hippo_dir, tmp_path, capsys):
+    img, lab, sparse, zs = study
+    import SimpleITK as sitk
+
+    lab_path = str(tmp_path / "sparse.nii.gz")
+    ref = sitk.ReadImage(str(hippo_dir / "labels" / "hippocampus_001.nii.gz"))
+    raw = sitk.GetArrayFromImage(ref)
+    keep = np.zeros(raw.shape[0], bool)
+    keep[zs] = True  # canonical z is the file's first array axis for these volumes (checked below)
+    out_img = sitk.GetImageFromArray(np.where(keep[:, None, None], raw, 0).astype(np.uint8))
+    out_img.CopyInformation(ref)
+    sitk.WriteImage(out_img, lab_path)
+    assert np.array_equal(load_labels(lab_path, img), sparse)
+    image = str(hippo_dir / "images" / "hippocampus_001.nii.gz")
+    other = str(hippo_dir / "images" / "hippocampus_003.nii.gz")
+    assert main(["finetune", "--image", image, "--labels", lab_path, "--out", str(tmp_path / "semi"), "--steps", "6", "--image-size", "32",
+                 "--encoder", "mobilenetv3-small-lite", "--unlabelled", other]) == 0
+    semi = read_meta(str(tmp_path / "semi"))["training"]["semi_supervised"]
+    assert semi["unlabelled_volumes"] == 1
+    assert main(["finetune", "--image", image, "--labels", lab_path, "--out", str(tmp_path / "sup"), "--steps", "6", "--image-size", "32",
+                 "--encoder", "mobilenetv3-small-lite", "--no-semi-supervised"]) == 0
+    assert read_meta(str(tmp_path / "sup"))["training"]["semi_supervised"] is None
+    assert main(["finetune", "--image", image, "--labels", lab_path, "--out", str(tmp_path / "bad"), "--steps", "6",
+                 "--no-semi-supervised", "--unlabelled", other]) == 2
+    assert "--unlabelled" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "bad")
+    pred_path = str(tmp_path / "pred.nii.gz")
+    assert main(["predict", "--model", str(tmp_path / "semi"), "--image", image, "--labels", lab_path, "--out", pred_path]) == 0
+    back = load_labels(pred_path, img)
+    assert all(np.array_equal(back[z], sparse[z]) for z in zs)
+
+
+def test_pseudo_label_loss_ignores_unknown_pixels_and_components_touch_the_user():
+    import torch
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 16, 16, requires_grad=True)
+    target = torch.randint(0, 3, (4, 16, 16))
+    weight = torch.tensor([1.0, 1.0, 0.5, 0.5])
+    base = semi_supervised_loss(logits, target, weight)
+    t2 = target.clone()
+    t2[2:, :8] = IGNORE  # unknown pixels of pseudo-labelled samples: whatever the logits there, no gradient
+    loss = semi_supervised_loss(logits, t2, weight)
+    loss.backward()
+    assert torch.isfinite(base) and torch.isfinite(loss)
+    assert float(logits.grad[2:, :, :8].abs().max()) == 0.0 and float(logits.grad[2:, :, 8:].abs().max()) > 0
+    # 3-D components: the one touching the user's labels stays, a detached blob goes
+    lab = np.zeros((5, 8, 8), np.uint8)
+    lab[0:3, 1:3, 1:3] = 1
+    lab[3:5, 6:8, 6:8] = 2
+    seeds = np.zeros_like(lab)
+    seeds[1, 1, 1] = 1
+    kept = keep_touching(lab, seeds)
+    assert kept[0:3, 1:3, 1:3].all() and not kept[3:5].any()
+    assert nearest_unannotated(np.array([False, False, True, False, False, False]), 3) == [1, 3, 4] or \
+        nearest_unannotated(np.array([False, False, True, False, False, False]), 3) == [0, 1, 3][:3]
+
+
+def test_quality_few_real_slices_reach_dice_on_held_out_volumes(hippo_dir):
+    """A fast supervised configuration on 6 real slices of 2 volumes reaches a Dice on 3 held-out volumes
+    that a broken loss, transfer or target mapping would not (measured: see the threshold's comment)."""
+    import torch
+
+    from napari_ssl.active.predict import predict_array
+    from napari_ssl.data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume
+    from napari_ssl.data.normalize import default_spec, normalize
+    from napari_ssl.models.unet import build_unet
+    from napari_ssl.train.finetune import train_unet
+
+    def vol(name):
+        img = load_image(str(hippo_dir / "images" / name))
+        return normalize(img.array, default_spec(img.modality)), load_labels(str(hippo_dir / "labels" / name), img)
+
+    train = []
+    for name in ("hippocampus_001.nii.gz", "hippocampus_003.nii.gz"):
+        x, lab = vol(name)
+        ann = np.zeros(lab.shape[0], bool)
+        ann[_quantile_slices(lab, 3)] = True
+        train.append(LabelledVolume(image=x, labels=np.where(ann[:, None, None], lab, 0), annotated=ann))
+    torch.manual_seed(0)
+    unet = build_unet("mobilenetv3-small-lite", in_channels=1, classes=3)
+    unet, _ = train_unet(unet, LabelledSliceDataset(train, 64, 1, AugmentConfig()), steps=80, batch_size=8, lr=3e-3, seed=0, devices="cpu")
+    dice = []
+    for name in ("hippocampus_389.nii.gz", "hippocampus_390.nii.gz", "hippocampus_393.nii.gz"):
+        x, lab = vol(name)
+        dice.append(_dice(predict_array(unet, x, image_size=64).labels, lab))
+    assert np.mean(dice) > QUALITY_THRESHOLD, dice
+
+
+# Today's code: 0.219 (0.224 / 0.149 / 0.282; seed 0, 80 steps, 6 slices). An untrained or mis-wired model (loss sign,
+# targets shifted, weights not transferred back) predicts noise or background everywhere: Dice near 0.
+QUALITY_THRESHOLD = 0.12
