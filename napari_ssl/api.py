@@ -84,12 +84,14 @@ def finetune(images: Sequence[ImageLike] | ImageLike, labels: Sequence[LabelsLik
 
 
 def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
-            device: Optional[str] = None) -> Prediction:
-    """Segment every slice; returns labels, probabilities, voxel and slice uncertainty on the image's canonical grid."""
+            device: Optional[str] = None, progress=None) -> Prediction:
+    """Segment every slice; returns labels, probabilities, voxel and slice uncertainty on the image's canonical grid.
+    ``progress(slices_done, slices_total)`` is called as batches finish."""
     from .active.predict import predict_volume
 
     vol = image if isinstance(image, Volume) else load_volume(image)
-    return predict_volume(os.fspath(model), vol, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=device)
+    return predict_volume(os.fspath(model), vol, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=device,
+                          progress=progress)
 
 
 def save_prediction(prediction: Prediction, image: ImageLike, out: PathLike, *, probabilities: Optional[PathLike] = None,

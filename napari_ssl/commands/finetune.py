@@ -49,12 +49,19 @@ def run(args) -> int:
                             epochs=args.epochs, steps=args.steps, loss=args.loss, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
                             encoder_lr_scale=args.encoder_lr_scale, freeze_encoder_steps=args.freeze_encoder_steps, transfer_decoder=args.transfer_decoder,
                             augment=not args.no_augment, devices=args.devices, precision=args.precision, seed=args.seed)
+    from ..progress_text import Eta, step_text
+
     state = {"last": -1}
+    eta = Eta()
 
     def events(e: dict) -> None:
-        if e["type"] == "progress" and (e["step"] - state["last"] >= max(1, e["total_steps"] // 20) or e["step"] == e["total_steps"]):
-            state["last"] = e["step"]
-            print(f"step {e['step']}/{e['total_steps']}", file=sys.stderr, flush=True)
+        if e["type"] == "status":
+            print(e["message"], file=sys.stderr, flush=True)
+        if e["type"] == "progress":
+            left = eta.update(e["step"], e["total_steps"])
+            if e["step"] - state["last"] >= max(1, e["total_steps"] // 20) or e["step"] == e["total_steps"]:
+                state["last"] = e["step"]
+                print(step_text("Training the model", e["step"], e["total_steps"], left), file=sys.stderr, flush=True)
 
     out = run_finetuning(config, events=events)
     from ..models.checkpoint import read_meta

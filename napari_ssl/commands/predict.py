@@ -22,8 +22,18 @@ def run(args) -> int:
 
     from .. import api
 
+    import sys
+
+    from ..progress_text import Eta, step_text
+
     vol = api.load_volume(args.image)
-    pred = api.predict(args.model, vol, tta=args.tta, mc_dropout=args.mc_dropout, batch_size=args.batch_size, device=args.device)
+    eta = Eta()
+
+    def progress(done: int, total: int) -> None:
+        print(step_text("Predicting", done, total, eta.update(done, total), unit="slice"), file=sys.stderr, flush=True)
+
+    pred = api.predict(args.model, vol, tta=args.tta, mc_dropout=args.mc_dropout, batch_size=args.batch_size, device=args.device,
+                       progress=progress)
     api.save_prediction(pred, vol, args.out, probabilities=args.probabilities, uncertainty=args.uncertainty)
     counts = {name: int((pred.labels == i + 1).sum()) for i, name in enumerate(pred.class_names)}
     if args.json:

@@ -428,8 +428,10 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
             pre_meta = read_meta(config.encoder_weights)
         if config.init_model and not config.classes and pre_meta.get("class_names"):
             config.classes = list(pre_meta["class_names"])
+        emit({"type": "status", "message": "Preparing the annotated slices"})
         data = prepare_data(config, pre_meta.get("normalization"))
         num_classes = len(data.class_names) + 1
+        emit({"type": "status", "message": "Building the model (the first training steps follow)"})
         torch.manual_seed(int(config.seed))  # the decoder (and a random encoder) start the same under one seed
         unet, source = build_initial_model(config, num_classes)
         meta_src = source.pop("_meta", {})
@@ -445,6 +447,7 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
                                 seed=config.seed, devices=config.devices, precision=config.precision, num_workers=config.num_workers,
                                 emit=emit, stop_event=stop_event, preview_every_s=config.preview_every_s)
         unet = unet.cpu()
+        emit({"type": "status", "message": "Saving the model"})
         dice = annotated_dice(unet, dataset, num_classes)
         meta = {
             "kind": "segmentation",

@@ -80,6 +80,20 @@ def _save_npy(path: str, array: np.ndarray) -> str:
     return path
 
 
+def _predict_progress(events: EventSink):
+    """A predict_volume progress callback that emits readable status events (slices done, time left)."""
+    from ..progress_text import Eta, step_text
+
+    eta = Eta()
+
+    def progress(done: int, total: int) -> None:
+        left = eta.update(done, total)
+        events({"type": "status", "message": step_text("Predicting the whole image", done, total, left, unit="slice"),
+                "phase": "predict", "done": int(done), "total": int(total), "seconds_left": left})
+
+    return progress
+
+
 def predict_job(config: dict, events: EventSink, stop_event) -> str:
     """Predict labels + uncertainty for one image and rank slices to annotate next.
 
@@ -95,11 +109,12 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
 
     _limit_threads(config)
     os.makedirs(config["out"], exist_ok=True)
-    events({"type": "status", "message": "predicting the whole image"})
+    events({"type": "status", "message": "Predicting the whole image: loading the model"})
     volume = load_image(config["image"])
     device = config.get("device")
     pred = predict_volume(config["model"], volume, tta=bool(config.get("tta", False)),
-                          device=None if device in (None, "auto") else device)
+                          device=None if device in (None, "auto") else device, progress=_predict_progress(events))
+    events({"type": "status", "message": "Predicting the whole image: ranking the slices to annotate next"})
     annotated = config.get("annotated_slices")
     suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
