@@ -93,6 +93,16 @@ class DemoLoop:
                 return dock.widget() if hasattr(dock, "widget") and callable(dock.widget) else dock
         raise RuntimeError(f"the {title} widget is not docked")
 
+    def _raise(self, title: str) -> None:
+        """Bring a docked widget's tab to the front (what the stage's screenshot should show)."""
+        from qtpy.QtWidgets import QDockWidget
+
+        w = self._widget(title)
+        while w is not None and not isinstance(w, QDockWidget):
+            w = w.parentWidget()
+        if w is not None:
+            w.raise_()
+
     def _layers(self):
         image = next(ly for ly in self.viewer.layers if type(ly).__name__ == "Image" and not ly.metadata.get("napari_ssl_preview"))
         expert = next((ly for ly in self.viewer.layers if type(ly).__name__ == "Labels"), None)
@@ -157,6 +167,7 @@ class DemoLoop:
     # --- stages
     def _pretrain(self):
         w = self._widget("Pretrain")
+        self._raise("Pretrain")
         w.method.setCurrentText("inpainting")
         w.image_size.setValue(self.settings.pretrain_image_size)
         w.batch_size.setValue(self.settings.batch_size)
@@ -179,6 +190,7 @@ class DemoLoop:
 
     def _annotate(self):
         w = self._widget("Annotate & Train")
+        self._raise("Annotate & Train")
         image, expert = self._layers()
         if expert is None:
             raise RuntimeError("the sample has no labels to copy annotations from")
@@ -195,11 +207,13 @@ class DemoLoop:
         labels.refresh()
         w.update_count()
         w.go_to_slice(self.annotated[len(self.annotated) // 2])
-        if getattr(self, "_pretrain_widget", None) is not None:  # the previews sit beside the scan: hide them now
-            for lay in self._pretrain_widget.preview_layers.values():
+        if getattr(self, "_pretrain_widget", None) is not None:  # the previews sit beside the scan: shown, now removed
+            for lay in list(self._pretrain_widget.preview_layers.values()):
                 if lay in self.viewer.layers:
-                    lay.visible = False
+                    self.viewer.layers.remove(lay)
+            self._pretrain_widget.preview_layers.clear()
             self.viewer.reset_view()
+        expert.visible = False  # from here on the screen shows what the user drew and what the model made
         self.widget, self.labels = w, labels
         self.summary["annotated_slices"] = list(self.annotated)
         self.summary["slices"] = int(self.expert.shape[0])
@@ -241,6 +255,10 @@ class DemoLoop:
             if res.get("type") != "done":
                 raise RuntimeError(res.get("message", "training failed"))
             pred = w.prediction_layer()
+            # show a slice the model completed on its own: between the first two annotated slices
+            between = [z for z in range(self.annotated[0] + 1, self.annotated[-1]) if z not in self.annotated]
+            if between:
+                w.go_to_slice(between[len(between) // 2] if len(self.annotated) < 3 else (self.annotated[0] + self.annotated[1]) // 2)
             self.summary["model"] = os.path.basename(str(w.last_model))
             self.summary["dice_prediction"] = self._dice(np.asarray(pred.data))
             self.summary["finetune_steps"] = self.settings.finetune_steps
@@ -256,6 +274,7 @@ class DemoLoop:
 
     def _export(self):
         ex = self._widget("Export")
+        self._raise("Export")
         pred = self.widget.prediction_layer()
         os.makedirs(self.export_dir, exist_ok=True)
         todo = []

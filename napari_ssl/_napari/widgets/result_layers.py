@@ -41,7 +41,7 @@ def uncertainty_colormap():
     """Transparent where the model is confident, then orange to magenta, more opaque as doubt grows."""
     from napari.utils.colormaps import Colormap
 
-    return Colormap(colors=[[1.0, 0.6, 0.0, 0.0], [1.0, 0.6, 0.0, 0.0], [1.0, 0.45, 0.0, 0.55], [1.0, 0.0, 1.0, 0.9]],
+    return Colormap(colors=[[1.0, 0.6, 0.0, 0.0], [1.0, 0.6, 0.0, 0.0], [1.0, 0.5, 0.0, 0.35], [1.0, 0.0, 1.0, 0.7]],
                     controls=[0.0, CONFIDENT_BELOW, CONFIDENT_BELOW + 0.15, 1.0], name="napari-ssl uncertainty")
 
 
