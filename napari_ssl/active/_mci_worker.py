@@ -43,6 +43,7 @@ def interpolate(src: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     inp, out = sys.stdin.buffer, sys.stdout.buffer
+    interpolate(np.zeros((2, 4, 4), np.uint16))  # load ITK's modules now (lazy, seconds): the first real call is then quick
     while (arr := read_array(inp)) is not None:
         write_array(out, interpolate(arr))
 

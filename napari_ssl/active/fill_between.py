@@ -24,16 +24,28 @@ _WORKER: Optional[subprocess.Popen] = None
 _LOCK = threading.Lock()
 
 
+def _ensure_worker() -> subprocess.Popen:
+    global _WORKER
+    if _WORKER is None or _WORKER.poll() is not None:
+        _WORKER = subprocess.Popen([sys.executable, "-m", "napari_ssl.active._mci_worker"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        atexit.register(shutdown_worker)
+    return _WORKER
+
+
+def start_worker() -> None:
+    """Start the worker now, without waiting (it imports ITK meanwhile: seconds, more on a loaded machine),
+    so that the first fill between slices is instant. The viewer calls it when a labels layer is bound."""
+    with _LOCK:
+        _ensure_worker()
+
+
 def _interpolate_in_worker(src: np.ndarray) -> np.ndarray:
     """Run _mci_worker.interpolate in one reused child process (ITK's first import costs seconds)."""
     from . import _mci_worker
 
-    global _WORKER
     with _LOCK:
-        if _WORKER is None or _WORKER.poll() is not None:
-            _WORKER = subprocess.Popen([sys.executable, "-m", "napari_ssl.active._mci_worker"],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            atexit.register(shutdown_worker)
+        _ensure_worker()
         try:
             _mci_worker.write_array(_WORKER.stdin, src)
             out = _mci_worker.read_array(_WORKER.stdout)

@@ -305,6 +305,9 @@ class AnnotateTrainWidget(DockWidgetBase):
         vol = layer_volume(image)
         folder = autosave_dir or autosave_folder(image.name, vol.series_instance_uid or vol.path or image.name)
         self.autosave = AnnotationAutosave(layer, folder, vol.affine, self._autosave_meta, parent=self)
+        from ...active.fill_between import start_worker
+
+        start_worker()  # ITK loads in its worker process meanwhile, so Fill between slices answers at once
         layer.events.paint.connect(self._schedule_count)
         layer.events.data.connect(self._schedule_count)
         self._on_classes_edited()
