@@ -427,6 +427,8 @@ def run_ct(args) -> dict:
 
     lat = click_and_wait()
     ok = (widget.last_result or {}).get("type") == "done"
+    print(f"click to layers: {percentiles(lat)}, staged steps {[round(v) for v in steps_ms]} ms, marks "
+          f"{ {k: round(v - t_click, 1) for k, v in marks.items()} }", flush=True)
     pred = viewer.layers[image.name + " prediction"]
     unc = viewer.layers[image.name + " uncertainty"]
     product = {**percentiles(lat), "samples_ms": [round(v, 3) for v in lat], "finished_ok": ok,
@@ -462,13 +464,14 @@ def run_ct(args) -> dict:
     base_lat = probe.record_until(app, lambda: base_lat_holder.get("done", False), tail_s=1.0, timeout_s=120)
     baseline = {**percentiles(base_lat), "samples_ms": [round(v, 3) for v in base_lat],
                 "synchronous_block_ms": round(base_lat_holder["block_ms"], 1)}
+    used = {"image_size": int(widget.image_size.value()) or "model's", "batch_size": int(widget.batch_size.value())}
+    shape = list(np.shape(image.data))
     viewer.close()
     return {
         "benchmark": "bench_ui_latency (ct)",
         "command": "xvfb-run -a .venv/bin/python benchmarks/bench_ui_latency.py " + " ".join(sys.argv[1:]),
-        "settings": {"tick_ms": TICK_MS, "ct": "tcia_cervical_ct/CT_images", "shape": list(np.shape(image.data)),
-                     "annotated_slices": zs, "steps": args.ct_steps, "image_size": int(widget.image_size.value()) or "model's",
-                     "batch_size": int(widget.batch_size.value()), "open_series_s": round(open_s, 2),
+        "settings": {"tick_ms": TICK_MS, "ct": "tcia_cervical_ct/CT_images", "shape": shape,
+                     "annotated_slices": zs, "steps": args.ct_steps, **used, "open_series_s": round(open_s, 2),
                      "window": "from the Train click (a 0 ms timer clicks the button inside the window) until the job has "
                                "finished, the prediction, uncertainty and fill-between layers exist and the last staged "
                                "layer update ran, plus 1 s"},

@@ -211,11 +211,11 @@ def loop_settings(name: str, quick: bool = False):
     from .._napari.demo_loop import LoopSettings
 
     if name == "mr":  # 35 slices of a hippocampus crop: pretrain briefly on it, 3 annotated slices
-        return LoopSettings(annotate_slices=3, pretrain_steps=10 if quick else 40, finetune_steps=10 if quick else 80,
+        return LoopSettings(annotate_slices=3, pretrain_steps=10 if quick else 30, finetune_steps=10 if quick else 60,
                             image_size=0, export_nifti=True)
     # the 3-slice CT with its liver SEG: 2 annotated slices, the middle one filled / predicted; DICOM-SEG export
-    return LoopSettings(annotate_slices=2, pretrain_steps=0, finetune_steps=10 if quick else 60,
-                        image_size=64 if quick else 128, export_seg=True, export_nifti=True)
+    return LoopSettings(annotate_slices=2, pretrain_steps=0, finetune_steps=10 if quick else 40,
+                        image_size=64 if quick else 96, export_seg=True, export_nifti=True)
 
 
 def _machine() -> dict[str, Any]:
