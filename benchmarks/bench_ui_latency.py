@@ -101,9 +101,10 @@ class Probe:
         self.last = now
 
     def record_until(self, app, done, tail_s: float, timeout_s: float) -> list[float]:
-        """Record from now until done() holds, plus tail_s seconds."""
+        """Record from now until done() holds, plus tail_s seconds (the first tick's lateness counts from now,
+        so a stall caused by the first thing the window runs, e.g. the click, is measured)."""
         self.samples = []
-        self.last = None
+        self.last = time.perf_counter()
         self.recording = True
         end = time.perf_counter() + timeout_s
         tail_end = None

@@ -92,6 +92,9 @@ def fill_between_slices(labels: np.ndarray, annotated: Optional[Sequence[bool] |
         raise NapariSSLError("fill between slices supports label values up to 65535")
     out = src.copy()
     if (src.reshape(src.shape[0], -1).any(1)).sum() >= 2:
-        out = _interpolate_in_worker(src.astype(np.uint16)).astype(lab.dtype)
+        small = src.dtype if src.dtype in (np.uint8, np.uint16) else np.uint16  # uint8 travels at half the size
+        out = _interpolate_in_worker(src.astype(small, copy=False)).astype(lab.dtype, copy=False)
+        if not out.flags.writeable:
+            out = out.copy()
     out[mask] = lab[mask]  # the user's slices exactly as drawn (annotated-empty stays empty)
     return out
