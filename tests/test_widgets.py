@@ -338,8 +338,12 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     widget.batch_size.setValue(TINY["batch_size"])
     widget.threads = 1
     widget.train()
+    assert widget.running and widget.job is None  # the inputs are being written off the GUI thread
+    wait_until(lambda: widget.job is not None, 60, "the job to start")
     assert widget.train_button.text() == "Stop"
     assert widget.job.runner.config["finetune"]["encoder_weights"] == pretrained
+    staged = widget.job.runner.config["finetune"]["images"][0]
+    assert isinstance(staged, dict) and staged["__npy__"].endswith(".npy")  # no full volume pickled into the child
     pid = widget.job.pid
     # progress a person can read: what is happening and, once known, about how long is left
     seen = wait_until(lambda: "left" in widget.status.text() and widget.status.text(), 240, "a time-left estimate")
@@ -388,7 +392,9 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
 
     # Train again: warm start from the last model
     assert widget.warm_start.isChecked() and widget.train_button.text() == "Train again"
+    first_job = widget.job
     widget.train()
+    wait_until(lambda: widget.job is not first_job, 60, "the second job to start")
     assert widget.job.runner.config["finetune"]["init_model"] == model1
     assert widget.job.label == "Fine-tuning (warm start)"
     wait_until(lambda: not widget.running and not widget.results_pending, 240, "the second round")

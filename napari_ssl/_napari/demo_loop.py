@@ -245,7 +245,7 @@ class DemoLoop:
         w.image_size.setValue(self.settings.image_size)
         w.batch_size.setValue(self.settings.batch_size)
         w.train()
-        if w.job is None:
+        if not w.running:
             raise RuntimeError(w.status.text())
 
         def done() -> bool:

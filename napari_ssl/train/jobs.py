@@ -8,7 +8,7 @@ so large volumes never travel through the event queue.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -129,6 +129,62 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     return config["out"]
 
 
+_NPY = "__npy__"
+_VOLUME = "__volume_without_array__"
+
+
+def offload_arrays(config: Any, folder: str) -> Any:
+    """The config with every large array (also a Volume's voxels) written to `folder` as .npy and replaced by a
+    reference that :func:`load_offloaded` turns back in the job process.
+
+    Why: a job's config travels to the child process through a pipe that the child only reads once Python
+    has started there (seconds); pickling a full CT into it blocked the viewer for that long at the click.
+    Called off the GUI thread (writing a file releases the GIL)."""
+    from ..io.volume import Volume
+
+    os.makedirs(folder, exist_ok=True)
+    count = [0]
+
+    def save(a: np.ndarray) -> dict:
+        count[0] += 1
+        return {_NPY: _save_npy(os.path.join(folder, f"array{count[0]}.npy"), a)}
+
+    def walk(obj):
+        if isinstance(obj, Volume):
+            return {_VOLUME: replace(obj, array=np.zeros((1, 1, 1), obj.array.dtype), warnings=list(obj.warnings)),
+                    **save(obj.array)}
+        if isinstance(obj, np.ndarray) and obj.nbytes >= 1 << 20:
+            return save(obj)
+        if isinstance(obj, dict):
+            return {k: walk(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v) for v in obj]
+        return obj
+
+    return walk(config)
+
+
+def load_offloaded(obj: Any) -> Any:
+    """Inverse of :func:`offload_arrays` (in the job process); the same Volume object wherever it was shared."""
+    cache: dict[str, Any] = {}
+
+    def walk(o):
+        if isinstance(o, dict) and _NPY in o:
+            path = o[_NPY]
+            if path not in cache:
+                arr = np.load(path, allow_pickle=False)
+                os.remove(path)  # read whole (no memory map): the staged copy is no longer needed
+                cache[path] = replace(o[_VOLUME], array=arr) if _VOLUME in o else arr
+            return cache[path]
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [walk(v) for v in o]
+        return o
+
+    return walk(obj)
+
+
 def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
     """One round of the active-learning loop: fine-tune, then predict and suggest on the same image.
 
@@ -137,6 +193,8 @@ def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
     """
     def relay(ev: dict) -> None:
         events({**ev, "type": "trained"} if ev.get("type") == "done" else ev)
+
+    config = load_offloaded(config)
 
     model_dir = finetune_job(config["finetune"], relay, stop_event)
     pred_cfg = dict(config["predict"], model=model_dir)

@@ -417,10 +417,12 @@ class AnnotateTrainWidget(DockWidgetBase):
 
     @property
     def running(self) -> bool:
-        return self.job is not None and self.job.running
+        """A training job is starting (its inputs being written) or running."""
+        starting = getattr(self, "_starting", None)
+        return (starting is not None and starting.running) or (self.job is not None and self.job.running)
 
     def _train_or_stop(self) -> None:
-        if self.running:
+        if self.running and self.job is not None and self.job.running:
             self.job.request_stop()
             self.train_button.setEnabled(False)
             self.train_button.setText("Stopping...")
@@ -479,21 +481,36 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.last_result = None
         how = "warm start" if "init_model" in config["finetune"] else (
             "pretrained encoder" if config["finetune"].get("encoder_weights") else "from scratch")
+        self._n_train_slices = int(config['predict']['annotated_slices'].sum())
+        self._train_round += 1
+        self.train_button.setEnabled(False)
+        self.status.setText(f"Starting the training ({how}) on {self._n_train_slices} annotated slices...")
+        self.progress_bar.setRange(0, 0)  # busy until the first step
+        self.progress_bar.setFormat("starting")
+        self.progress_bar.setVisible(True)
+        # the image and labels go to the job as files written off the GUI thread (see jobs.offload_arrays)
+        from ...train.jobs import offload_arrays
+
+        staging = os.path.join(config["predict"]["out"], "inputs")
+        self._starting = result_layers.BackgroundCall(
+            offload_arrays, (config, staging), parent=self,
+            done=lambda small: self._start_job(small, how), failed=self._start_failed)
+        if self.fill_between_auto and self._filling is None:
+            self.fill_between(quiet=True)
+
+    def _start_failed(self, message: str) -> None:
+        self.progress_bar.setVisible(False)
+        self.train_button.setEnabled(True)
+        self._error(f"could not start the training: {message}")
+
+    def _start_job(self, config: dict, how: str) -> None:
         self.job = QtJob("napari_ssl.train.jobs:train_predict_job", config, label=f"Fine-tuning ({how})",
                          viewer=self.viewer, parent=self)
         self.job.event.connect(self._on_event)
         self.job.finished.connect(self._on_finished)
         self.job.start()
-        self._n_train_slices = int(config['predict']['annotated_slices'].sum())
-        self._train_round += 1
         self.train_button.setText("Stop")
-        self.status.setText(f"Starting the training ({how}) on {self._n_train_slices} annotated slices...")
-        self.progress_bar.setRange(0, 0)  # busy until the first step
-        self.progress_bar.setFormat("starting")
-        self.progress_bar.setVisible(True)
         self._update_buttons()
-        if self.fill_between_auto and self._filling is None:
-            self.fill_between(quiet=True)
 
     def _on_event(self, ev: dict) -> None:
         t = ev.get("type")
