@@ -54,7 +54,29 @@ def percentiles(lateness_ms: list[float]) -> dict:
         return {"n": 0}
     return {"n": int(a.size), "mean_ms": float(a.mean()), "p50_ms": float(np.percentile(a, 50)),
             "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()),
-            "over_50ms": int((a > 50).sum()), "over_100ms": int((a > 100).sum())}
+            "over_50ms": int((a > 50).sum()), "over_100ms": int((a > 100).sum()), **time_weighted(a)}
+
+
+def time_weighted(lateness_ms) -> dict:
+    """Percentiles weighted by time: each tick counts for the wall-clock time it covered (TICK_MS + its lateness).
+
+    Per tick, one 500 ms stall is a single sample among hundreds of punctual 10 ms ticks and hides in a plain
+    p99; weighted by time it covers 500 ms of the window, as a user sitting at the viewer lives it. "p99_time_ms":
+    the viewer was at most that late for 99 % of the measured time."""
+    import numpy as np
+
+    a = np.asarray(lateness_ms, dtype=float)
+    if a.size == 0:
+        return {}
+    w = a + TICK_MS
+    order = np.argsort(a, kind="stable")
+    cum = np.cumsum(w[order]) / w.sum()
+
+    def q(p: float) -> float:
+        return float(a[order][min(a.size - 1, int(np.searchsorted(cum, p / 100.0)))])
+
+    return {"p50_time_ms": q(50), "p90_time_ms": q(90), "p99_time_ms": q(99), "window_s": float(w.sum() / 1000.0),
+            "time_late_over_50ms_s": float(w[a > 50].sum() / 1000.0)}
 
 
 class Probe:
@@ -77,6 +99,24 @@ class Probe:
         if self.last is not None and self.recording:
             self.samples.append(max(0.0, (now - self.last) * 1000.0 - TICK_MS))
         self.last = now
+
+    def record_until(self, app, done, tail_s: float, timeout_s: float) -> list[float]:
+        """Record from now until done() holds, plus tail_s seconds (the first tick's lateness counts from now,
+        so a stall caused by the first thing the window runs, e.g. the click, is measured)."""
+        self.samples = []
+        self.last = time.perf_counter()
+        self.recording = True
+        end = time.perf_counter() + timeout_s
+        tail_end = None
+        while time.perf_counter() < (tail_end or end):
+            app.processEvents()
+            time.sleep(0.001)
+            if tail_end is None and done():
+                tail_end = time.perf_counter() + tail_s
+        self.recording = False
+        if tail_end is None:
+            raise TimeoutError(f"not done after {timeout_s:g} s")
+        return list(self.samples)
 
     def record(self, app, seconds: float) -> list[float]:
         self.samples = []
@@ -287,6 +327,205 @@ def run(args) -> dict:
     return result
 
 
+DATA = Path(os.environ.get("NAPARI_SSL_DATA", REPO.parent / "shared" / "data"))
+CT_SERIES = DATA / "tcia_cervical_ct" / "CT_images"
+GOAL_MAX_MS = 200.0
+
+
+def paint_blobs(image, labels, fractions=(0.4, 0.5, 0.6), radius_mm=60.0) -> list[int]:
+    """A round 'structure' on a few slices, centred on the body (HU > -300) of each: what a user's brush leaves.
+
+    The latency benchmark needs annotations of a realistic size on a full-size CT, not an anatomical truth."""
+    import numpy as np
+
+    data = np.asarray(image.data)
+    zs = [int(round(f * (data.shape[0] - 1))) for f in fractions]
+    sy, sx = float(image.scale[-2]), float(image.scale[-1])
+    yy, xx = np.mgrid[: data.shape[1], : data.shape[2]]
+    for z in zs:
+        body = data[z] > -300
+        cy, cx = (np.argwhere(body).mean(0) if body.any() else (data.shape[1] / 2, data.shape[2] / 2))
+        disk = ((yy - cy) * sy) ** 2 + ((xx - cx) * sx) ** 2 <= radius_mm ** 2
+        labels.data[z][disk & body] = 1
+    labels.refresh()
+    return zs
+
+
+def run_ct(args) -> dict:
+    """From the click on Train to the last layer update, full-size CT: event-loop lateness, time-weighted.
+
+    Then, in the same run, the baseline: the former way results arrived (np.load of both arrays, float32
+    uncertainty, add_labels + add_image, all in one turn of the event loop), timed as one block."""
+    os.environ["NAPARI_SSL_HOME"] = tempfile.mkdtemp(prefix="napari-ssl-bench-ui-ct-")
+    import napari
+    import numpy as np
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    from napari_ssl._napari.widgets.annotate_widget import AnnotateTrainWidget
+
+    if not CT_SERIES.is_dir():
+        raise SystemExit(f"missing {CT_SERIES} (set NAPARI_SSL_DATA)")
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    viewer.window._qt_window.resize(1400, 900)
+    t = time.perf_counter()
+    image = viewer.open(str(CT_SERIES), plugin="napari-ssl")[0]
+    open_s = time.perf_counter() - t
+    widget = AnnotateTrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Annotate & Train")
+    widget.image_combo.select(image.name)
+    labels = widget.create_labels_layer()
+    zs = paint_blobs(image, labels)
+    widget.go_to_slice(zs[1])
+    widget.update_count()
+    widget.steps.setValue(args.ct_steps)
+    if args.ct_image_size:
+        widget.image_size.setValue(args.ct_image_size)
+    probe = Probe()
+    t_settle = time.perf_counter() + 3
+    pump_until(app, lambda: time.perf_counter() >= t_settle, 30, "the viewer to settle")
+    idle = probe.record(app, args.seconds)
+
+    marks: dict[str, float] = {}
+    steps_ms: list[float] = []
+    staged = widget._staged
+    original_next = staged._next
+
+    def timed_next():
+        t0 = time.perf_counter()
+        original_next()
+        steps_ms.append((time.perf_counter() - t0) * 1000.0)
+
+    staged._next = timed_next
+    staged._timer.timeout.disconnect()
+    staged._timer.timeout.connect(timed_next)
+    fill_name = image.name + " fill between"
+
+    def on_event(ev):
+        kind = ev.get("type")
+        if kind in ("trained", "prediction") and kind not in marks:
+            marks[kind] = time.perf_counter()
+
+    load_before = os.getloadavg()
+    t_click = time.perf_counter()
+
+    def done() -> bool:
+        if widget.job is not None and not getattr(widget, "_bench_hooked", False):
+            widget.job.event.connect(on_event)
+            widget._bench_hooked = True
+        finished = (widget.last_result is not None and not widget.running and not widget.results_pending
+                    and fill_name in viewer.layers)
+        if finished and "shown" not in marks:
+            marks["shown"] = time.perf_counter()
+        return finished
+
+    def click_and_wait() -> list[float]:
+        QTimer.singleShot(0, widget.train_button.click)  # the click, as the first thing the measured window sees
+        return probe.record_until(app, done, tail_s=1.0, timeout_s=args.ct_timeout)
+
+    from qtpy.QtCore import QTimer
+
+    lat = click_and_wait()
+    ok = (widget.last_result or {}).get("type") == "done"
+    print(f"click to layers: {percentiles(lat)}, staged steps {[round(v) for v in steps_ms]} ms, marks "
+          f"{ {k: round(v - t_click, 1) for k, v in marks.items()} }", flush=True)
+    pred = viewer.layers[image.name + " prediction"]
+    unc = viewer.layers[image.name + " uncertainty"]
+    product = {**percentiles(lat), "samples_ms": [round(v, 3) for v in lat], "finished_ok": ok,
+               "staged_step_ms": [round(v, 1) for v in steps_ms],
+               "click_to_trained_s": round(marks.get("trained", float("nan")) - t_click, 2),
+               "click_to_prediction_event_s": round(marks.get("prediction", float("nan")) - t_click, 2),
+               "click_to_layers_shown_s": round(marks.get("shown", float("nan")) - t_click, 2),
+               "load_before": load_before, "load_after": os.getloadavg(),
+               "prediction_layer": {"shape": list(pred.data.shape), "dtype": str(pred.data.dtype)},
+               "uncertainty_layer": {"shape": list(unc.data.shape), "dtype": str(unc.data.dtype)}}
+
+    # baseline, same run: the former synchronous arrival of the same results (float32 uncertainty as before)
+    out_dir = Path(widget.job.runner.config["predict"]["out"])
+    unc32 = out_dir / "uncertainty_float32_baseline.npy"
+    np.save(unc32, np.load(out_dir / "uncertainty.npy").astype(np.float32) / 255.0)
+    geo = {"scale": tuple(image.scale), "translate": tuple(image.translate)}
+    pump_until(app, lambda: True, 1, "")
+    base_lat_holder: dict = {}
+
+    def old_way():
+        t0 = time.perf_counter()
+        lab = np.load(out_dir / "prediction.npy", allow_pickle=False)
+        u = np.load(unc32, allow_pickle=False)
+        viewer.add_labels(lab, name="baseline prediction", opacity=0.4, **geo)
+        hi = float(u.max()) if u.size else 1.0
+        viewer.add_image(u, name="baseline uncertainty", colormap="inferno", blending="additive", opacity=0.5,
+                         contrast_limits=(0.0, hi if hi > 0 else 1.0), **geo)
+        viewer.layers.selection.active = labels
+        base_lat_holder["block_ms"] = (time.perf_counter() - t0) * 1000.0
+        base_lat_holder["done"] = True
+
+    QTimer.singleShot(0, old_way)
+    base_lat = probe.record_until(app, lambda: base_lat_holder.get("done", False), tail_s=1.0, timeout_s=120)
+    baseline = {**percentiles(base_lat), "samples_ms": [round(v, 3) for v in base_lat],
+                "synchronous_block_ms": round(base_lat_holder["block_ms"], 1)}
+    used = {"image_size": int(widget.image_size.value()) or "model's", "batch_size": int(widget.batch_size.value())}
+    shape = list(np.shape(image.data))
+    viewer.close()
+    return {
+        "benchmark": "bench_ui_latency (ct)",
+        "command": "xvfb-run -a .venv/bin/python benchmarks/bench_ui_latency.py " + " ".join(sys.argv[1:]),
+        "settings": {"tick_ms": TICK_MS, "ct": "tcia_cervical_ct/CT_images", "shape": shape,
+                     "annotated_slices": zs, "steps": args.ct_steps, **used, "open_series_s": round(open_s, 2),
+                     "window": "from the Train click (a 0 ms timer clicks the button inside the window) until the job has "
+                               "finished, the prediction, uncertainty and fill-between layers exist and the last staged "
+                               "layer update ran, plus 1 s"},
+        "machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                    "python": platform.python_version(), "torch": torch.__version__, "napari": napari.__version__},
+        "goal": {"p99_time_ms_below": GOAL_P99_MS, "max_ms_below": GOAL_MAX_MS},
+        "goal_met": {"p99_time": product.get("p99_time_ms", 1e9) < GOAL_P99_MS, "max": product.get("max_ms", 1e9) < GOAL_MAX_MS},
+        "summary": {"idle": percentiles(idle), "click_to_layers": {k: v for k, v in product.items() if k != "samples_ms"},
+                    "baseline_synchronous_arrival": {k: v for k, v in baseline.items() if k != "samples_ms"}},
+        "runs": [{"mode": "idle", "samples_ms": [round(v, 3) for v in idle]}, {"mode": "click_to_layers", **product},
+                 {"mode": "baseline_synchronous_arrival", **baseline}],
+    }
+
+
+def plot_ct(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = {"idle": "#888888", "click_to_layers": "#1f77b4", "baseline_synchronous_arrival": "#d62728"}
+    for r in result["runs"]:
+        a = np.asarray(r["samples_ms"], float)
+        if a.size == 0:
+            continue
+        w = a + TICK_MS
+        order = np.argsort(a)
+        frac = 1 - np.cumsum(w[order]) / w.sum()
+        ax1.step(a[order], np.maximum(frac, 1e-4), where="post", color=colours[r["mode"]],
+                 label=f"{r['mode']}: p99(time) {time_weighted(a)['p99_time_ms']:.0f} ms, max {a.max():.0f} ms")
+        t = np.cumsum(w) / 1000.0
+        ax2.plot(t, a, color=colours[r["mode"]], lw=0.8, label=r["mode"])
+    for ax in (ax1,):
+        ax.axvline(GOAL_P99_MS, color="k", ls="--", lw=1, label="goal p99 < 50 ms")
+        ax.axvline(GOAL_MAX_MS, color="k", ls=":", lw=1, label="goal max < 200 ms")
+    ax1.set_xscale("symlog", linthresh=1)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("event-loop lateness (ms)")
+    ax1.set_ylabel("fraction of the time later than x")
+    ax1.set_title("full-size CT, Train click to the last layer (time-weighted)")
+    ax1.legend(fontsize=7)
+    ax2.axhline(GOAL_MAX_MS, color="k", ls=":", lw=1)
+    ax2.set_xlabel("seconds since the start of the window")
+    ax2.set_ylabel("lateness of each 10 ms tick (ms)")
+    ax2.set_yscale("symlog", linthresh=10)
+    ax2.set_title("over time")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -335,6 +574,12 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="child,thread,child-nice0",
                     help="comma-separated, in the order run each repeat: child (the plugin's default, job at nice +10), "
                          "thread, child-nice0 (child at the GUI's priority)")
+    ap.add_argument("--scenario", choices=["pretrain", "ct"], default="pretrain",
+                    help="pretrain: latency while pretraining (child vs thread); ct: full-size CT, from the Train click "
+                         "to the last result layer, vs the former synchronous arrival (writes bench_ui_latency_ct.*)")
+    ap.add_argument("--ct-steps", type=int, default=40, help="ct: fine-tuning steps (default 40)")
+    ap.add_argument("--ct-image-size", type=int, default=0, help="ct: image size (default: the widget's)")
+    ap.add_argument("--ct-timeout", type=float, default=1200.0)
     args = ap.parse_args(argv)
     if not os.environ.get("DISPLAY") and shutil.which("xvfb-run") and not os.environ.get("_BENCH_UI_XVFB"):
         env = dict(os.environ, _BENCH_UI_XVFB="1")
@@ -342,6 +587,20 @@ def main(argv=None) -> int:
         return subprocess.call(cmd, env=env)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
+    if args.scenario == "ct":
+        result = run_ct(args)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out_json, out_png = RESULTS / "bench_ui_latency_ct.json", RESULTS / "bench_ui_latency_ct.png"
+        out_json.write_text(json.dumps(result, indent=1))
+        plot_ct(result, out_png)
+        s = result["summary"]
+        c, b = s["click_to_layers"], s["baseline_synchronous_arrival"]
+        print(f"idle: p99(time) {s['idle']['p99_time_ms']:.1f} ms, max {s['idle']['max_ms']:.1f} ms")
+        print(f"click to layers ({c['click_to_layers_shown_s']} s): p99(time) {c['p99_time_ms']:.1f} ms, p99(ticks) {c['p99_ms']:.1f} ms, "
+              f"max {c['max_ms']:.1f} ms (goals p99 < {GOAL_P99_MS:g}, max < {GOAL_MAX_MS:g}: {result['goal_met']})")
+        print(f"baseline (former synchronous arrival): one block of {b['synchronous_block_ms']:.0f} ms, max lateness {b['max_ms']:.1f} ms")
+        print(f"staged layer steps (ms): {c['staged_step_ms']}; load {c['load_before'][0]:.2f} -> {c['load_after'][0]:.2f}; wrote {out_json}")
+        return 0
     result = run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / "bench_ui_latency.json"

@@ -111,13 +111,14 @@ def finetune(images: Sequence[ImageLike] | ImageLike, labels: Sequence[LabelsLik
 
 def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
             device: Optional[str] = None, labels: Optional[LabelsLike] = None, empty_slices: Sequence[int] = (),
-            keep_connected: Optional[bool] = None, fill_between: Optional[bool] = None) -> Prediction:
+            keep_connected: Optional[bool] = None, fill_between: Optional[bool] = None, progress=None) -> Prediction:
     """Segment every slice; returns labels, probabilities, voxel and slice uncertainty on the image's canonical grid.
 
     With the user's `labels` (and `empty_slices`), the annotated slices come back exactly as drawn (annotated-empty
     slices empty); `keep_connected` also drops predicted foreground that does not touch the user's labels in 3-D;
     `fill_between`: between annotated slices, each class is the interpolation of the user's slices (beyond them, the model's).
-    Both default (None) to what the model's semi-supervised recipe recorded in model.json (off for supervised models)."""
+    Both default (None) to what the model's semi-supervised recipe recorded in model.json (off for supervised models).
+    ``progress(slices_done, slices_total)`` is called as batches finish."""
     from .active.predict import predict_volume
 
     vol = image if isinstance(image, Volume) else load_volume(image)
@@ -134,7 +135,8 @@ def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout:
             keep_connected = bool(semi.get("connected_to_annotation", False)) if keep_connected is None else keep_connected
             fill_between = bool(semi.get("fill_between_prediction", False)) if fill_between is None else fill_between
     return predict_volume(os.fspath(model), vol, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=device,
-                          annotation=annotation, keep_connected=bool(keep_connected), fill_between=bool(fill_between))
+                          annotation=annotation, keep_connected=bool(keep_connected), fill_between=bool(fill_between),
+                          progress=progress)
 
 
 def save_prediction(prediction: Prediction, image: ImageLike, out: PathLike, *, probabilities: Optional[PathLike] = None,

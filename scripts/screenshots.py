@@ -124,7 +124,12 @@ def main(argv=None) -> int:
     ann.image_size.setValue(64)
     ann.threads = 1
     ann.train()
-    wait(lambda: not ann.running, 300, "fine-tuning")
+    # while the model trains: the instant fill-between layer, and progress with the time left
+    wait(lambda: labels.name.replace(" annotations", " fill between") in viewer.layers and "left" in ann.status.text(),
+         300, "fill between slices and a time-left estimate")
+    ann.go_to_slice(int((zs[0] + zs[max(1, len(zs) // 4)]) // 2))
+    shot("annotate_training")
+    wait(lambda: not ann.running and not ann.results_pending, 300, "fine-tuning")
     if (ann.last_result or {}).get("type") != "done":
         raise RuntimeError(f"fine-tuning failed: {ann.last_result}")
     z = ann.next_slice()

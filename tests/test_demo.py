@@ -14,51 +14,74 @@ pytestmark = pytest.mark.gui
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_headless_writes_screenshots_and_summary(tmp_path):
+STAGES = {"mr": ["opened", "pretrain", "annotate", "fill_between", "train", "suggest", "export"],
+          "ct": ["opened", "annotate", "fill_between", "train", "suggest", "export"]}
+
+
+def test_demo_runs_the_loop_headless(tmp_path):
+    """The loop on both samples through the widgets (--quick: a few training steps), a screenshot per stage."""
+    import highdicom as hd
     import imageio.v3 as iio
+    import SimpleITK as sitk
 
     out = tmp_path / "demo out"
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}  # as on a server
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "NAPARI_SSL_HOME")}  # as on a server
     proc = subprocess.run(
-        [sys.executable, "-m", "napari_ssl.cli", "demo", "--headless", "--out", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "napari_ssl.cli", "demo", "--headless", "--quick", "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
+    assert "Dice of the prediction" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["samples"]) == {"mr", "ct"}
-    for name in ("mr", "ct"):  # the plugin's widgets are docked, as a user would open them
-        docks = " | ".join(summary["samples"][name]["dock_widgets"])
+    assert (out / "home" / "runs").is_dir()  # the demo's runs stay in its own folder
+    for name in ("mr", "ct"):
+        s = summary["samples"][name]
+        assert "error" not in s, s.get("error")
+        docks = " | ".join(s["dock_widgets"])
         for widget in ("Pretrain", "Annotate & Train", "Export"):
             assert widget in docks, docks
+        assert [st["stage"] for st in s["stages"]] == STAGES[name]
+        # every stage has its screenshot of the whole window, and it is not blank
+        for stage in STAGES[name]:
+            img = iio.imread(out / s["screenshots"][stage]["file"])
+            assert img.shape[0] >= 600 and img.shape[1] >= 800
+            assert img[..., :3].astype(float).std() > 20, f"{name} {stage}: screenshot looks blank"
+        # the result layers are in the viewer, on the image's grid
+        layers = {ly["name"]: ly for ly in s["layers"]}
+        image = next(ly for ly in s["layers"] if ly["type"] == "image" and not ly["name"].endswith("uncertainty"))
+        for suffix in (" annotations", " prediction", " uncertainty", " fill between"):
+            assert layers[image["name"] + suffix]["shape"] == image["shape"], suffix
+        d = s["dice_prediction"]
+        assert 0.0 <= d["all_slices"] <= 1.0 and d["unannotated_slices"] is not None
+        assert s["suggested_slices"] and s["went_to_slice"] == s["suggested_slices"][0]
+        assert s["went_to_slice"] not in s["annotated_slices"]
 
-    mr = {ly["type"]: ly for ly in summary["samples"]["mr"]["layers"]}
-    assert mr["image"]["shape"] == mr["labels"]["shape"] and len(mr["image"]["shape"]) == 3
-    assert mr["image"]["scale"] == [1.0, 1.0, 1.0]
-    assert mr["labels"]["label_values"] == [0, 1, 2]
-    assert mr["labels"]["segment_names"] == {"1": "anterior", "2": "posterior"}
+    mr, ct = summary["samples"]["mr"], summary["samples"]["ct"]
+    assert mr["pretrained"]["method"] == "inpainting" and len(mr["annotated_slices"]) == 3
+    assert ct["annotated_slices"] == [0, 2]
+    # fill between from the first and last CT slice recovers the middle one's liver closely (a real interpolation)
+    assert ct["dice_fill_between"]["unannotated_slices"] > 0.9, ct["dice_fill_between"]
+    # a trained model, even a quick one, finds the liver on the slice it never saw
+    assert ct["dice_prediction"]["unannotated_slices"] > 0.3, ct["dice_prediction"]
+    assert mr["dice_prediction"]["all_slices"] > 0.05, mr["dice_prediction"]
 
-    ct = {ly["type"]: ly for ly in summary["samples"]["ct"]["layers"]}
-    assert ct["image"]["shape"] == [3, 512, 512] and ct["labels"]["shape"] == [3, 512, 512]
-    assert ct["image"]["scale"][1:] == pytest.approx([0.810547, 0.810547])
-    assert ct["image"]["modality"] == "CT" and ct["image"]["units"] == "HU"
-    assert ct["labels"]["label_values"] == [0, 1]
-    assert ct["labels"]["translate"] == ct["image"]["translate"]
+    # exports: a DICOM-SEG on the CT sample's series, and NIfTI files of the predictions
+    seg_file = out / "exports" / "ct_prediction_seg.dcm"
+    seg = hd.seg.segread(str(seg_file))
+    assert seg.Modality == "SEG" and seg.get_segment_description(1).SegmentLabel == "Liver"
+    nii = sitk.ReadImage(str(out / "exports" / "mr_prediction.nii.gz"))
+    mr_image = next(ly for ly in mr["layers"] if ly["type"] == "image")
+    assert sorted(nii.GetSize()) == sorted(mr_image["shape"])  # in the source file's own axis order
+    assert int(np.count_nonzero(sitk.GetArrayFromImage(nii))) > 0
+    assert {e["format"] for e in ct["exports"]} == {"DICOM-SEG", "NIfTI"}
 
     text = json.dumps(summary)
     assert "JANCT000" not in text and "99000" not in text  # the sample CT's patient name / ID
-
-    for name in ("mr", "ct"):
-        shots = summary["samples"][name]["screenshots"]
-        window = iio.imread(out / shots["window"]["file"])
-        canvas = iio.imread(out / shots["canvas"]["file"])
-        assert window.shape[0] >= 600 and window.shape[1] >= 800  # the whole napari window
-        for img in (window, canvas):
-            rgb = img[..., :3].astype(float)
-            assert rgb.std() > 20, f"{name}: screenshot looks blank (std {rgb.std():.1f})"
-    # what the user sees: in the CT canvas the liver overlay (reddish) is on the image's left
+    # what the user sees first: in the CT canvas the liver overlay (reddish) is on the image's left
     # (the patient's right, radiological convention), and the body is centred
-    canvas = iio.imread(out / summary["samples"]["ct"]["screenshots"]["canvas"]["file"])[..., :3].astype(int)
+    canvas = iio.imread(out / ct["screenshots"]["opened_canvas"]["file"])[..., :3].astype(int)
     reddish = (canvas[..., 0] - canvas[..., 2] > 40) & (canvas[..., 0] > 80)
     assert reddish.sum() > 1000
     cols = np.nonzero(reddish)[1]

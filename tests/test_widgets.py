@@ -338,12 +338,22 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     widget.batch_size.setValue(TINY["batch_size"])
     widget.threads = 1
     widget.train()
+    assert widget.running and widget.job is None  # the inputs are being written off the GUI thread
+    wait_until(lambda: widget.job is not None, 60, "the job to start")
     assert widget.train_button.text() == "Stop"
     assert widget.job.runner.config["finetune"]["encoder_weights"] == pretrained
     assert widget.job.runner.config["finetune"]["semi_supervised"] and widget.job.runner.config["predict"]["fill_between"]
+    staged = widget.job.runner.config["finetune"]["images"][0]
+    assert isinstance(staged, dict) and staged["__npy__"].endswith(".npy")  # no full volume pickled into the child
     pid = widget.job.pid
-    wait_until(lambda: not widget.running, 240, "fine-tuning and prediction")
+    # progress a person can read: what is happening and, once known, about how long is left
+    seen = wait_until(lambda: "left" in widget.status.text() and widget.status.text(), 240, "a time-left estimate")
+    assert seen.startswith("Training the model on 4 annotated slices: step ") and " of 6" in seen, seen
+    # the instant result (fill between slices) arrives while the model trains, as its own layer
+    wait_until(lambda: image.name + " fill between" in viewer.layers, 120, "the fill-between layer")
+    wait_until(lambda: not widget.running and not widget.results_pending, 240, "fine-tuning and prediction")
     assert widget.last_result["type"] == "done", widget.last_result
+    assert not widget.progress_bar.isVisible()
     assert gone(pid)
     model1 = widget.last_model
     meta1 = json.loads((Path(model1) / "model.json").read_text())
@@ -362,6 +372,16 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     annotated = widget.annotated_mask()
     assert widget.suggestions and not any(annotated[s["slice"]] for s in widget.suggestions)
     assert widget.suggest_list.count() == len(widget.suggestions)
+    # readable at a glance: prediction as an outline, confident pixels of the uncertainty fully transparent,
+    # both under the annotations (still the active layer), the fill-between hidden behind the model's answer
+    assert pred.contour >= 1 and unc.colormap.map(np.array([0.0, 0.1]))[:, 3].max() == 0
+    assert unc.colormap.map(np.array([1.0]))[0, 3] > 0.5
+    order = [ly.name for ly in viewer.layers]
+    assert order.index(unc.name) < order.index(pred.name) < order.index(labels.name)
+    assert viewer.layers.selection.active.name == labels.name and not viewer.layers[image.name + " fill between"].visible
+    # the list's order matches the number it shows
+    shown = [float(widget.suggest_list.item(i).text().split("score ")[1].rstrip(")")) for i in range(widget.suggest_list.count())]
+    assert shown == sorted(shown, reverse=True), shown
 
     # Next slice -> the top suggestion; correct the prediction there; Accept copies it
     z = widget.next_slice()
@@ -376,10 +396,12 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
 
     # Train again: warm start from the last model
     assert widget.warm_start.isChecked() and widget.train_button.text() == "Train again"
+    first_job = widget.job
     widget.train()
+    wait_until(lambda: widget.job is not first_job, 60, "the second job to start")
     assert widget.job.runner.config["finetune"]["init_model"] == model1
     assert widget.job.label == "Fine-tuning (warm start)"
-    wait_until(lambda: not widget.running, 240, "the second round")
+    wait_until(lambda: not widget.running and not widget.results_pending, 240, "the second round")
     assert widget.last_result["type"] == "done", widget.last_result
     model2 = widget.last_model
     assert model2 != model1
@@ -387,6 +409,36 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     assert meta1["source"]["init"] == "pretrained-encoder" and meta1["source"]["weights"] == Path(pretrained).name
     assert meta2["source"]["init"] == "model" and meta2["source"]["model"] == Path(model1).name
     assert viewer.layers[image.name + " prediction"] is pred  # updated in place
+
+
+def test_fill_between_slices_button(make_napari_viewer, ssl_home):
+    """Fill between slices from the widget: an instant layer, annotated slices as drawn, close to the expert between them."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "hippocampus_mr")
+    image, expert = viewer.layers[0], viewer.layers[1]
+    widget = dock(viewer, "Annotate & Train")
+    widget.set_classes(["anterior", "posterior"])
+    labels = widget.create_labels_layer()
+    labels.data = np.zeros_like(labels.data)  # (an earlier test's autosave may come back: start blank)
+    assert not widget.fill_between()  # nothing drawn yet: a clear error, no layer
+    assert widget.status.text().startswith("Error:") and image.name + " fill between" not in viewer.layers
+    zs = np.flatnonzero(expert.data.reshape(expert.data.shape[0], -1).any(axis=1))
+    painted = [int(zs[len(zs) * i // 6]) for i in (1, 3, 5)]
+    for z in painted:
+        labels.data[z] = expert.data[z]
+    labels.refresh()
+    assert widget.fill_between()
+    wait_until(lambda: image.name + " fill between" in viewer.layers, 120, "the fill-between layer")
+    fill = viewer.layers[image.name + " fill between"]
+    assert fill.data.shape == image.data.shape and np.allclose(fill.scale, image.scale)
+    assert fill.opacity < 0.5 and viewer.layers.selection.active.name == labels.name  # translucent, painting stays on the annotations
+    for z in painted:
+        np.testing.assert_array_equal(fill.data[z], expert.data[z])
+    between = [z for z in range(painted[0] + 1, painted[-1]) if z not in painted]
+    a, b = fill.data[between] > 0, np.asarray(expert.data)[between] > 0
+    dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+    assert dice > 0.5, dice  # a real interpolation, not an empty or copied mask
+    assert not fill.data[: painted[0]].any() and not fill.data[painted[-1] + 1:].any()  # no extrapolation
 
 
 # --- Export -----------------------------------------------------------------------------------

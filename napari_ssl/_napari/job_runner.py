@@ -88,6 +88,10 @@ class QtJob(QObject):
         self._timer.timeout.connect(self._tick)
         self._progress = None
         self._last_step = 0
+        from ..progress_text import Eta
+
+        self._eta = Eta()
+        self.seconds_left: float | None = None  # training time left, from the rate of progress (None: not known yet)
         self._task_id = None
         self.last_event: dict | None = None
 
@@ -167,6 +171,8 @@ class QtJob(QObject):
         calm_activity_spinner()
 
     def _update_progress(self, ev: dict) -> None:
+        if ev.get("type") == "progress" and ev.get("step") is not None and ev.get("total_steps"):
+            self.seconds_left = self._eta.update(int(ev["step"]), int(ev["total_steps"]))
         p = self._progress
         if p is None:
             return
@@ -179,13 +185,14 @@ class QtJob(QObject):
             if step > self._last_step:
                 p.update(step - self._last_step)
                 self._last_step = step
-            if not self.runner.stop_requested:
-                epoch = ev.get("epoch")
-                p.set_description(f"{self.label}" + (f" (epoch {epoch})" if epoch is not None else ""))
+            if not self.runner.stop_requested and total:
+                from ..progress_text import step_text
+
+                p.set_description(step_text(self.label, step, total, self.seconds_left))
         elif t == "started" and not self.runner.stop_requested:
             p.set_description(self.label)
         elif t == "status" and ev.get("message"):
-            p.set_description(f"{self.label}: {ev['message']}")
+            p.set_description(f"{self.label}: {ev['message']}" if ev.get("phase") is None else str(ev["message"]))
 
     def _close_progress(self) -> None:
         if self._progress is not None:

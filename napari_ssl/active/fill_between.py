@@ -24,16 +24,28 @@ _WORKER: Optional[subprocess.Popen] = None
 _LOCK = threading.Lock()
 
 
+def _ensure_worker() -> subprocess.Popen:
+    global _WORKER
+    if _WORKER is None or _WORKER.poll() is not None:
+        _WORKER = subprocess.Popen([sys.executable, "-m", "napari_ssl.active._mci_worker"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        atexit.register(shutdown_worker)
+    return _WORKER
+
+
+def start_worker() -> None:
+    """Start the worker now, without waiting (it imports ITK meanwhile: seconds, more on a loaded machine),
+    so that the first fill between slices is instant. The viewer calls it when a labels layer is bound."""
+    with _LOCK:
+        _ensure_worker()
+
+
 def _interpolate_in_worker(src: np.ndarray) -> np.ndarray:
     """Run _mci_worker.interpolate in one reused child process (ITK's first import costs seconds)."""
     from . import _mci_worker
 
-    global _WORKER
     with _LOCK:
-        if _WORKER is None or _WORKER.poll() is not None:
-            _WORKER = subprocess.Popen([sys.executable, "-m", "napari_ssl.active._mci_worker"],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            atexit.register(shutdown_worker)
+        _ensure_worker()
         try:
             _mci_worker.write_array(_WORKER.stdin, src)
             out = _mci_worker.read_array(_WORKER.stdout)
@@ -80,6 +92,9 @@ def fill_between_slices(labels: np.ndarray, annotated: Optional[Sequence[bool] |
         raise NapariSSLError("fill between slices supports label values up to 65535")
     out = src.copy()
     if (src.reshape(src.shape[0], -1).any(1)).sum() >= 2:
-        out = _interpolate_in_worker(src.astype(np.uint16)).astype(lab.dtype)
+        small = src.dtype if src.dtype in (np.uint8, np.uint16) else np.uint16  # uint8 travels at half the size
+        out = _interpolate_in_worker(src.astype(small, copy=False)).astype(lab.dtype, copy=False)
+        if not out.flags.writeable:
+            out = out.copy()
     out[mask] = lab[mask]  # the user's slices exactly as drawn (annotated-empty stays empty)
     return out

@@ -109,8 +109,10 @@ def _forward(unet: torch.nn.Module, x: torch.Tensor, dropout_p: float) -> torch.
 
 @torch.no_grad()
 def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, in_channels: int = 1, batch_size: int = 64,
-                  tta: bool = False, mc_dropout: int = 0, class_names: Optional[list[str]] = None, seed: int = 0) -> Prediction:
-    """Predict every slice of a normalised (z, y, x) float image in [0, 1]."""
+                  tta: bool = False, mc_dropout: int = 0, class_names: Optional[list[str]] = None, seed: int = 0,
+                  progress=None) -> Prediction:
+    """Predict every slice of a normalised (z, y, x) float image in [0, 1].
+    ``progress(slices_done, slices_total)`` is called after each batch when given."""
     if mc_dropout < 0:
         raise NapariSSLError("--mc-dropout must be 0 (off) or a number of passes")
     unet.eval()
@@ -139,6 +141,8 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
         if probs_sum is None:
             probs_sum = np.empty((acc.shape[1], z, h, w), np.float32)
         probs_sum[:, z0:z0 + len(zs)] = acc.permute(1, 0, 2, 3).numpy()
+        if progress is not None:
+            progress(z0 + len(zs), z)
     torch.random.set_rng_state(gen_state)
     probs = probs_sum / np.clip(probs_sum.sum(0, keepdims=True), 1e-8, None)
     k = probs.shape[0]
@@ -153,7 +157,7 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
 def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
                    device: Optional[str] = None, loaded: Optional[tuple[torch.nn.Module, dict]] = None,
                    annotation: Optional[tuple[np.ndarray, np.ndarray]] = None, keep_connected: bool = False,
-                   fill_between: bool = False) -> Prediction:
+                   fill_between: bool = False, progress=None) -> Prediction:
     """Predict a :class:`~napari_ssl.io.Volume` (canonical grid) with the model in `model_dir`
     (or `loaded`, the (unet, meta) pair of :func:`load_segmentation_model`, to predict many volumes).
 
@@ -171,7 +175,7 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
     spec = resolve_normalization(meta.get("normalization"), volume.modality)
     img = normalize(volume.array, spec)
     pred = predict_array(unet, img, image_size=int(meta.get("image_size", 64)), in_channels=int(meta["in_channels"]), batch_size=batch_size,
-                         tta=tta, mc_dropout=mc_dropout, class_names=meta.get("class_names"))
+                         tta=tta, mc_dropout=mc_dropout, class_names=meta.get("class_names"), progress=progress)
     if annotation is not None:
         from .respect_annotation import respect_annotation
 

@@ -1,8 +1,13 @@
-"""`napari-ssl demo`: napari with the plugin and the bundled sample studies.
+"""`napari-ssl demo`: the whole loop on the bundled sample studies, through the plugin's widgets.
 
-With a display, one napari window per sample opens and stays open. With no display (or
---headless) it starts its own Xvfb, opens the same viewers off screen, and writes screenshots
-(whole window and canvas) plus summary.json to a folder it prints.
+On each sample (MR hippocampus crop, then the 3-slice CT with its liver SEG): pretrain briefly (MR),
+annotate a few slices copied from the sample's labels, fill between slices (instant), fine-tune and predict
+with uncertainty, go to the suggested next slice, export (DICOM-SEG for the CT, NIfTI). See
+napari_ssl/_napari/demo_loop.py.
+
+With a display, one napari window per sample opens and stays open with every result layer. With no
+display (or --headless) it starts its own Xvfb, runs the same loop off screen, and writes a screenshot per
+stage plus summary.json (Dice against the sample's labels, seconds per stage) to a folder it prints.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from typing import Any, Optional
 
 from ..errors import NapariSSLError
 
-HELP = "open napari with the sample studies (no display: runs under its own Xvfb and writes screenshots + summary.json)"
+HELP = "run the whole loop on the sample studies in napari (no display: under its own Xvfb, screenshots + summary.json)"
 SAMPLES = {  # --sample value -> (npe2 sample key, short name used in file names)
     "mr": ("hippocampus_mr", "mr"),
     "ct": ("ct_liver_seg", "ct"),
@@ -32,6 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="napari-ssl-demo", help="folder for screenshots and summary.json when headless (default ./napari-ssl-demo)")
     parser.add_argument("--headless", action="store_true", help="never show a window: run under Xvfb and write screenshots even if a display is available")
     parser.add_argument("--sample", choices=["mr", "ct", "all"], default="all", help="which sample study to load (default all)")
+    parser.add_argument("--quick", action="store_true", help="a few training steps only (checks the loop, not the result)")
 
 
 # --- X server -----------------------------------------------------------------------------
@@ -200,53 +206,125 @@ def _process_events(seconds: float = 0.5) -> None:
         time.sleep(0.02)
 
 
-def run_headless(sample_names: list[str], out: Path) -> dict[str, Any]:
-    """Open each sample in a napari viewer on the current X display, write screenshots and summary."""
+def loop_settings(name: str, quick: bool = False):
+    """What the demo does on each sample (short runs: the whole demo stays within a few minutes on a CPU)."""
+    from .._napari.demo_loop import LoopSettings
+
+    if name == "mr":  # 35 slices of a hippocampus crop: pretrain briefly on it, 3 annotated slices
+        return LoopSettings(annotate_slices=3, pretrain_steps=10 if quick else 30, finetune_steps=10 if quick else 60,
+                            image_size=0, export_nifti=True)
+    # the 3-slice CT with its liver SEG: 2 annotated slices, the middle one filled / predicted; DICOM-SEG export
+    return LoopSettings(annotate_slices=2, pretrain_steps=0, finetune_steps=10 if quick else 40,
+                        image_size=64 if quick else 96, export_seg=True, export_nifti=True)
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()]}
+
+
+def _run_loops(sample_names: list[str], out: Path, show: bool, quick: bool, headless: bool) -> dict[str, Any]:
+    """Run the loop on each sample in turn (its own viewer); headless: a screenshot per stage, viewers closed."""
     import napari
+    from qtpy.QtWidgets import QApplication
+
+    from .._napari.demo_loop import DemoLoop
 
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"napari_version": napari.__version__, "plugin": PLUGIN, "samples": {}}
-    for name in sample_names:
+    summary: dict[str, Any] = {"napari_version": napari.__version__, "plugin": PLUGIN, "machine_before": _machine(),
+                               "samples": {}}
+    t0 = time.monotonic()
+    state: dict[str, Any] = {"queue": list(sample_names), "loops": [], "viewers": []}
+
+    def start_next() -> None:
+        if not state["queue"]:
+            state["done"] = True
+            return
+        name = state["queue"].pop(0)
         key, short = SAMPLES[name]
-        viewer = _open_viewer(key, show=True)
-        try:
-            _process_events(0.5)
-            viewer.status = "Ready"
-            canvas = viewer.screenshot(canvas_only=True, flash=False)  # renders the current slice
-            _process_events(0.3)
-            window = viewer.screenshot(canvas_only=False, flash=False)
-            shots = {}
-            for kind, img in (("window", window), ("canvas", canvas)):
-                fname = f"{short}_{kind}.png"
-                _save_png(out / fname, img)
-                shots[kind] = {"file": fname, **_image_stats(img)}
-            summary["samples"][name] = {
-                "sample": key,
-                "layers": [_layer_summary(ly) for ly in viewer.layers],
-                "slice_shown": [round(float(p), 3) for p in viewer.dims.point],
-                "dock_widgets": [name for name in viewer.window.dock_widgets.keys() if any(w in name for w in WIDGETS)],
-                "screenshots": shots,
-            }
-        finally:
-            viewer.close()
+        viewer = _open_viewer(key, show=show)
+        state["viewers"].append(viewer)
+        shots: dict[str, Any] = {}
+        record = {"sample": key, "screenshots": shots}
+        summary["samples"][name] = record
+
+        def on_stage(stage: str) -> None:
+            if not headless:
+                return
+            _process_events(0.4)  # let the canvas render what the stage changed
+            viewer.status = f"napari-ssl demo: {stage.replace('_', ' ')}"
+            img = viewer.screenshot(canvas_only=False, flash=False)
+            fname = f"{short}_{len(shots):02d}_{stage}.png"
+            _save_png(out / fname, img)
+            shots[stage] = {"file": fname, **_image_stats(img)}
+            if stage == "opened":
+                canvas = viewer.screenshot(canvas_only=True, flash=False)
+                _save_png(out / f"{short}_opened_canvas.png", canvas)
+                shots["opened_canvas"] = {"file": f"{short}_opened_canvas.png", **_image_stats(canvas)}
+
+        def on_done(loop) -> None:
+            record.update(loop.summary)
+            record["layers"] = [_layer_summary(ly) for ly in viewer.layers]
+            record["dock_widgets"] = [n for n in viewer.window.dock_widgets.keys() if any(w in n for w in WIDGETS)]
+            if headless:
+                viewer.close()
+            QTimer.singleShot(0, start_next)
+
+        from qtpy.QtCore import QTimer
+
+        loop = DemoLoop(viewer, short, loop_settings(name, quick), str(out / "exports"), on_stage=on_stage, on_done=on_done,
+                        log=lambda m: print(m, flush=True))
+        state["loops"].append(loop)
+        QTimer.singleShot(200, loop.start)
+
+    start_next()
+    if not headless:
+        napari.run()  # the viewers stay open with every result layer; the loops run inside the event loop
+    else:
+        app = QApplication.instance()
+        deadline = time.monotonic() + 1800
+        while not state.get("done") and time.monotonic() < deadline:
+            app.processEvents()
+            time.sleep(0.02)
+        if not state.get("done"):
+            raise NapariSSLError("the demo did not finish within 30 minutes")
+    summary["total_seconds"] = round(time.monotonic() - t0, 1)
+    summary["machine_after"] = _machine()
+    errors = {n: s["error"] for n, s in summary["samples"].items() if s.get("error")}
     _write_atomic(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    if errors:
+        raise NapariSSLError("; ".join(f"{n}: {e}" for n, e in errors.items()) + f" (details in {out / 'summary.json'})")
     return summary
 
 
-def run_interactive(sample_names: list[str]) -> None:
-    import napari
+def run_headless(sample_names: list[str], out: Path, quick: bool = False) -> dict[str, Any]:
+    return _run_loops(sample_names, out, show=True, quick=quick, headless=True)
 
-    viewers = [_open_viewer(SAMPLES[name][0], show=True) for name in sample_names]
-    napari.run()
-    del viewers
+
+def run_interactive(sample_names: list[str], out: Path, quick: bool = False) -> dict[str, Any]:
+    return _run_loops(sample_names, out, show=True, quick=quick, headless=False)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    for name, s in summary["samples"].items():
+        d, f = s.get("dice_prediction") or {}, s.get("dice_fill_between") or {}
+        line = f"{name}: annotated slices {s.get('annotated_slices')} of {s.get('slices')}; Dice of the prediction vs the sample's labels: "
+        line += f"{d.get('unannotated_slices')} on the other slices, {d.get('all_slices')} on all"
+        if isinstance(f, dict) and f:
+            line += f" (fill between slices: {f.get('unannotated_slices')} / {f.get('all_slices')})"
+        line += f"; exported {', '.join(e['file'] for e in s.get('exports', []))}; {s.get('total_seconds')} s"
+        print(line)
+    print(f"demo finished in {summary['total_seconds']} s (load average {summary['machine_after']['load_average'][0]} on {summary['machine_after']['cpus']} CPUs)")
 
 
 def run(args) -> int:
     sample_names = ["mr", "ct"] if args.sample == "all" else [args.sample]
-    if has_display() and not args.headless:
-        run_interactive(sample_names)
-        return 0
     out = Path(args.out).expanduser().resolve()
+    # runs, models and autosaved annotations of the demo stay in its own folder unless the user chose a home
+    os.environ.setdefault("NAPARI_SSL_HOME", str(out / "home"))
+    if has_display() and not args.headless:
+        summary = run_interactive(sample_names, out, quick=args.quick)
+        _print_summary(summary)
+        return 0
     xvfb: Optional[Xvfb] = None
     saved = {k: os.environ.get(k) for k in ("DISPLAY", "QT_QPA_PLATFORM", "WAYLAND_DISPLAY")}
     try:
@@ -256,7 +334,7 @@ def run(args) -> int:
             os.environ.pop("WAYLAND_DISPLAY", None)
         os.environ["QT_QPA_PLATFORM"] = "xcb"
         os.environ.setdefault("LIBGL_ALWAYS_SOFTWARE", "1")
-        summary = run_headless(sample_names, out)
+        summary = run_headless(sample_names, out, quick=args.quick)
         _quit_qt()
     finally:
         if xvfb is not None:
@@ -266,10 +344,8 @@ def run(args) -> int:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    for name, s in summary["samples"].items():
-        layers = ", ".join(f"{ly['type']} {ly['name']!r} {ly['shape']} @ {ly['scale']} mm" for ly in s["layers"])
-        print(f"{name}: {layers}")
-    print(f"napari-ssl demo: screenshots and summary.json written to {out}")
+    _print_summary(summary)
+    print(f"napari-ssl demo: a screenshot per stage and summary.json written to {out}")
     print(str(out))
     sys.stdout.flush()
     return 0

@@ -54,12 +54,19 @@ def run(args) -> int:
                             augment=not args.no_augment, devices=args.devices, precision=args.precision, seed=args.seed,
                             rois=[r.strip() for r in args.rois.split(",") if r.strip()] if args.rois else None,
                             semi_supervised=not args.no_semi_supervised, unlabelled=list(args.unlabelled))
+    from ..progress_text import Eta, step_text
+
     state = {"last": -1}
+    eta = Eta()
 
     def events(e: dict) -> None:
-        if e["type"] == "progress" and (e["step"] - state["last"] >= max(1, e["total_steps"] // 20) or e["step"] == e["total_steps"]):
-            state["last"] = e["step"]
-            print(f"step {e['step']}/{e['total_steps']}", file=sys.stderr, flush=True)
+        if e["type"] == "status":
+            print(e["message"], file=sys.stderr, flush=True)
+        if e["type"] == "progress":
+            left = eta.update(e["step"], e["total_steps"])
+            if e["step"] - state["last"] >= max(1, e["total_steps"] // 20) or e["step"] == e["total_steps"]:
+                state["last"] = e["step"]
+                print(step_text("Training the model", e["step"], e["total_steps"], left), file=sys.stderr, flush=True)
 
     out = run_finetuning(config, events=events)
     from ..models.checkpoint import read_meta

@@ -26,14 +26,24 @@ def run(args) -> int:
 
     from .. import api
 
+    import sys
+
+    from ..progress_text import Eta, step_text
+
     vol = api.load_volume(args.image)
     from ..data.sparse_labels import parse_index_list
     from ..errors import NapariSSLError
 
     if (args.empty_slices or args.keep_connected or args.fill_between) and not args.labels:
         raise NapariSSLError("--empty-slices / --keep-connected / --fill-between need --labels (the annotation they refer to)")
+    eta = Eta()
+
+    def progress(done: int, total: int) -> None:
+        print(step_text("Predicting", done, total, eta.update(done, total), unit="slice"), file=sys.stderr, flush=True)
+
     pred = api.predict(args.model, vol, tta=args.tta, mc_dropout=args.mc_dropout, batch_size=args.batch_size, device=args.device,
-                       labels=args.labels, empty_slices=parse_index_list(args.empty_slices), keep_connected=args.keep_connected, fill_between=args.fill_between)
+                       labels=args.labels, empty_slices=parse_index_list(args.empty_slices), keep_connected=args.keep_connected, fill_between=args.fill_between,
+                       progress=progress)
     api.save_prediction(pred, vol, args.out, probabilities=args.probabilities, uncertainty=args.uncertainty)
     counts = {name: int((pred.labels == i + 1).sum()) for i, name in enumerate(pred.class_names)}
     if args.json:

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
+from ..progress_text import duration_words
+
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict], None]
@@ -38,11 +40,6 @@ class Emitter:
         except Exception as exc:  # the viewer went away; do not kill the run
             self._broken = True
             log.warning("event sink failed (%s); further events are dropped", exc)
-
-
-def _fmt_time(s: float) -> str:
-    s = int(max(0, s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 class ProgressPrinter:
@@ -82,7 +79,7 @@ class ProgressPrinter:
             line = f"step {ev['step']}/{ev['total_steps']} epoch {ev['epoch'] + 1}"
             if self.loss is not None:
                 line += f" loss {self.loss:.4f}"
-            line += f" {ev.get('images_per_s', 0):.1f} img/s ETA {_fmt_time(eta)}"
+            line += f" {ev.get('images_per_s', 0):.1f} img/s" + ("" if final else f", {duration_words(eta)} left")
             if self.tty:
                 print("\r" + line.ljust(78), end="", file=self.stream, flush=True)
             else:

@@ -437,8 +437,10 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
             pre_meta = read_meta(config.encoder_weights)
         if config.init_model and not config.classes and pre_meta.get("class_names"):
             config.classes = list(pre_meta["class_names"])
+        emit({"type": "status", "message": "Preparing the annotated slices"})
         data = prepare_data(config, pre_meta.get("normalization"))
         num_classes = len(data.class_names) + 1
+        emit({"type": "status", "message": "Building the model (the first training steps follow)"})
         torch.manual_seed(int(config.seed))  # the decoder (and a random encoder) start the same under one seed
         unet, source = build_initial_model(config, num_classes)
         meta_src = source.pop("_meta", {})
@@ -468,6 +470,7 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
                 raise NapariSSLError("--unlabelled volumes are used by the semi-supervised recipe; drop --no-semi-supervised or --unlabelled")
             unet, info = train_unet(unet, dataset, steps=steps, seed=config.seed, **train_kw)
         unet = unet.cpu()
+        emit({"type": "status", "message": "Saving the model"})
         dice = annotated_dice(unet, dataset, num_classes)
         meta = {
             "kind": "segmentation",

@@ -8,7 +8,7 @@ so large volumes never travel through the event queue.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -80,13 +80,27 @@ def _save_npy(path: str, array: np.ndarray) -> str:
     return path
 
 
+def _predict_progress(events: EventSink):
+    """A predict_volume progress callback that emits readable status events (slices done, time left)."""
+    from ..progress_text import Eta, step_text
+
+    eta = Eta()
+
+    def progress(done: int, total: int) -> None:
+        left = eta.update(done, total)
+        events({"type": "status", "message": step_text("Predicting the whole image", done, total, left, unit="slice"),
+                "phase": "predict", "done": int(done), "total": int(total), "seconds_left": left})
+
+    return progress
+
+
 def predict_job(config: dict, events: EventSink, stop_event) -> str:
     """Predict labels + uncertainty for one image and rank slices to annotate next.
 
     config: ``model`` (folder), ``image`` (Volume or path), ``out`` (folder for the .npy results),
     optional ``annotated_slices`` ((z,) bool, excluded from suggestions), ``labels`` (the user's label map: with
     ``annotated_slices``, those slices come back as drawn; ``keep_connected``), ``n`` (suggestions), ``tta`` (bool),
-    ``device``. Emits ``{"type": "prediction", "labels": path, "uncertainty": path,
+    ``device``. Emits ``{"type": "prediction", "labels": path, "uncertainty": path (uint8, x uncertainty_scale = 0..1),
     "slice_uncertainty": [...], "suggestions": [{"rank", "slice", "uncertainty"}, ...]}`` before done.
     """
     config = _device_for(config, "predict")
@@ -96,7 +110,7 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
 
     _limit_threads(config)
     os.makedirs(config["out"], exist_ok=True)
-    events({"type": "status", "message": "predicting the whole image"})
+    events({"type": "status", "message": "Predicting the whole image: loading the model"})
     volume = load_image(config["image"])
     device = config.get("device")
     annotated = config.get("annotated_slices")
@@ -106,15 +120,75 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     pred = predict_volume(config["model"], volume, tta=bool(config.get("tta", False)),
                           device=None if device in (None, "auto") else device, annotation=annotation,
                           keep_connected=bool(config.get("keep_connected", False)),
-                          fill_between=bool(config.get("fill_between", False)))
+                          fill_between=bool(config.get("fill_between", False)), progress=_predict_progress(events))
+    events({"type": "status", "message": "Predicting the whole image: ranking the slices to annotate next"})
     suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
-    unc_path = _save_npy(os.path.join(config["out"], "uncertainty.npy"), pred.uncertainty.astype(np.float32))
-    events({"type": "prediction", "labels": labels_path, "uncertainty": unc_path, "model": config["model"],
+    # uint8 (0..255 for normalised entropy 0..1): a quarter of float32's size to write, read and show (a full CT: 78 MB, not 310)
+    unc_u8 = np.clip(np.rint(pred.uncertainty * 255.0), 0, 255).astype(np.uint8)
+    unc_path = _save_npy(os.path.join(config["out"], "uncertainty.npy"), unc_u8)
+    events({"type": "prediction", "labels": labels_path, "uncertainty": unc_path, "uncertainty_scale": 1.0 / 255.0,
+            "model": config["model"],
             "class_names": list(pred.class_names),
             "slice_uncertainty": [float(v) for v in pred.slice_uncertainty],
             "suggestions": [{k: (v.item() if hasattr(v, "item") else v) for k, v in s.items()} for s in suggestions]})
     return config["out"]
+
+
+_NPY = "__npy__"
+_VOLUME = "__volume_without_array__"
+
+
+def offload_arrays(config: Any, folder: str) -> Any:
+    """The config with every large array (also a Volume's voxels) written to `folder` as .npy and replaced by a
+    reference that :func:`load_offloaded` turns back in the job process.
+
+    Why: a job's config travels to the child process through a pipe that the child only reads once Python
+    has started there (seconds); pickling a full CT into it blocked the viewer for that long at the click.
+    Called off the GUI thread (writing a file releases the GIL)."""
+    from ..io.volume import Volume
+
+    os.makedirs(folder, exist_ok=True)
+    count = [0]
+
+    def save(a: np.ndarray) -> dict:
+        count[0] += 1
+        return {_NPY: _save_npy(os.path.join(folder, f"array{count[0]}.npy"), a)}
+
+    def walk(obj):
+        if isinstance(obj, Volume):
+            return {_VOLUME: replace(obj, array=np.zeros((1, 1, 1), obj.array.dtype), warnings=list(obj.warnings)),
+                    **save(obj.array)}
+        if isinstance(obj, np.ndarray) and obj.nbytes >= 1 << 20:
+            return save(obj)
+        if isinstance(obj, dict):
+            return {k: walk(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v) for v in obj]
+        return obj
+
+    return walk(config)
+
+
+def load_offloaded(obj: Any) -> Any:
+    """Inverse of :func:`offload_arrays` (in the job process); the same Volume object wherever it was shared."""
+    cache: dict[str, Any] = {}
+
+    def walk(o):
+        if isinstance(o, dict) and _NPY in o:
+            path = o[_NPY]
+            if path not in cache:
+                arr = np.load(path, allow_pickle=False)
+                os.remove(path)  # read whole (no memory map): the staged copy is no longer needed
+                cache[path] = replace(o[_VOLUME], array=arr) if _VOLUME in o else arr
+            return cache[path]
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [walk(v) for v in o]
+        return o
+
+    return walk(obj)
 
 
 def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
@@ -125,6 +199,8 @@ def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
     """
     def relay(ev: dict) -> None:
         events({**ev, "type": "trained"} if ev.get("type") == "done" else ev)
+
+    config = load_offloaded(config)
 
     model_dir = finetune_job(config["finetune"], relay, stop_event)
     pred_cfg = dict(config["predict"], model=model_dir)

@@ -8,6 +8,10 @@
    uncertainty Image layer appear, with the slices worth annotating next.
 4. Next slice jumps to the top suggestion; Accept copies the (corrected) prediction of the current slice
    into the annotations; Train again.
+
+"Fill between slices" gives an instant, training-free completion of the annotated slices as its own
+layer (it also starts by itself when Train is clicked, so there is something to look at while the model
+trains). Results are read off the GUI thread and shown one layer per event-loop turn (result_layers).
 """
 from __future__ import annotations
 
@@ -19,13 +23,14 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
-                            QLabel, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QTableWidget,
+                            QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSpinBox, QTableWidget,
                             QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ..annotations_autosave import AnnotationAutosave, autosave_folder, read_annotations
 from ..job_runner import QtJob
 from .common import (DockWidgetBase, LayerCombo, compact_combo, device_choices, image_layers, layer_volume, report_error, safe_name,
                      timestamp)
+from . import result_layers
 from .loss_plot import LossPlot
 from .runs_list import list_runs, runs_dir
 
@@ -34,6 +39,7 @@ PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#4
 ANNOTATION_SUFFIX = " annotations"
 PREDICTION_SUFFIX = " prediction"
 UNCERTAINTY_SUFFIX = " uncertainty"
+FILL_BETWEEN_SUFFIX = " fill between"
 
 
 def class_colormap(colors: list[str]):
@@ -68,6 +74,13 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.suggestions: list[dict] = []
         self.preview_every_s = 5.0
         self.threads: int | None = None
+        self._staged = result_layers.StagedSteps(self)
+        self._loading: result_layers.BackgroundCall | None = None  # prediction arrays being read
+        self._filling: result_layers.BackgroundCall | None = None  # fill between slices being computed
+        self._finish_pending: dict | None = None
+        self.fill_between_auto = True  # Train also starts fill between slices (the instant result)
+        self._train_round = 0  # Train clicks so far
+        self._shown_round = 0  # the round whose prediction is on screen
 
         # --- annotation set-up
         self.image_combo = LayerCombo(napari_viewer, image_layers)
@@ -100,10 +113,15 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.empty_button.clicked.connect(self.mark_current_slice_empty)
         self.count_label = QLabel("No labels layer yet.")
         self.count_label.setWordWrap(True)
+        self.fill_button = QPushButton("Fill between slices (instant)")
+        self.fill_button.setToolTip("Interpolate the annotated slices through the slices between them, as 3D Slicer's "
+                                    "'Fill between slices' does: no training; shown as its own layer")
+        self.fill_button.clicked.connect(self.fill_between)
         ann = QGroupBox("2. Annotate")
         al = QVBoxLayout(ann)
         al.addWidget(self.empty_button)
         al.addWidget(self.count_label)
+        al.addWidget(self.fill_button)
 
         # --- training
         self.init_combo = compact_combo(QComboBox())
@@ -132,6 +150,13 @@ class AnnotateTrainWidget(DockWidgetBase):
             self.device.addItem(label, value)
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self._train_or_stop)
+        # where a warning about the chosen settings shows (e.g. slow on this machine): see show_settings_note
+        self.settings_note = QLabel("")
+        self.settings_note.setWordWrap(True)
+        self.settings_note.setVisible(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        self.progress_bar.setTextVisible(True)
         train = QGroupBox("3. Train and predict")
         tl = QFormLayout(train)
         tl.addRow("Start from", self.init_combo)
@@ -141,7 +166,9 @@ class AnnotateTrainWidget(DockWidgetBase):
         tl.addRow("Batch size", self.batch_size)
         tl.addRow("", self.semi_supervised)
         tl.addRow("Device", self.device)
+        tl.addRow(self.settings_note)
         tl.addRow(self.train_button)
+        tl.addRow(self.progress_bar)
 
         # --- review
         self.suggest_list = QListWidget()
@@ -155,7 +182,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.accept_button.clicked.connect(self.accept_current_slice)
         review = QGroupBox("4. Review")
         rl = QVBoxLayout(review)
-        rl.addWidget(QLabel("Suggested slices (most uncertain first):"))
+        rl.addWidget(QLabel("Suggested slices (highest uncertainty score first):"))
         rl.addWidget(self.suggest_list)
         row = QHBoxLayout()
         row.addWidget(self.next_button)
@@ -283,6 +310,9 @@ class AnnotateTrainWidget(DockWidgetBase):
         vol = layer_volume(image)
         folder = autosave_dir or autosave_folder(image.name, vol.series_instance_uid or vol.path or image.name)
         self.autosave = AnnotationAutosave(layer, folder, vol.affine, self._autosave_meta, parent=self)
+        from ...active.fill_between import start_worker
+
+        start_worker()  # ITK loads in its worker process meanwhile, so Fill between slices answers at once
         layer.events.paint.connect(self._schedule_count)
         layer.events.data.connect(self._schedule_count)
         self._on_classes_edited()
@@ -392,10 +422,12 @@ class AnnotateTrainWidget(DockWidgetBase):
 
     @property
     def running(self) -> bool:
-        return self.job is not None and self.job.running
+        """A training job is starting (its inputs being written) or running."""
+        starting = getattr(self, "_starting", None)
+        return (starting is not None and starting.running) or (self.job is not None and self.job.running)
 
     def _train_or_stop(self) -> None:
-        if self.running:
+        if self.running and self.job is not None and self.job.running:
             self.job.request_stop()
             self.train_button.setEnabled(False)
             self.train_button.setText("Stopping...")
@@ -435,8 +467,18 @@ class AnnotateTrainWidget(DockWidgetBase):
             cfg["threads"] = int(self.threads)
         return cfg
 
+    @property
+    def results_pending(self) -> bool:
+        """Results still being read or turned into layers (the job itself may have ended)."""
+        return bool((self._loading is not None and self._loading.running) or self._staged.busy)
+
+    def show_settings_note(self, text: str) -> None:
+        """Show (or with "" hide) a note about the training settings, e.g. that they will be slow on this machine."""
+        self.settings_note.setText(text)
+        self.settings_note.setVisible(bool(text))
+
     def train(self) -> None:
-        if self.running:
+        if self.running or self.results_pending:
             return
         try:
             config = self.build_config()
@@ -447,13 +489,35 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.last_result = None
         how = "warm start" if "init_model" in config["finetune"] else (
             "pretrained encoder" if config["finetune"].get("encoder_weights") else "from scratch")
+        self._n_train_slices = int(config['predict']['annotated_slices'].sum())
+        self._train_round += 1
+        self.train_button.setEnabled(False)
+        self.status.setText(f"Starting the training ({how}) on {self._n_train_slices} annotated slices...")
+        self.progress_bar.setRange(0, 0)  # busy until the first step
+        self.progress_bar.setFormat("starting")
+        self.progress_bar.setVisible(True)
+        # the image and labels go to the job as files written off the GUI thread (see jobs.offload_arrays)
+        from ...train.jobs import offload_arrays
+
+        staging = os.path.join(config["predict"]["out"], "inputs")
+        self._starting = result_layers.BackgroundCall(
+            offload_arrays, (config, staging), parent=self,
+            done=lambda small: self._start_job(small, how), failed=self._start_failed)
+        if self.fill_between_auto and self._filling is None:
+            self.fill_between(quiet=True)
+
+    def _start_failed(self, message: str) -> None:
+        self.progress_bar.setVisible(False)
+        self.train_button.setEnabled(True)
+        self._error(f"could not start the training: {message}")
+
+    def _start_job(self, config: dict, how: str) -> None:
         self.job = QtJob("napari_ssl.train.jobs:train_predict_job", config, label=f"Fine-tuning ({how})",
                          viewer=self.viewer, parent=self)
         self.job.event.connect(self._on_event)
         self.job.finished.connect(self._on_finished)
         self.job.start()
         self.train_button.setText("Stop")
-        self.status.setText(f"Training ({how}) on {int(config['predict']['annotated_slices'].sum())} annotated slices...")
         self._update_buttons()
 
     def _on_event(self, ev: dict) -> None:
@@ -461,17 +525,39 @@ class AnnotateTrainWidget(DockWidgetBase):
         if t == "loss" and "loss" in (ev.get("values") or {}):
             self.plot.add_point(ev.get("step", len(self.plot.values)), ev["values"]["loss"])
         elif t == "progress" and not self.job.runner.stop_requested:
-            total = ev.get("total_steps")
-            self.status.setText(f"Training: step {ev.get('step')}" + (f" / {total}" if total else ""))
+            from ...progress_text import step_text
+
+            total, step = ev.get("total_steps"), int(ev.get("step") or 0)
+            what = f"Training the model on {getattr(self, '_n_train_slices', 0)} annotated slices"
+            self.status.setText(step_text(what, step, total, self.job.seconds_left) + "; then the whole image is predicted.")
+            if total:
+                self._set_bar(step, int(total), "training: %p%")
         elif t == "trained":
             self.last_model = ev.get("out")
             self.status.setText("Trained; predicting the whole image...")
+            self._set_bar(0, 0, "predicting")
         elif t == "status":
             self.status.setText(str(ev.get("message")))
+            if ev.get("phase") == "predict" and ev.get("total"):
+                self._set_bar(int(ev["done"]), int(ev["total"]), "predicting: %p%")
         elif t == "prediction":
             self.show_prediction(ev)
 
+    def _set_bar(self, value: int, total: int, fmt: str) -> None:
+        self.progress_bar.setRange(0, max(0, total))
+        self.progress_bar.setValue(min(value, total) if total else 0)
+        self.progress_bar.setFormat(fmt)
+        self.progress_bar.setVisible(True)
+
     def _on_finished(self, ev: dict) -> None:
+        self.progress_bar.setVisible(False)
+        if ev.get("type") == "done" and self.results_pending:  # the layers are still on their way: finish after them
+            self._finish_pending = ev
+            return
+        self._finish(ev)
+
+    def _finish(self, ev: dict) -> None:
+        self._finish_pending = None
         self.last_result = ev
         self.train_button.setEnabled(True)
         self.train_button.setText("Train again" if self.last_model else "Train")
@@ -487,40 +573,133 @@ class AnnotateTrainWidget(DockWidgetBase):
         self._update_buttons()
 
     def show_prediction(self, ev: dict) -> None:
-        labels = np.load(ev["labels"], allow_pickle=False)
-        unc = np.load(ev["uncertainty"], allow_pickle=False)
+        """Read the prediction's arrays in the results thread, then show them one layer per event-loop turn."""
+        self.status.setText("Prediction ready; loading it into the viewer...")
+        self._loading = result_layers.BackgroundCall(
+            result_layers.read_prediction_arrays, (ev["labels"], ev["uncertainty"]),
+            done=lambda arrays: self._stage_prediction(ev, *arrays), failed=self._error, parent=self)
+
+    def _result_meta(self, **extra) -> dict:
+        return {"napari_ssl": {**{k: v for k, v in self.labels_layer.metadata["napari_ssl"].items() if k != "annotation"}, **extra},
+                "volume": self.labels_layer.metadata.get("volume")}
+
+    def _stage_prediction(self, ev: dict, labels: np.ndarray, unc: np.ndarray) -> None:
+        import napari.layers
+
         base = self.image_layer.name
         geo = {"scale": tuple(self.image_layer.scale), "translate": tuple(self.image_layer.translate)}
-        meta = {"napari_ssl": {**{k: v for k, v in self.labels_layer.metadata["napari_ssl"].items() if k != "annotation"},
-                               "prediction_of": base, "model": ev.get("model")},
-                "volume": self.labels_layer.metadata.get("volume")}
+        meta = self._result_meta(prediction_of=base, model=ev.get("model"))
         pname, uname = base + PREDICTION_SUFFIX, base + UNCERTAINTY_SUFFIX
-        if pname in self.viewer.layers:
-            pl = self.viewer.layers[pname]
-            pl.data = labels.astype(pl.data.dtype, copy=False)
-            pl.metadata.update(meta)
-        else:
-            pl = self.viewer.add_labels(labels, name=pname, opacity=0.4, metadata=meta, **geo)
-        pl.colormap = class_colormap(self.class_colours())
-        pl.features = {"index": np.arange(len(self.class_names()) + 1), "name": ["background", *self.class_names()]}
-        hi = float(unc.max()) if unc.size else 1.0
-        if uname in self.viewer.layers:
-            ul = self.viewer.layers[uname]
-            ul.data = unc
-            ul.contrast_limits = (0.0, hi if hi > 0 else 1.0)
-        else:
-            ul = self.viewer.add_image(unc, name=uname, colormap="inferno", blending="additive", opacity=0.5,
-                                       contrast_limits=(0.0, hi if hi > 0 else 1.0),
-                                       metadata={"napari_ssl_preview": True}, **geo)
-        ul.visible = True
-        self.viewer.layers.selection.active = self.labels_layer  # keep painting on the annotations
-        self.suggestions = list(ev.get("suggestions") or [])
+        names = ["background", *self.class_names()]
+
+        def uncertainty() -> None:
+            if uname in self.viewer.layers:
+                ul = self.viewer.layers[uname]
+                ul.data = unc
+                ul.contrast_limits = (0, result_layers.UNCERTAINTY_LEVELS)
+            else:
+                ul = napari.layers.Image(unc, name=uname, colormap=result_layers.uncertainty_colormap(), blending="translucent",
+                                         opacity=0.8, contrast_limits=(0, result_layers.UNCERTAINTY_LEVELS),
+                                         metadata={"napari_ssl_preview": True, "uncertainty_scale": 1.0 / result_layers.UNCERTAINTY_LEVELS},
+                                         **geo)
+                result_layers.insert_below(self.viewer, ul, self.labels_layer)
+            ul.visible = True
+
+        def prediction() -> None:
+            if pname in self.viewer.layers:
+                pl = self.viewer.layers[pname]
+                pl.data = labels.astype(pl.data.dtype, copy=False)
+                pl.metadata.update(meta)
+            else:
+                pl = napari.layers.Labels(labels, name=pname, opacity=1.0, metadata=meta,
+                                          colormap=class_colormap(self.class_colours()), **geo)
+                pl.contour = result_layers.outline_width(labels.shape)
+                result_layers.insert_below(self.viewer, pl, self.labels_layer)
+            pl.colormap = class_colormap(self.class_colours())
+            pl.features = {"index": np.arange(len(names)), "name": names}
+
+        def review() -> None:
+            fill = self.viewer.layers[base + FILL_BETWEEN_SUFFIX] if base + FILL_BETWEEN_SUFFIX in self.viewer.layers else None
+            self._shown_round = self._train_round
+            if fill is not None:
+                fill.visible = False  # the model's answer replaces the instant one on screen (the layer stays)
+            if self.labels_layer is not None and self.viewer.layers.selection.active is not self.labels_layer:
+                self.viewer.layers.selection.active = self.labels_layer  # keep painting on the annotations
+            self._show_suggestions(ev.get("suggestions") or [])
+            if self._finish_pending is not None:
+                self._finish(self._finish_pending)
+
+        self._staged.add(uncertainty, prediction, review)
+
+    def _show_suggestions(self, suggestions: list[dict]) -> None:
+        """The suggested slices, listed in the order of the score shown beside them (highest first)."""
+        self.suggestions = sorted(suggestions, key=lambda s: -float(s.get("uncertainty", s.get("score", 0.0))))
         self.suggest_list.clear()
         for s in self.suggestions:
-            item = QListWidgetItem(f"slice {s['slice']}  (uncertainty {s.get('uncertainty', s.get('score', 0)):.3f})")
+            item = QListWidgetItem(f"slice {s['slice']}  (uncertainty score {s.get('uncertainty', s.get('score', 0)):.3f})")
             item.setData(Qt.UserRole, int(s["slice"]))
             self.suggest_list.addItem(item)
         self._update_buttons()
+
+    # --- fill between slices: the instant result
+    def fill_between(self, quiet: bool = False) -> bool:
+        """Start "Fill between slices" on the annotations (in the results thread); its layer appears when done.
+
+        Needs two annotated slices holding labels; `quiet` (the automatic start with Train) skips the error."""
+        if self.labels_layer is None:
+            if not quiet:
+                self._error("create a labels layer and annotate a few slices first")
+            return False
+        if self._filling is not None and self._filling.running:
+            return False
+        labels = np.array(self.labels_layer.data, copy=True)
+        mask = self.annotated_mask()
+        with_labels = int(labels.reshape(labels.shape[0], -1).any(axis=1).sum())
+        if with_labels < 2:
+            if not quiet:
+                self._error("fill between slices needs the structure drawn on at least two slices")
+            return False
+        from ...active.fill_between import fill_between_slices
+
+        image, labels_layer = self.image_layer, self.labels_layer
+        # started with Train: if that round's prediction is on screen first, the fill arrives hidden behind it
+        shown_after = self._train_round if quiet else None
+        if not quiet:
+            self.status.setText(f"Filling between {with_labels} annotated slices...")
+        self.fill_button.setEnabled(False)
+        self._filling = result_layers.BackgroundCall(
+            fill_between_slices, (labels, mask), parent=self,
+            done=lambda filled: self._staged.add(lambda: self._show_fill_between(filled, image, labels_layer, shown_after)),
+            failed=self._fill_failed)
+        return True
+
+    def _fill_failed(self, message: str) -> None:
+        self.fill_button.setEnabled(self.labels_layer is not None)
+        self._error(f"fill between slices: {message}")
+
+    def _show_fill_between(self, filled: np.ndarray, image, labels_layer, hide_from_round: int | None = None) -> None:
+        import napari.layers
+
+        self.fill_button.setEnabled(self.labels_layer is not None)
+        if image is None or image not in self.viewer.layers:
+            return
+        name = image.name + FILL_BETWEEN_SUFFIX
+        colours = self.class_colours()
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = filled.astype(layer.data.dtype, copy=False)
+        else:
+            layer = napari.layers.Labels(filled, name=name, opacity=0.35, colormap=class_colormap(colours),
+                                         scale=tuple(image.scale), translate=tuple(image.translate),
+                                         metadata=self._result_meta(fill_between_of=image.name))
+            result_layers.insert_below(self.viewer, layer, labels_layer)
+            if labels_layer is not None and labels_layer in self.viewer.layers:
+                self.viewer.layers.selection.active = labels_layer
+        layer.visible = hide_from_round is None or self._shown_round < hide_from_round
+        names = ["background", *self.class_names()]
+        layer.features = {"index": np.arange(len(names)), "name": names}
+        if not self.running:
+            self.status.setText(f"Fill between slices: layer {name!r} (no training; annotated slices as drawn).")
 
     # --- review
     def prediction_layer(self):
@@ -569,6 +748,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.train_button.setEnabled(has_labels and not (self.job is not None and self.job.runner.stop_requested and self.running))
         self.next_button.setEnabled(bool(self.suggestions))
         self.accept_button.setEnabled(self.prediction_layer() is not None)
+        self.fill_button.setEnabled(has_labels and not (self._filling is not None and self._filling.running))
 
     def _error(self, message: str) -> None:
         report_error(self.status, message)

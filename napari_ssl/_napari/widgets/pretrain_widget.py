@@ -304,8 +304,10 @@ class PretrainWidget(DockWidgetBase):
         elif t == "progress":
             total = ev.get("total_steps")
             if not (self.job is not None and self.job.runner.stop_requested):
-                self.status.setText(f"Step {ev.get('step')}" + (f" / {total}" if total else "") +
-                                    (f", epoch {ev['epoch']}" if ev.get("epoch") is not None else ""))
+                from ...progress_text import step_text
+
+                self.status.setText(step_text("Pretraining the encoder", int(ev.get("step") or 0), total, self.job.seconds_left) +
+                                    (f" (epoch {int(ev['epoch']) + 1})" if ev.get("epoch") is not None else ""))
         elif t == "preview" and self.show_previews.isChecked():
             self.show_preview_images(ev.get("images") or {})
         elif t == "checkpoint":
