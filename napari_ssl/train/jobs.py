@@ -99,7 +99,8 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     volume = load_image(config["image"])
     device = config.get("device")
     pred = predict_volume(config["model"], volume, tta=bool(config.get("tta", False)),
-                          device=None if device in (None, "auto") else device)
+                          device=None if device in (None, "auto") else device,
+                          roi=config.get("roi"), seeds=config.get("seeds"))
     annotated = config.get("annotated_slices")
     suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
@@ -122,12 +123,25 @@ def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
 
     model_dir = finetune_job(config["finetune"], relay, stop_event)
     pred_cfg = dict(config["predict"], model=model_dir)
+    pred_cfg.update(_same_study_prediction(config["finetune"], model_dir))
     if "threads" in config:
         pred_cfg["threads"] = config["threads"]
     predict_job(pred_cfg, events, None)  # predict even after Stop: the saved model is worth seeing
     stopped = bool(stop_event is not None and stop_event.is_set())
     events({"type": "done", "out": model_dir, "stopped": stopped})
     return model_dir
+
+
+def _same_study_prediction(finetune: Any, model_dir: str) -> dict:
+    """Predicting the study just annotated: the crop the model trained on, and the drawing as seeds (keep-connected)."""
+    from ..models.checkpoint import read_meta
+
+    labels = (finetune.get("labels") if isinstance(finetune, dict) else getattr(finetune, "labels", None)) or []
+    rois = (read_meta(model_dir).get("auto") or {}).get("rois") or [None]
+    out = {"roi": rois[0]}
+    if labels and isinstance(labels[0], np.ndarray):
+        out["seeds"] = labels[0]
+    return out
 
 
 def export_job(config: dict, events: EventSink, stop_event) -> str:
