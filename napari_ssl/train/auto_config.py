@@ -49,6 +49,7 @@ class AutoSettings:
     image_size: int  # tile side in pixels (multiple of 32)
     spacing_mm: float  # in-plane mm per tile pixel
     roi: Optional[list[int]]  # [y0, y1, x0, x1] on the annotated image, None = whole slice
+    z_range: Optional[list[int]]  # [z0, z1) slices of this study the structure may occupy, None = all
     normalization: dict
     encoder: str
     steps: int
@@ -64,7 +65,8 @@ class AutoSettings:
         norm = self.normalization
         win = (f"window {norm['window'][0]:.0f}..{norm['window'][1]:.0f} HU" if norm.get("mode") == "window"
                else "intensities scaled per scan")
-        return (f"{self.image_size} px tiles at {self.spacing_mm:.2f} mm, {crop}, {win}, "
+        zr = "" if self.z_range is None else f", slices {self.z_range[0]}-{self.z_range[1] - 1}"
+        return (f"{self.image_size} px tiles at {self.spacing_mm:.2f} mm, {crop}{zr}, {win}, "
                 f"{self.encoder}, {self.steps} steps")
 
 
@@ -108,6 +110,34 @@ def square_roi(box: tuple[int, int, int, int], side: int, shape: tuple[int, int]
         start = min(max(start, 0), n - s)
         out += [start, start + s]
     return out
+
+
+def z_range_for(labels: np.ndarray, annotated: np.ndarray, spacing: Sequence[float]) -> Optional[list[int]]:
+    """[z0, z1): the drawn slices' range widened by one mean gap between drawn slices on each side.
+
+    A user spreads a few slices through a structure, so its ends lie within about one such gap of the
+    outermost drawn slices; beyond that a model that never saw a slice without the structure finds look-alikes
+    (bowel above the bladder, the chest above the liver). With one drawn slice the gap is taken as half the
+    structure's in-plane extent. Slices annotated as empty bound the range too."""
+    ann = np.asarray(annotated, bool)
+    drawn = np.flatnonzero(ann & labels.reshape(labels.shape[0], -1).any(1))
+    if drawn.size == 0:
+        return None
+    if drawn.size > 1:
+        gap = float(np.mean(np.diff(drawn)))
+    else:
+        fg = labels[drawn[0]] > 0
+        ys, xs = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+        extent_mm = max((ys[-1] - ys[0] + 1) * float(spacing[1]), (xs[-1] - xs[0] + 1) * float(spacing[2]))
+        gap = 0.5 * extent_mm / float(spacing[0])
+    lo, hi = int(np.ceil(drawn[0] - gap)), int(np.floor(drawn[-1] + gap)) + 1
+    empty = np.flatnonzero(ann & ~labels.reshape(labels.shape[0], -1).any(1))
+    below, above = empty[empty < drawn[0]], empty[empty > drawn[-1]]
+    if below.size:
+        lo = max(lo, int(below.max()) + 1)
+    if above.size:
+        hi = min(hi, int(above.min()))
+    return [max(0, lo), min(int(labels.shape[0]), hi)]
 
 
 def ct_window(values: np.ndarray) -> list[float]:
@@ -204,19 +234,25 @@ def choose_settings(image: np.ndarray, spacing: Sequence[float], modality: str, 
     else:
         encoder = DEFAULT_ENCODER
         reasons["encoder"] = f"{DEFAULT_ENCODER} U-Net" + (" (GPU)" if kind == "gpu" else f" (a {size} px tile is cheap)")
+    z_range = z_range_for(labels, annotated, spacing) if box is not None else None
+    if z_range is not None:
+        reasons["z_range"] = "the structure is continuous: predicted up to one gap between drawn slices beyond the outermost ones"
+        if z_range == [0, int(image.shape[0])]:
+            z_range = None
     steps = DEFAULT_STEPS
     reasons["steps"] = f"~{estimated_seconds_per_step(encoder, size, kind=kind) * steps:.0f} s of training on an unloaded {kind.upper()}"
-    return AutoSettings(image_size=int(size), spacing_mm=round(float(spacing_mm), 4), roi=roi, normalization=norm,
+    return AutoSettings(image_size=int(size), spacing_mm=round(float(spacing_mm), 4), roi=roi, z_range=z_range, normalization=norm,
                         encoder=encoder, steps=int(steps), keep_connected=box is not None, reasons=reasons)
 
 
 def slow_setting_warning(*, image_size: Optional[int], encoder: Optional[str], steps: Optional[int], devices: Optional[str],
                          batch_size: int = 8, budget_s: float = 180.0) -> Optional[str]:
-    """A clear sentence when the chosen training settings will be slow on this machine, else None."""
+    """A clear sentence when the chosen training settings will be slow on this machine, else None.
+    `encoder` None: the one :func:`choose_settings` picks for this tile size on a CPU."""
     kind = device_kind(devices)
     if kind == "gpu" or not image_size:
         return None
-    enc = encoder or DEFAULT_ENCODER
+    enc = encoder or (COMPACT_ENCODER if int(image_size) > MIN_TILE else DEFAULT_ENCODER)
     n = int(steps or DEFAULT_STEPS)
     est = estimated_seconds_per_step(enc, int(image_size), batch_size, kind) * n
     if est <= budget_s:
@@ -246,16 +282,6 @@ def prediction_tile(meta: dict, shape: Sequence[int], spacing: Sequence[float], 
         return size
     side_mm = max(int(shape[-2]), int(shape[-1])) * min(float(spacing[-2]), float(spacing[-1]))
     return ceil32(side_mm / float(auto["spacing_mm"]))
-
-
-def paste(cropped: np.ndarray, roi: Optional[Sequence[int]], shape: Sequence[int], fill: float = 0) -> np.ndarray:
-    """Inverse of :func:`crop_volume` on the last two axes: `cropped` placed in an array of the full in-plane `shape`."""
-    if roi is None:
-        return cropped
-    y0, y1, x0, x1 = (int(v) for v in roi)
-    out = np.full(cropped.shape[:-2] + (int(shape[-2]), int(shape[-1])), fill, cropped.dtype)
-    out[..., y0:y1, x0:x1] = cropped
-    return out
 
 
 def crop_volume(array: np.ndarray, roi: Optional[Sequence[int]]) -> np.ndarray:

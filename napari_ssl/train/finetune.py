@@ -443,14 +443,15 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
         chooser = None
         if config.auto and not (config.init_model and not pre_meta.get("auto")):
             def chooser(i, img, lab, mask):
-                from .auto_config import choose_settings, roi_for
+                from .auto_config import choose_settings, roi_for, z_range_for
 
                 if "settings" not in auto:
                     auto["settings"] = choose_settings(img.array, img.spacing, img.modality, lab, mask, devices=config.devices,
                                                        model_meta=pre_meta, image_size=config.image_size)
-                    auto["rois"] = [auto["settings"].roi]
+                    auto["rois"], auto["z_ranges"] = [auto["settings"].roi], [auto["settings"].z_range]
                 else:
                     auto["rois"].append(roi_for(lab, mask, img.spacing, auto["settings"]))
+                    auto["z_ranges"].append(z_range_for(lab, mask, img.spacing))
                 return auto["settings"], auto["rois"][-1]
         data = prepare_data(config, pre_meta.get("normalization"), chooser)
         settings = auto.get("settings")
@@ -497,7 +498,7 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if settings is not None:  # what was chosen from the data, and why (crops: voxel boxes, nothing identifying)
-            meta["auto"] = {**settings.as_meta(), "encoder": encoder_name, "image_size": image_size, "rois": auto["rois"]}
+            meta["auto"] = {**settings.as_meta(), "encoder": encoder_name, "image_size": image_size, "rois": auto["rois"], "z_ranges": auto["z_ranges"]}
         if config.init_model:
             meta["pretrained"] = pre_meta.get("pretrained")
         with atomic_output_dir(config.out) as tmp:

@@ -100,7 +100,7 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     device = config.get("device")
     pred = predict_volume(config["model"], volume, tta=bool(config.get("tta", False)),
                           device=None if device in (None, "auto") else device,
-                          roi=config.get("roi"), seeds=config.get("seeds"))
+                          roi=config.get("roi"), z_range=config.get("z_range"), seeds=config.get("seeds"))
     annotated = config.get("annotated_slices")
     suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
@@ -137,8 +137,8 @@ def _same_study_prediction(finetune: Any, model_dir: str) -> dict:
     from ..models.checkpoint import read_meta
 
     labels = (finetune.get("labels") if isinstance(finetune, dict) else getattr(finetune, "labels", None)) or []
-    rois = (read_meta(model_dir).get("auto") or {}).get("rois") or [None]
-    out = {"roi": rois[0]}
+    auto = read_meta(model_dir).get("auto") or {}
+    out = {"roi": (auto.get("rois") or [None])[0], "z_range": (auto.get("z_ranges") or [None])[0]}
     if labels and isinstance(labels[0], np.ndarray):
         out["seeds"] = labels[0]
     return out

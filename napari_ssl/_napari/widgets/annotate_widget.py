@@ -119,7 +119,9 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.image_size = QSpinBox()
         self.image_size.setRange(0, 1024)
         self.image_size.setSingleStep(32)
-        self.image_size.setSpecialValueText("model's")
+        self.image_size.setSpecialValueText("auto")
+        self.image_size.setToolTip("auto: a crop around the drawn structure at the resolution this device trains "
+                                   "in about a minute (napari_ssl/train/auto_config.py)")
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 1024)
         self.batch_size.setValue(8)
@@ -137,6 +139,9 @@ class AnnotateTrainWidget(DockWidgetBase):
         tl.addRow("Batch size", self.batch_size)
         tl.addRow("Device", self.device)
         tl.addRow(self.train_button)
+        self.settings_label = QLabel("Settings: chosen from the scan and the drawing when you press Train.")
+        self.settings_label.setWordWrap(True)
+        tl.addRow(self.settings_label)
 
         # --- review
         self.suggest_list = QListWidget()
@@ -439,6 +444,13 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.last_result = None
         how = "warm start" if "init_model" in config["finetune"] else (
             "pretrained encoder" if config["finetune"].get("encoder_weights") else "from scratch")
+        from ...train.auto_config import slow_setting_warning
+
+        ft = config["finetune"]
+        slow = slow_setting_warning(image_size=ft.get("image_size"),
+                                    encoder="resnet18" if (ft.get("encoder_weights") or ft.get("init_model")) else None, steps=ft.get("steps"),
+                                    devices=ft.get("devices"), batch_size=int(ft.get("batch_size") or 8))
+        self.settings_label.setText(slow or "Settings: chosen from the scan and the drawing...")
         self.job = QtJob("napari_ssl.train.jobs:train_predict_job", config, label=f"Fine-tuning ({how})",
                          viewer=self.viewer, parent=self)
         self.job.event.connect(self._on_event)
@@ -458,6 +470,8 @@ class AnnotateTrainWidget(DockWidgetBase):
         elif t == "trained":
             self.last_model = ev.get("out")
             self.status.setText("Trained; predicting the whole image...")
+        elif t == "status" and str(ev.get("message", "")).startswith("settings: "):
+            self.settings_label.setText("Settings: " + str(ev["message"])[len("settings: "):])
         elif t == "status":
             self.status.setText(str(ev.get("message")))
         elif t == "prediction":
