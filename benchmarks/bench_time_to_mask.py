@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     ru_s = resource.getrusage(resource.RUSAGE_SELF)
     result = {"benchmark": "time_to_mask", "data": "tcia_cervical_ct (296 x 512 x 512 CT, RTSTRUCT)", "device": args.device,
               "widget_defaults": {**WIDGET_DEFAULTS, "device": args.device, "init": "random"},
-              "cpu_count": os.cpu_count(), "torch_threads_in_child": os.environ.get("NAPARI_SSL_THREADS") or "torch default",
+              "cpu_count": os.cpu_count(), "torch_threads_in_child": os.environ.get("NAPARI_SSL_THREADS") or os.environ.get("OMP_NUM_THREADS") or "torch default",
               "peak_rss_mb": {"largest_child": round(ru_c.ru_maxrss / 1024), "this_process (the viewer side)": round(ru_s.ru_maxrss / 1024)},
               "loadavg_end": loadavg(), "rows": rows,
               "goals": {"seconds_to_prediction": 120, "peak_memory_mb": 4096, "liver_dice": 0.85, "bladder": "above fill between"}}
