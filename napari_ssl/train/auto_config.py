@@ -274,12 +274,12 @@ def roi_for(labels: np.ndarray, annotated: np.ndarray, spacing: Sequence[float],
 
 
 def prediction_tile(meta: dict, shape: Sequence[int], spacing: Sequence[float], roi: Optional[Sequence[int]] = None) -> int:
-    """Tile side for predicting a (y, x) plane of `shape` (or its `roi`) at the model's resolution (model.json ``auto``);
-    the model's own image size for models without it."""
+    """Tile side for predicting a (y, x) plane of `shape` (or its `roi`) at the resolution a model trained on crops
+    worked at (model.json ``auto``); the model's own image size otherwise."""
     auto = meta.get("auto") or {}
     size = int(meta.get("image_size", 64))
-    if roi is not None or not auto.get("spacing_mm"):
-        return size
+    if roi is not None or not auto.get("spacing_mm") or not any(auto.get("rois") or [auto.get("roi")]):
+        return size  # trained on whole slices, each resized to the tile: no fixed resolution to keep
     side_mm = max(int(shape[-2]), int(shape[-1])) * min(float(spacing[-2]), float(spacing[-1]))
     return ceil32(side_mm / float(auto["spacing_mm"]))
 
