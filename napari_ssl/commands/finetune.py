@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("--empty-slices", action="append", metavar="LIST", help="slices annotated as empty (e.g. 3,17 or 3-5); once per --labels")
     p.add_argument("--loss", choices=("dice-ce", "jaccard"), default="dice-ce")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, help="slice size fed to the network, a multiple of 32 (default: the pretrained model's, else 64)")
+    p.add_argument("--image-size", type=int, help="tile size fed to the network, a multiple of 32 (default: chosen from the scan and the labels)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--encoder-lr-scale", type=float, default=1.0, help="encoder learning rate = lr x this (e.g. 0.1 to protect pretrained features)")
     p.add_argument("--freeze-encoder-steps", type=int, default=0, help="train only the decoder for the first N steps")
@@ -28,6 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--devices", default="auto", help='"auto", "cpu", a GPU count or a list such as 0,1')
     p.add_argument("--precision", default="32", help='"32", "16-mixed" or "bf16-mixed"')
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-auto", action="store_true", help="do not choose the crop, tile size, CT window and encoder from the scan and the labels")
 
 
 def run(args) -> int:
@@ -48,10 +49,13 @@ def run(args) -> int:
                             encoder=args.encoder, in_channels=args.in_channels, classes=parse_class_names(args.classes), empty_slices=empties,
                             epochs=args.epochs, steps=args.steps, loss=args.loss, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
                             encoder_lr_scale=args.encoder_lr_scale, freeze_encoder_steps=args.freeze_encoder_steps, transfer_decoder=args.transfer_decoder,
-                            augment=not args.no_augment, devices=args.devices, precision=args.precision, seed=args.seed)
+                            augment=not args.no_augment, devices=args.devices, precision=args.precision, seed=args.seed,
+                            auto=not args.no_auto)
     state = {"last": -1}
 
     def events(e: dict) -> None:
+        if e["type"] == "status" and str(e.get("message", "")).startswith("settings: "):
+            print(e["message"], file=sys.stderr, flush=True)
         if e["type"] == "progress" and (e["step"] - state["last"] >= max(1, e["total_steps"] // 20) or e["step"] == e["total_steps"]):
             state["last"] = e["step"]
             print(f"step {e['step']}/{e['total_steps']}", file=sys.stderr, flush=True)
