@@ -427,6 +427,8 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
     try:
         if config.loss not in ("dice-ce", "jaccard"):
             raise NapariSSLError(f"unknown loss {config.loss!r}; choose dice-ce or jaccard")
+        if config.image_size and int(config.image_size) % 32:
+            raise NapariSSLError(f"--image-size must be a multiple of 32 (the U-Net downsamples 5 times); got {config.image_size}")
         # the pretrained / previous model decides normalisation, size and channels unless overridden
         pre_meta: dict = {}
         if config.init_model:
@@ -458,7 +460,6 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
         if settings is not None:
             if not (config.encoder or config.encoder_weights or config.init_model):
                 config.encoder = settings.encoder
-            emit({"type": "status", "message": "settings: " + settings.summary()})
         num_classes = len(data.class_names) + 1
         torch.manual_seed(int(config.seed))  # the decoder (and a random encoder) start the same under one seed
         unet, source = build_initial_model(config, num_classes)
@@ -469,6 +470,9 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
             raise NapariSSLError(f"--image-size must be a multiple of 32 (the U-Net downsamples 5 times); got {image_size}")
         dataset = LabelledSliceDataset(data.volumes, image_size, in_channels, AugmentConfig() if config.augment else None)
         steps = resolve_steps(config, len(dataset))
+        if settings is not None:
+            settings.steps, settings.encoder, settings.image_size = steps, encoder_name, image_size
+            emit({"type": "status", "message": "settings: " + settings.summary()})
         unet, info = train_unet(unet, dataset, steps=steps, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
                                 loss=config.loss, encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
                                 freeze_encoder_bn=config.freeze_encoder_bn,
