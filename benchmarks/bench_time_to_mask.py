@@ -115,7 +115,12 @@ def main(argv=None) -> int:
     ap.add_argument("--slices", type=int, default=3)
     ap.add_argument("--compare-today", action="store_true", help="also run with data-driven defaults off")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_time_to_mask"))
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from the JSON at --out")
     args = ap.parse_args(argv)
+    if args.replot:
+        with open(args.out + ".json") as f:
+            plot(json.load(f), args.out + ".png")
+        return 0
 
     from napari_ssl.active.fill_between import fill_between_slices
     from napari_ssl.io import load_volume
@@ -179,6 +184,8 @@ def plot(result: dict, path: str) -> None:
         a1.bar(np.arange(len(rows)) + j * w, [r[m]["dice"] for r in rows], w, label=labels[m])
         if m != "fill_between":
             a2.bar(np.arange(len(rows)) + j * w, [r[m]["seconds_to_prediction"] for r in rows], w, label=labels[m], color=f"C{j}")
+            a2.scatter(np.arange(len(rows)) + j * w, [r[m]["child_cpu_s"] for r in rows], marker="_", s=600, c="k",
+                       label="CPU seconds of the job" if j == len(methods) - 1 else None, zorder=3)
     for a in (a1, a2):
         a.set_xticks(np.arange(len(rows)) + 0.4 - w / 2, [r["structure"] for r in rows])
     a1.axhline(0.85, ls=":", c="k", lw=0.8)
@@ -187,6 +194,7 @@ def plot(result: dict, path: str) -> None:
     a1.legend(fontsize=8)
     a2.axhline(120, ls=":", c="k", lw=0.8)
     a2.set_ylabel("seconds from Train to whole-series prediction")
+    a2.legend(fontsize=8)
     load = result["loadavg_end"][0]
     fig.suptitle(f"Time to first mask, {result['device']}, {result['widget_defaults']['steps']} steps, 3 slices (load {load:.1f} on {result['cpu_count']} cores)")
     fig.tight_layout()
