@@ -157,14 +157,20 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
 def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
                    device: Optional[str] = None, loaded: Optional[tuple[torch.nn.Module, dict]] = None,
                    annotation: Optional[tuple[np.ndarray, np.ndarray]] = None, keep_connected: bool = False,
-                   fill_between: bool = False, progress=None) -> Prediction:
+                   fill_between: bool = False, progress=None, roi: Optional[list] = None, z_range: Optional[list] = None,
+                   seeds: Optional[np.ndarray] = None) -> Prediction:
     """Predict a :class:`~napari_ssl.io.Volume` (canonical grid) with the model in `model_dir`
     (or `loaded`, the (unet, meta) pair of :func:`load_segmentation_model`, to predict many volumes).
 
     ``annotation``: the user's (labels, annotated-slice mask) on this volume's grid: those slices come back
     exactly as drawn (see :mod:`napari_ssl.active.respect_annotation`); ``keep_connected`` also drops predicted
     foreground not touching the user's labels in 3-D; ``fill_between``: between annotated slices, each class
-    comes from fill between slices (the interpolation of the user's slices)."""
+    comes from fill between slices (the interpolation of the user's slices).
+
+    Predicting the study the model was just trained on (train/auto_config.py): `roi` ([y0, y1, x0, x1]) and
+    `z_range` ([z0, z1)) limit prediction to the crop and slices the structure can occupy (background
+    elsewhere); `seeds` (the user's labels) keep only predicted 3-D components touching them. Without `roi`
+    a model with ``auto`` settings sees the whole slice at its own resolution."""
     from ..data.normalize import normalize
     from ..train.finetune import resolve_normalization
 
@@ -173,9 +179,31 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
     if volume.array.ndim != 3:
         raise NapariSSLError(f"the image must be a 3-D volume; got shape {list(volume.array.shape)}")
     spec = resolve_normalization(meta.get("normalization"), volume.modality)
-    img = normalize(volume.array, spec)
-    pred = predict_array(unet, img, image_size=int(meta.get("image_size", 64)), in_channels=int(meta["in_channels"]), batch_size=batch_size,
+    from ..train.auto_config import crop_volume, keep_connected as keep_seeded_components, prediction_tile
+
+    z0, z1 = (int(z_range[0]), int(z_range[1])) if z_range is not None else (0, volume.shape[0])
+    # a fixed window does not depend on what lies outside the crop: normalise only the crop (memory)
+    if spec.get("mode") == "window":
+        img = normalize(crop_volume(volume.array[z0:z1], roi), spec)
+    else:
+        img = crop_volume(normalize(volume.array, spec)[z0:z1], roi)
+    size = prediction_tile(meta, volume.shape, volume.spacing, roi)
+    pred = predict_array(unet, img, image_size=size, in_channels=int(meta["in_channels"]), batch_size=batch_size,
                          tta=tta, mc_dropout=mc_dropout, class_names=meta.get("class_names"), progress=progress)
+    if roi is not None or z_range is not None:
+        y0, y1, x0, x1 = (int(v) for v in roi) if roi is not None else (0, volume.shape[1], 0, volume.shape[2])
+        k = pred.probabilities.shape[0]
+        labels = np.zeros(volume.shape, np.uint8)
+        labels[z0:z1, y0:y1, x0:x1] = pred.labels
+        probs = np.zeros((k,) + tuple(volume.shape), np.float32)
+        probs[0] = 1.0  # background where nothing was predicted
+        probs[:, z0:z1, y0:y1, x0:x1] = pred.probabilities
+        unc = np.zeros(volume.shape, np.float32)
+        unc[z0:z1, y0:y1, x0:x1] = pred.uncertainty
+        pred.labels, pred.probabilities, pred.uncertainty = labels, probs, unc
+        pred.slice_uncertainty = unc.reshape(volume.shape[0], -1).mean(1).astype(np.float32)
+    if seeds is not None and (meta.get("auto") or {}).get("keep_connected", False):
+        pred.labels = keep_seeded_components(pred.labels, seeds)
     if annotation is not None:
         from .respect_annotation import respect_annotation
 

@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
     p.add_argument("--empty-slices", action="append", metavar="LIST", help="slices annotated as empty (e.g. 3,17 or 3-5); once per --labels")
     p.add_argument("--loss", choices=("dice-ce", "jaccard"), default="dice-ce")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, help="slice size fed to the network, a multiple of 32 (default: the pretrained model's, else 64)")
+    p.add_argument("--image-size", type=int, help="tile size fed to the network, a multiple of 32 (default: chosen from the scan and the labels)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--encoder-lr-scale", type=float, default=1.0, help="encoder learning rate = lr x this (e.g. 0.1 to protect pretrained features)")
     p.add_argument("--freeze-encoder-steps", type=int, default=0, help="train only the decoder for the first N steps")
@@ -31,6 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-semi-supervised", action="store_true", help="train on the annotated slices only (default: the unannotated slices and --unlabelled volumes also train, through pseudo-labels kept in memory for the run)")
     p.add_argument("--unlabelled", action="append", default=[], metavar="PATH", help="an unlabelled volume that also trains (semi-supervised); repeat for several")
+    p.add_argument("--no-auto", action="store_true", help="do not choose the crop, tile size, CT window and encoder from the scan and the labels")
 
 
 def run(args) -> int:
@@ -53,7 +54,9 @@ def run(args) -> int:
                             encoder_lr_scale=args.encoder_lr_scale, freeze_encoder_steps=args.freeze_encoder_steps, transfer_decoder=args.transfer_decoder,
                             augment=not args.no_augment, devices=args.devices, precision=args.precision, seed=args.seed,
                             rois=[r.strip() for r in args.rois.split(",") if r.strip()] if args.rois else None,
-                            semi_supervised=not args.no_semi_supervised, unlabelled=list(args.unlabelled))
+                            semi_supervised=not args.no_semi_supervised, unlabelled=list(args.unlabelled),
+                            auto=not args.no_auto)
+
     from ..progress_text import Eta, step_text
 
     state = {"last": -1}

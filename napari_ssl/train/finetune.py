@@ -65,6 +65,7 @@ class FinetuneConfig:
     semi_supervised: bool = True  # unannotated slices (and `unlabelled` volumes) train through in-run pseudo-labels
     unlabelled: list = field(default_factory=list)  # paths or Volumes without labels (semi-supervised only)
     semi_options: Optional[dict] = None  # SemiSupervisedConfig overrides
+    auto: bool = True  # crop, tile size, CT window and encoder chosen from the scan and the drawing (train/auto_config.py)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -245,7 +246,8 @@ class PreparedData:
     shapes: list[list[int]] = field(default_factory=list)
 
 
-def prepare_data(config: FinetuneConfig, norm_meta: Optional[dict]) -> PreparedData:
+def prepare_data(config: FinetuneConfig, norm_meta: Optional[dict], choose: Optional[Callable] = None) -> PreparedData:
+    """`choose(i, image, labels, annotated) -> (AutoSettings, roi)`: data-driven settings (normalisation, in-plane crop)."""
     if not config.images:
         raise NapariSSLError("no image given; pass --image PATH --labels PATH")
     if len(config.images) != len(config.labels):
@@ -269,9 +271,18 @@ def prepare_data(config: FinetuneConfig, norm_meta: Optional[dict]) -> PreparedD
         spec = dict(config.normalization) if config.normalization else resolve_normalization(norm_meta, img.modality)
         norm_spec = norm_spec or spec
         mask = annotated_slices(lab, empty or [])
+        roi = None
+        if choose is not None:
+            settings, roi = choose(i, img, lab, mask)
+            if not config.normalization:
+                spec = dict(settings.normalization)
+                norm_spec = norm_spec if i else spec
         top = max(top, int(lab.max()) if lab.size else 0)
         label_maps.append(lab)
-        volumes.append(LabelledVolume(image=normalize(img.array, spec), labels=lab, annotated=mask))
+        from .auto_config import crop_volume
+
+        volumes.append(LabelledVolume(image=np.ascontiguousarray(crop_volume(normalize(img.array, spec), roi)),
+                                      labels=np.ascontiguousarray(crop_volume(lab, roi)), annotated=mask))
         shapes.append(list(img.shape))
     if not any(v.annotated.any() for v in volumes):
         raise NapariSSLError("no annotated slice: draw labels on at least one slice (or list slices annotated as empty with --empty-slices)")
@@ -425,6 +436,8 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
     try:
         if config.loss not in ("dice-ce", "jaccard"):
             raise NapariSSLError(f"unknown loss {config.loss!r}; choose dice-ce or jaccard")
+        if config.image_size and int(config.image_size) % 32:
+            raise NapariSSLError(f"--image-size must be a multiple of 32 (the U-Net downsamples 5 times); got {config.image_size}")
         # the pretrained / previous model decides normalisation, size and channels unless overridden
         pre_meta: dict = {}
         if config.init_model:
@@ -438,18 +451,39 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
         if config.init_model and not config.classes and pre_meta.get("class_names"):
             config.classes = list(pre_meta["class_names"])
         emit({"type": "status", "message": "Preparing the annotated slices"})
-        data = prepare_data(config, pre_meta.get("normalization"))
+        auto: dict = {}
+        chooser = None
+        if config.auto and not (config.init_model and not pre_meta.get("auto")):
+            def chooser(i, img, lab, mask):
+                from .auto_config import choose_settings, roi_for, z_range_for
+
+                if "settings" not in auto:
+                    auto["settings"] = choose_settings(img.array, img.spacing, img.modality, lab, mask, devices=config.devices,
+                                                       model_meta=pre_meta, image_size=config.image_size)
+                    auto["rois"], auto["z_ranges"] = [auto["settings"].roi], [auto["settings"].z_range]
+                else:
+                    auto["rois"].append(roi_for(lab, mask, img.spacing, auto["settings"]))
+                    auto["z_ranges"].append(z_range_for(lab, mask, img.spacing))
+                return auto["settings"], auto["rois"][-1]
+        data = prepare_data(config, pre_meta.get("normalization"), chooser)
+        settings = auto.get("settings")
+        if settings is not None:
+            if not (config.encoder or config.encoder_weights or config.init_model):
+                config.encoder = settings.encoder
         num_classes = len(data.class_names) + 1
         emit({"type": "status", "message": "Building the model (the first training steps follow)"})
         torch.manual_seed(int(config.seed))  # the decoder (and a random encoder) start the same under one seed
         unet, source = build_initial_model(config, num_classes)
         meta_src = source.pop("_meta", {})
         encoder_name, in_channels = source.pop("_encoder"), int(source.pop("_in_channels"))
-        image_size = int(config.image_size or meta_src.get("image_size") or 64)
+        image_size = int(config.image_size or (settings.image_size if settings else 0) or meta_src.get("image_size") or 64)
         if image_size % 32:
             raise NapariSSLError(f"--image-size must be a multiple of 32 (the U-Net downsamples 5 times); got {image_size}")
         dataset = LabelledSliceDataset(data.volumes, image_size, in_channels, AugmentConfig() if config.augment else None)
         steps = resolve_steps(config, len(dataset))
+        if settings is not None:
+            settings.steps, settings.encoder, settings.image_size = steps, encoder_name, image_size
+            emit({"type": "status", "message": "settings: " + settings.summary()})
         train_kw = dict(batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
                         loss=config.loss, encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
                         freeze_encoder_bn=config.freeze_encoder_bn,
@@ -494,6 +528,8 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
             "metrics": {"final_loss": info["final_loss"], "train_dice": dict(zip(data.class_names, dice))},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if settings is not None:  # what was chosen from the data, and why (crops: voxel boxes, nothing identifying)
+            meta["auto"] = {**settings.as_meta(), "encoder": encoder_name, "image_size": image_size, "rois": auto["rois"], "z_ranges": auto["z_ranges"]}
         if config.init_model:
             meta["pretrained"] = pre_meta.get("pretrained")
         with atomic_output_dir(config.out) as tmp:

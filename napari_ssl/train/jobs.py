@@ -120,7 +120,8 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     pred = predict_volume(config["model"], volume, tta=bool(config.get("tta", False)),
                           device=None if device in (None, "auto") else device, annotation=annotation,
                           keep_connected=bool(config.get("keep_connected", False)),
-                          fill_between=bool(config.get("fill_between", False)), progress=_predict_progress(events))
+                          fill_between=bool(config.get("fill_between", False)), progress=_predict_progress(events),
+                          roi=config.get("roi"), z_range=config.get("z_range"), seeds=config.get("seeds"))
     events({"type": "status", "message": "Predicting the whole image: ranking the slices to annotate next"})
     suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
@@ -204,12 +205,25 @@ def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
 
     model_dir = finetune_job(config["finetune"], relay, stop_event)
     pred_cfg = dict(config["predict"], model=model_dir)
+    pred_cfg.update(_same_study_prediction(config["finetune"], model_dir))
     if "threads" in config:
         pred_cfg["threads"] = config["threads"]
     predict_job(pred_cfg, events, None)  # predict even after Stop: the saved model is worth seeing
     stopped = bool(stop_event is not None and stop_event.is_set())
     events({"type": "done", "out": model_dir, "stopped": stopped})
     return model_dir
+
+
+def _same_study_prediction(finetune: Any, model_dir: str) -> dict:
+    """Predicting the study just annotated: the crop the model trained on, and the drawing as seeds (keep-connected)."""
+    from ..models.checkpoint import read_meta
+
+    labels = (finetune.get("labels") if isinstance(finetune, dict) else getattr(finetune, "labels", None)) or []
+    auto = read_meta(model_dir).get("auto") or {}
+    out = {"roi": (auto.get("rois") or [None])[0], "z_range": (auto.get("z_ranges") or [None])[0]}
+    if labels and isinstance(labels[0], np.ndarray):
+        out["seeds"] = labels[0]
+    return out
 
 
 def export_job(config: dict, events: EventSink, stop_event) -> str:

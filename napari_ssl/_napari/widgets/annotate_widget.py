@@ -137,7 +137,9 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.image_size = QSpinBox()
         self.image_size.setRange(0, 1024)
         self.image_size.setSingleStep(32)
-        self.image_size.setSpecialValueText("model's")
+        self.image_size.setSpecialValueText("auto")
+        self.image_size.setToolTip("auto: a crop around the drawn structure at the resolution this device trains "
+                                   "in about a minute (napari_ssl/train/auto_config.py)")
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 1024)
         self.batch_size.setValue(8)
@@ -169,6 +171,9 @@ class AnnotateTrainWidget(DockWidgetBase):
         tl.addRow(self.settings_note)
         tl.addRow(self.train_button)
         tl.addRow(self.progress_bar)
+        self.settings_label = QLabel("Settings: chosen from the scan and the drawing when you press Train.")
+        self.settings_label.setWordWrap(True)
+        tl.addRow(self.settings_label)
 
         # --- review
         self.suggest_list = QListWidget()
@@ -489,6 +494,14 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.last_result = None
         how = "warm start" if "init_model" in config["finetune"] else (
             "pretrained encoder" if config["finetune"].get("encoder_weights") else "from scratch")
+        from ...train.auto_config import slow_setting_warning
+
+        ft = config["finetune"]
+        slow = slow_setting_warning(image_size=ft.get("image_size"),
+                                    encoder="resnet18" if (ft.get("encoder_weights") or ft.get("init_model")) else None, steps=ft.get("steps"),
+                                    devices=ft.get("devices"), batch_size=int(ft.get("batch_size") or 8))
+        self.settings_label.setText("Settings: chosen from the scan and the drawing...")
+        self.show_settings_note(slow or "")
         self._n_train_slices = int(config['predict']['annotated_slices'].sum())
         self._train_round += 1
         self.train_button.setEnabled(False)
@@ -536,6 +549,8 @@ class AnnotateTrainWidget(DockWidgetBase):
             self.last_model = ev.get("out")
             self.status.setText("Trained; predicting the whole image...")
             self._set_bar(0, 0, "predicting")
+        elif t == "status" and str(ev.get("message", "")).startswith("settings: "):
+            self.settings_label.setText("Settings: " + str(ev["message"])[len("settings: "):])
         elif t == "status":
             self.status.setText(str(ev.get("message")))
             if ev.get("phase") == "predict" and ev.get("total"):
