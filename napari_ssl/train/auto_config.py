@@ -15,6 +15,9 @@ its modality, in-plane size and spacing. From those:
   per-volume percentiles (MR intensities have no absolute meaning).
 * **encoder and steps**: the per-step cost grows with tile area; on a CPU a tile above 64 px gets the
   compact U-Net preset, so a first result arrives in about a minute.
+* **slice range**: the study is predicted from one mean gap between drawn slices below the lowest drawn
+  slice to one gap above the highest (bounded by slices marked annotated-empty): the model never saw a
+  slice without the structure, so beyond that it finds look-alikes (bowel above the bladder).
 * **keep connected**: the structure is one continuous object, so prediction keeps only the 3-D
   components that touch voxels the user drew (what the model finds in the chest when the user drew the
   liver is discarded).
