@@ -63,7 +63,8 @@ def run(args) -> int:
     eta = Eta()
 
     def events(e: dict) -> None:
-        if e["type"] == "status":
+        # before training starts only the chosen settings are printed: a bad input stays a one-line error
+        if e["type"] == "status" and (state["last"] >= 0 or str(e.get("message", "")).startswith("settings: ")):
             print(e["message"], file=sys.stderr, flush=True)
         if e["type"] == "progress":
             left = eta.update(e["step"], e["total_steps"])

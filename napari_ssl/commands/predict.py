@@ -23,19 +23,21 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import json
-
-    from .. import api
-
+    import os
     import sys
 
-    from ..progress_text import Eta, step_text
-
-    vol = api.load_volume(args.image)
+    from .. import api
     from ..data.sparse_labels import parse_index_list
     from ..errors import NapariSSLError
+    from ..progress_text import Eta, step_text
 
     if (args.empty_slices or args.keep_connected or args.fill_between) and not args.labels:
         raise NapariSSLError("--empty-slices / --keep-connected / --fill-between need --labels (the annotation they refer to)")
+    for path in (args.out, args.probabilities, args.uncertainty):  # before minutes of prediction, not after
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        if folder and not os.path.isdir(folder):
+            raise NapariSSLError(f"output folder does not exist: {folder}")
+    vol = api.load_volume(args.image)
     eta = Eta()
 
     def progress(done: int, total: int) -> None:
