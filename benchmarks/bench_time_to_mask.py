@@ -38,7 +38,7 @@ DATA = os.environ.get("NAPARI_SSL_DATA", os.path.join(os.path.dirname(HERE), "..
 CT = os.path.join(DATA, "tcia_cervical_ct", "CT_images")
 RT = os.path.join(DATA, "tcia_cervical_ct", "RTstruct.dcm")
 # the widget's defaults (napari_ssl/_napari/widgets/annotate_widget.py): Steps 300, Image size 0 ("auto"), Batch 8, CPU
-WIDGET_DEFAULTS = {"steps": 300, "image_size": None, "batch_size": 8}
+WIDGET_DEFAULTS = {"steps": 300, "image_size": None, "batch_size": 8, "semi_supervised": True}
 
 
 def loadavg() -> list[float]:
@@ -68,7 +68,9 @@ def widget_config(volume, labels: np.ndarray, annotated: np.ndarray, out: str, d
           "empty_slices": [[]], **WIDGET_DEFAULTS, "devices": device, "preview_every_s": 5.0}
     if not auto:
         ft["auto"] = False
+    semi = bool(ft["semi_supervised"])  # the widget's "Learn from unannotated slices too" also sets the prediction's recipe
     return {"finetune": ft, "predict": {"image": volume, "out": os.path.join(out, "pred"), "annotated_slices": annotated,
+                                        "labels": labels.copy(), "keep_connected": semi, "fill_between": semi,
                                         "n": 5, "device": device}}
 
 
