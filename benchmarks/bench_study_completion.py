@@ -430,13 +430,13 @@ def main(argv=None) -> int:
     res = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_study_completion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "split": args.split, "volumes": names, "ks": ks, "seeds": args.seeds, "settings": {**a, "batch_size": 8, "workers": args.workers},
            "wall_seconds": wall, "load_average": {"start": load0, "end": os.getloadavg()[0]}, "cpu_count": os.cpu_count(),
-           "summary": summary, "goal": {"1": 0.55, "2": 0.70, "3": 0.80, "5": 0.87},
+           "complete_volumes": sorted(complete), "summary": summary, "goal": {"1": 0.55, "2": 0.70, "3": 0.80, "5": 0.87},
            "runs": [{kk: v for kk, v in r.items() if kk != "tb"} for r in rows]}
     tmp = out_json + ".tmp"
     with open(tmp, "w") as f:
         json.dump(res, f, indent=1, default=float)
     os.replace(tmp, out_json)
-    plot(summary, ks, out_json[:-5] + ".png", f"study completion, {args.split} split: {len(names)} hippocampus volumes, {args.seeds} seeds, "
+    plot(summary, ks, out_json[:-5] + ".png", f"study completion, {args.split} split: {len(complete)} hippocampus volumes, {args.seeds} seed(s), "
          f"{args.steps} steps, {args.encoder} {args.image_size}px")
     print(f"wrote {out_json} ({wall:.0f} s)", flush=True)
     return 0

@@ -129,8 +129,8 @@ def test_pseudo_label_loss_ignores_unknown_pixels_and_components_touch_the_user(
     seeds[1, 1, 1] = 1
     kept = keep_touching(lab, seeds)
     assert kept[0:3, 1:3, 1:3].all() and not kept[3:5].any()
-    assert nearest_unannotated(np.array([False, False, True, False, False, False]), 3) == [1, 3, 4] or \
-        nearest_unannotated(np.array([False, False, True, False, False, False]), 3) == [0, 1, 3][:3]
+    # the unannotated slices nearest the annotated one first (ties: lower index), returned in slice order
+    assert nearest_unannotated(np.array([False, False, True, False, False, False]), 3) == [0, 1, 3]
 
 
 def test_quality_few_real_slices_reach_dice_on_held_out_volumes(hippo_dir):
