@@ -179,7 +179,7 @@ def verify(folder: Path, seg_path: str) -> dict:
     import numpy as np
 
     from napari_ssl.io import load_volumes
-    from napari_ssl.io.export import labels_on_source_grid
+    from napari_ssl.io.label_grid import labels_on_source_grid
 
     (vol,) = load_volumes(str(folder))
     mask = make_mask(vol.array)

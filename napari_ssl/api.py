@@ -18,13 +18,15 @@ Training functions take ``events`` (a callable receiving the contract's event di
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .active.predict import Prediction
 from .errors import NapariSSLError
 from .io.volume import Volume
+
+if TYPE_CHECKING:  # torch is imported only by the functions that need it: load_volume stays light
+    from .active.predict import Prediction
 
 PathLike = Union[str, os.PathLike]
 ImageLike = Union[PathLike, Volume]
@@ -36,7 +38,7 @@ __all__ = ["load_volume", "load_rtstruct", "deidentify", "pretrain", "finetune",
 
 def load_volume(path: PathLike) -> Volume:
     """One scan (NIfTI/NRRD/MHA file or DICOM series folder) on the canonical grid."""
-    from .train.finetune import load_image
+    from .io import load_image
 
     return load_image(os.fspath(path))
 
@@ -261,3 +263,11 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
 
 def _opt_path(p: Optional[PathLike]) -> Optional[str]:
     return None if p is None else os.fspath(p)
+
+
+def __getattr__(name: str):
+    if name == "Prediction":  # api.Prediction without importing torch at `import napari_ssl.api`
+        from .active.predict import Prediction
+
+        return Prediction
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Data-driven training defaults (napari_ssl.train.auto_config) on real scans: a full-size CT with its RTSTRUCT
+"""Data-driven training defaults (napari_ssl.data.auto_config) on real scans: a full-size CT with its RTSTRUCT
 liver, a hippocampus MR crop, and a 2-slice CT series; then the whole path (finetune -> model.json -> predict)."""
 import os
 import sys
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_ssl.data.sparse_labels import annotated_slices
-from napari_ssl.train.auto_config import (COMPACT_ENCODER, choose_settings, keep_connected, slow_setting_warning,
+from napari_ssl.data.auto_config import (COMPACT_ENCODER, choose_settings, keep_connected, slow_setting_warning,
                                           z_range_for)
 from napari_ssl.train.finetune import load_image, load_labels
 

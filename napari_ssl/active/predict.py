@@ -172,14 +172,14 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
     elsewhere); `seeds` (the user's labels) keep only predicted 3-D components touching them. Without `roi`
     a model with ``auto`` settings sees the whole slice at its own resolution."""
     from ..data.normalize import normalize
-    from ..train.finetune import resolve_normalization
+    from ..data.normalize import resolve_normalization
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     unet, meta = loaded if loaded is not None else load_segmentation_model(model_dir, dev)
     if volume.array.ndim != 3:
         raise NapariSSLError(f"the image must be a 3-D volume; got shape {list(volume.array.shape)}")
     spec = resolve_normalization(meta.get("normalization"), volume.modality)
-    from ..train.auto_config import crop_volume, keep_connected as keep_seeded_components, prediction_tile
+    from ..data.auto_config import crop_volume, keep_connected as keep_seeded_components, prediction_tile
 
     z0, z1 = (int(z_range[0]), int(z_range[1])) if z_range is not None else (0, volume.shape[0])
     # a fixed window does not depend on what lies outside the crop: normalise only the crop (memory)

@@ -60,7 +60,7 @@ def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_con
         raise NapariSSLError(f"label value {int(lab[ann].max())} has no class in the model (it predicts classes 1..{k - 1})")
     out = pred.labels
     if keep_connected:
-        from ..train.semi_supervised import keep_touching
+        from ..data.components import keep_touching
 
         seeds = np.where(ann[:, None, None], lab, 0)
         kept = keep_touching(np.where(ann[:, None, None], seeds, out), seeds)

@@ -6,7 +6,7 @@ The spec is a plain dict so it can travel in model.json and be reused by every l
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -38,3 +38,20 @@ def normalize(array: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     out = (a - lo) / (hi - lo)
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def resolve_normalization(norm_meta: Optional[dict], modality: str) -> dict:
+    """The spec to use for a volume of `modality`: a single spec, a per-modality dict, or the default."""
+    if not norm_meta:
+        return default_spec(modality)
+    if "mode" in norm_meta:
+        return dict(norm_meta)
+    key = (modality or "").upper()
+    for k in (key, key.lower(), "default", "" if not key else None):
+        if k is not None and k in norm_meta and isinstance(norm_meta[k], dict):
+            return dict(norm_meta[k])
+    if len(norm_meta) == 1:
+        only = next(iter(norm_meta.values()))
+        if isinstance(only, dict) and "mode" in only:
+            return dict(only)
+    return default_spec(modality)

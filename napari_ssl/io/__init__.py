@@ -9,7 +9,7 @@ from .nifti import SUFFIXES as ITK_SUFFIXES, is_itk_image_path, read_itk_volume,
 from .orientation import canonicalize
 from .volume import Volume
 
-__all__ = ["Volume", "load_volumes", "load_volume", "write_itk_volume", "canonicalize"]
+__all__ = ["Volume", "load_volumes", "load_volume", "load_image", "write_itk_volume", "canonicalize"]
 
 
 def _itk_files_under(path: str) -> list[str]:
@@ -59,3 +59,13 @@ def load_volume(path: str | os.PathLike, canonical: bool = True) -> Volume:
         names = "; ".join(f"{v.series_description or os.path.basename(v.path)} {list(v.shape)}" for v in vols[:5])
         raise NapariSSLError(f"{path} holds {len(vols)} image series ({names}); point to one series folder or file")
     return vols[0]
+
+
+def load_image(item) -> Volume:
+    """A Volume on the canonical grid from a path (one image file or one DICOM series) or a Volume (returned as is)."""
+    if isinstance(item, Volume):
+        return item
+    path = os.fspath(item)
+    if os.path.isfile(path) and is_itk_image_path(path):
+        return canonicalize(read_itk_volume(path))
+    return load_volume(path)

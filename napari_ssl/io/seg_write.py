@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import NapariSSLError
 from .dicom_discovery import value
-from .export import labels_on_source_grid, normalize_names, require_dicom_source
+from .label_grid import labels_on_source_grid, normalize_names, require_dicom_source
 from .geometry_tolerance import ORIENTATION_TOL, POSITION_TOL_MM, POSITION_TOL_REL, consensus_orientation
 from .volume import Volume
 

@@ -106,7 +106,7 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     config = _device_for(config, "predict")
     from ..active.predict import predict_volume, slice_scores
     from ..active.suggest import suggest_slices
-    from .finetune import load_image
+    from ..io import load_image
 
     _limit_threads(config)
     os.makedirs(config["out"], exist_ok=True)

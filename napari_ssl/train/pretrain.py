@@ -20,7 +20,6 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
 from ..errors import NapariSSLError

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume, augment_pair, fit_to_size, slice_stack, unfit_from_size
+from ..data.components import keep_touching
 from .seg_module import SegmentationModule, segmentation_loss
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def load_unlabelled(items: Sequence, spec_for: Callable[[str], dict]) -> list[np
     """Normalised (z, y, x) float arrays of unlabelled volumes (paths or Volumes; arrays are taken as normalised)."""
     from ..data.normalize import normalize
     from ..errors import NapariSSLError
-    from .finetune import load_image
+    from ..io import load_image
 
     out = []
     for item in items:
@@ -160,24 +161,6 @@ def predict_slices(unet: torch.nn.Module, image: np.ndarray, zs: Sequence[int], 
     for m, mode in modes:
         m.training = mode
     return np.concatenate(out) if out else np.zeros((0, 1, h, w), np.float32)
-
-
-def keep_touching(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """Foreground of `labels` only in the 3-D connected components (26-connectivity) that contain a
-    foreground voxel of `seeds`; everything else becomes 0. With no seed foreground, `labels` unchanged."""
-    from scipy import ndimage
-
-    seed_fg = seeds > 0
-    if not seed_fg.any():
-        return labels
-    fg = (labels > 0) | seed_fg
-    box = ndimage.find_objects(fg.astype(np.uint8))[0]  # label only inside the foreground's bounding box (a full CT is 77 M voxels)
-    comp, n = ndimage.label(fg[box], structure=np.ones((3, 3, 3), bool))
-    keep = np.unique(comp[seed_fg[box]])
-    keep = keep[keep > 0]
-    out = np.zeros_like(labels)
-    out[box] = np.where(np.isin(comp, keep), labels[box], 0)
-    return out
 
 
 def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_channels: int, cfg: SemiSupervisedConfig) -> Optional[dict[int, np.ndarray]]:
@@ -332,8 +315,8 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
                           emit: Callable[[dict], None] = lambda e: None, seed: int = 0, **train_kw) -> tuple[torch.nn.Module, dict]:
     """Fine-tune `unet` for `steps` steps in all, split evenly over 1 + cfg.rounds phases: phase 0 on the user's
     slices (+ fill-between pseudo-labels), each later phase after a pseudo-labelling pass with the current model.
-    ``train_kw`` goes to :func:`napari_ssl.train.finetune.train_unet` (lr, batch_size, loss, devices, ...)."""
-    from .finetune import train_unet
+    ``train_kw`` goes to :func:`napari_ssl.train.loop.train_unet` (lr, batch_size, loss, devices, ...)."""
+    from .loop import train_unet
 
     cfg = cfg or SemiSupervisedConfig()
     aug = AugmentConfig() if augment else None

@@ -494,7 +494,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.last_result = None
         how = "warm start" if "init_model" in config["finetune"] else (
             "pretrained encoder" if config["finetune"].get("encoder_weights") else "from scratch")
-        from ...train.auto_config import slow_setting_warning
+        from ...data.auto_config import slow_setting_warning
 
         ft = config["finetune"]
         slow = slow_setting_warning(image_size=ft.get("image_size"),

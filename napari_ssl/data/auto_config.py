@@ -146,7 +146,7 @@ def z_range_for(labels: np.ndarray, annotated: np.ndarray, spacing: Sequence[flo
 def ct_window(values: np.ndarray) -> list[float]:
     """A window centred on the structure's median HU, 4 x its 5-95 % range wide, within [400, 2000] HU."""
     if values.size == 0:
-        from ..data.normalize import CT_WINDOW
+        from .normalize import CT_WINDOW
 
         return [float(v) for v in CT_WINDOW]
     p5, med, p95 = np.percentile(values, [5, 50, 95])
@@ -209,7 +209,7 @@ def choose_settings(image: np.ndarray, spacing: Sequence[float], modality: str, 
             roi = None
 
     if meta.get("normalization"):
-        from .finetune import resolve_normalization
+        from .normalize import resolve_normalization
 
         norm = resolve_normalization(meta["normalization"], modality)
         reasons["normalization"] = "kept from the model this one starts from (its features were learnt with it)"
@@ -220,7 +220,7 @@ def choose_settings(image: np.ndarray, spacing: Sequence[float], modality: str, 
         reasons["normalization"] = ("window centred on the drawn structure's Hounsfield units" if vals.size
                                     else "no structure drawn yet: the full CT window")
     else:
-        from ..data.normalize import default_spec
+        from .normalize import default_spec
 
         norm = default_spec(modality)
         reasons["normalization"] = "MR intensities are relative: each scan is scaled by its own percentiles"
