@@ -55,8 +55,6 @@ def run(args) -> int:
     eta = Eta()
 
     def events(e: dict) -> None:
-        if e["type"] == "status":
-            print(e["message"], file=sys.stderr, flush=True)
         if e["type"] == "progress":
             left = eta.update(e["step"], e["total_steps"])
             if e["step"] - state["last"] >= max(1, e["total_steps"] // 20) or e["step"] == e["total_steps"]:

@@ -26,11 +26,20 @@ def run(args) -> int:
 
     from ..progress_text import Eta, step_text
 
+    import os
+
+    from ..errors import NapariSSLError
+
+    for p in (args.out, args.probabilities, args.uncertainty):  # before minutes of prediction, not after
+        folder = os.path.dirname(os.path.abspath(p)) if p else ""
+        if folder and not os.path.isdir(folder):
+            raise NapariSSLError(f"output folder does not exist: {folder}")
     vol = api.load_volume(args.image)
     eta = Eta()
 
     def progress(done: int, total: int) -> None:
-        print(step_text("Predicting", done, total, eta.update(done, total), unit="slice"), file=sys.stderr, flush=True)
+        if done < total or eta.t0 is not None:  # nothing to report for a volume predicted in one batch
+            print(step_text("Predicting", done, total, eta.update(done, total), unit="slice"), file=sys.stderr, flush=True)
 
     pred = api.predict(args.model, vol, tta=args.tta, mc_dropout=args.mc_dropout, batch_size=args.batch_size, device=args.device,
                        progress=progress)
