@@ -94,6 +94,31 @@ class Probe:
         self.recording = False
         self.timer.start()
 
+    def watch_stalls(self, threshold_s: float = 0.4) -> list:
+        """A watchdog thread: when the event loop has not ticked for threshold_s, record the GUI thread's stack
+        (where the viewer is stuck: the benchmark names the culprit, not only the delay)."""
+        import sys as _sys
+        import threading as _threading
+        import traceback as _traceback
+
+        main_id = _threading.main_thread().ident
+        self.stalls: list = []
+
+        def watch():
+            seen = None
+            while True:
+                time.sleep(threshold_s / 4)
+                last = self.last
+                if last is not None and time.perf_counter() - last > threshold_s and seen != last:
+                    seen = last
+                    frame = _sys._current_frames().get(main_id)
+                    stack = _traceback.format_stack(frame)[-8:] if frame is not None else []
+                    self.stalls.append({"after_s": round(time.perf_counter() - last, 2),
+                                        "stack": [ln.strip().replace("\n", " | ") for ln in stack]})
+
+        _threading.Thread(target=watch, daemon=True, name="stall-watchdog").start()
+        return self.stalls
+
     def _tick(self) -> None:
         now = time.perf_counter()
         if self.last is not None and self.recording:
@@ -383,6 +408,7 @@ def run_ct(args) -> dict:
     if args.ct_image_size:
         widget.image_size.setValue(args.ct_image_size)
     probe = Probe()
+    stalls = probe.watch_stalls()
     t_settle = time.perf_counter() + 3
     pump_until(app, lambda: time.perf_counter() >= t_settle, 30, "the viewer to settle")
     idle = probe.record(app, args.seconds)
@@ -426,14 +452,18 @@ def run_ct(args) -> dict:
 
     from qtpy.QtCore import QTimer
 
+    stalls.clear()
     lat = click_and_wait()
+    stall_stacks = list(stalls)
+    for st in stall_stacks:
+        print(f"stall of {st['after_s']} s+ at:\n   " + "\n   ".join(st["stack"][-5:]), flush=True)
     ok = (widget.last_result or {}).get("type") == "done"
     print(f"click to layers: {percentiles(lat)}, staged steps {[round(v) for v in steps_ms]} ms, marks "
           f"{ {k: round(v - t_click, 1) for k, v in marks.items()} }", flush=True)
     pred = viewer.layers[image.name + " prediction"]
     unc = viewer.layers[image.name + " uncertainty"]
     product = {**percentiles(lat), "samples_ms": [round(v, 3) for v in lat], "finished_ok": ok,
-               "staged_step_ms": [round(v, 1) for v in steps_ms],
+               "staged_step_ms": [round(v, 1) for v in steps_ms], "stalls_over_400ms_where": stall_stacks,
                "click_to_trained_s": round(marks.get("trained", float("nan")) - t_click, 2),
                "click_to_prediction_event_s": round(marks.get("prediction", float("nan")) - t_click, 2),
                "click_to_layers_shown_s": round(marks.get("shown", float("nan")) - t_click, 2),
@@ -511,6 +541,7 @@ def plot_ct(result: dict, path: Path) -> None:
         ax.axvline(GOAL_P99_MS, color="k", ls="--", lw=1, label="goal p99 < 50 ms")
         ax.axvline(GOAL_MAX_MS, color="k", ls=":", lw=1, label="goal max < 200 ms")
     ax1.set_xscale("symlog", linthresh=1)
+    ax1.set_xlim(left=0)
     ax1.set_yscale("log")
     ax1.set_xlabel("event-loop lateness (ms)")
     ax1.set_ylabel("fraction of the time later than x")
@@ -520,6 +551,7 @@ def plot_ct(result: dict, path: Path) -> None:
     ax2.set_xlabel("seconds since the start of the window")
     ax2.set_ylabel("lateness of each 10 ms tick (ms)")
     ax2.set_yscale("symlog", linthresh=10)
+    ax2.set_ylim(bottom=0)
     ax2.set_title("over time")
     ax2.legend(fontsize=7)
     fig.tight_layout()

@@ -109,6 +109,11 @@ class AnnotationAutosave(QObject):
         except Exception as exc:  # noqa: BLE001 - reported by the widget, never raised in a thread
             self.last_error = f"{type(exc).__name__}: {exc}"
 
+    def save_pending(self) -> None:
+        """Start a pending save now, in the background; never waits (the GUI stays free)."""
+        if self._timer.isActive() or self._again:
+            self.save_now()
+
     def flush(self, timeout: float = 30.0) -> None:
         """Save now if a save is pending and wait for it (on close, before training)."""
         if self._timer.isActive() or self._again:

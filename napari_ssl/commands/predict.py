@@ -41,7 +41,8 @@ def run(args) -> int:
     eta = Eta()
 
     def progress(done: int, total: int) -> None:
-        print(step_text("Predicting", done, total, eta.update(done, total), unit="slice"), file=sys.stderr, flush=True)
+        if done < total or eta.t0 is not None:  # nothing to report for a volume predicted in one batch
+            print(step_text("Predicting", done, total, eta.update(done, total), unit="slice"), file=sys.stderr, flush=True)
 
     pred = api.predict(args.model, vol, tta=args.tta, mc_dropout=args.mc_dropout, batch_size=args.batch_size, device=args.device,
                        labels=args.labels, empty_slices=parse_index_list(args.empty_slices), keep_connected=args.keep_connected, fill_between=args.fill_between,

@@ -158,7 +158,10 @@ def offload_arrays(config: Any, folder: str) -> Any:
 
     def walk(obj):
         if isinstance(obj, Volume):
-            return {_VOLUME: replace(obj, array=np.zeros((1, 1, 1), obj.array.dtype), warnings=list(obj.warnings)),
+            # without the per-slice DICOM headers too (the job needs voxels and geometry): the rest must fit the
+            # pipe's buffer, or the viewer waits at the start for the child to read it
+            return {_VOLUME: replace(obj, array=np.zeros((1, 1, 1), obj.array.dtype), warnings=list(obj.warnings),
+                                     source_datasets=[], source_frames=[]),
                     **save(obj.array)}
         if isinstance(obj, np.ndarray) and obj.nbytes >= 1 << 20:
             return save(obj)

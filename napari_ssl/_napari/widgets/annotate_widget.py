@@ -445,7 +445,9 @@ class AnnotateTrainWidget(DockWidgetBase):
         mask = self.annotated_mask()
         if not mask.any():
             raise ValueError("no slice is annotated: paint the structure on a few slices (or mark slices empty)")
-        self.autosave.flush()
+        # saved in the background (never waited for here: compressing a full CT's labels took seconds, with the
+        # viewer frozen); the job trains on the copy of the layer's data taken below
+        self.autosave.save_pending()
         image = layer_volume(self.image_layer)
         labels = np.asarray(self.labels_layer.data)
         name = safe_name(self.image_layer.name, "image")
