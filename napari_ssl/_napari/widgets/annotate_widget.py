@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer

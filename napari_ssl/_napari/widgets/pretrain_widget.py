@@ -9,7 +9,6 @@ method's previews (in-painted image, heatmaps, feature PCA) as image layers that
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt
