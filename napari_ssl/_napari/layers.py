@@ -186,3 +186,21 @@ def volume_from_layer(layer: Any) -> Volume:
         frame_of_reference_uid=info.get("frame_of_reference_uid"),
         units=info.get("units") or "",
     )
+
+
+def open_image_volumes() -> list[Volume]:
+    """Volumes behind the image layers already open in the current viewer (none without one)."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:
+        return []
+    if viewer is None:
+        return []
+    out = []
+    for layer in viewer.layers:
+        vol = (getattr(layer, "metadata", None) or {}).get("volume")
+        if type(layer).__name__ == "Image" and isinstance(vol, Volume):
+            out.append(vol)
+    return out

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from ..errors import NapariSSLError
 from ..io.nifti import is_itk_image_path
-from .layers import image_layer_data, labels_layer_data, layer_name, resample_labels_to
+from .layers import image_layer_data, labels_layer_data, layer_name, resample_labels_to, open_image_volumes
 
 log = logging.getLogger(__name__)
 
@@ -170,26 +170,6 @@ def _seg_layer(labels: Any, names: dict, seg_path: str) -> LayerData:
     return data, kwargs, kind
 
 
-def _open_image_volumes() -> list[Any]:
-    """Volumes behind the image layers already open in the current viewer (none without one)."""
-    from ..io.volume import Volume
-
-    try:
-        import napari
-
-        viewer = napari.current_viewer()
-    except Exception:
-        return []
-    if viewer is None:
-        return []
-    out = []
-    for layer in viewer.layers:
-        vol = (getattr(layer, "metadata", None) or {}).get("volume")
-        if type(layer).__name__ == "Image" and isinstance(vol, Volume):
-            out.append(vol)
-    return out
-
-
 def _read_on_known_source(seg_path: str, images: Sequence[Any]) -> Optional[list]:
     """The SEG's label maps on the full grid of the series it references, when that series is
     among `images`, open in the viewer, or on disk beside the SEG; None when it is not known
@@ -200,7 +180,7 @@ def _read_on_known_source(seg_path: str, images: Sequence[Any]) -> Optional[list
     uid = referenced_series_uid(seg_path)
     if not uid:
         return None
-    source = next((v for v in list(images) + _open_image_volumes() if v.series_instance_uid == uid), None)
+    source = next((v for v in list(images) + open_image_volumes() if v.series_instance_uid == uid), None)
     if source is None:
         found = find_source_series(seg_path)
         source = canonicalize(found) if found is not None else None

@@ -13,24 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..io.volume import Volume
-from .layers import image_layer_data, labels_layer_data
-
-
-def _open_images() -> list[Volume]:
-    try:
-        import napari
-
-        viewer = napari.current_viewer()
-    except Exception:
-        return []
-    if viewer is None:
-        return []
-    vols = []
-    for layer in viewer.layers:
-        vol = (getattr(layer, "metadata", None) or {}).get("volume")
-        if isinstance(vol, Volume) and layer.__class__.__name__ == "Image":
-            vols.append(vol)
-    return vols
+from .layers import image_layer_data, labels_layer_data, open_image_volumes
 
 
 def color_dict(colors: dict[int, tuple]) -> dict:
@@ -49,7 +32,7 @@ def read_rtstruct_layers(rt_path: str, images: Sequence[Volume] = ()) -> list[tu
 
     ss = rt.read_structure_set(rt_path)
     source = None
-    for vol in list(images) + _open_images():
+    for vol in list(images) + open_image_volumes():
         if ss.series_instance_uid and vol.series_instance_uid == ss.series_instance_uid:
             source = vol
             break
