@@ -226,7 +226,7 @@ def test_reader_opens_a_cropped_seg_alone_on_the_full_grid(cropped):
     assert kind == "labels" and data.shape == canon.shape
     np.testing.assert_array_equal(data, _on(mask, src, canon))
     images = load_volumes(root / "image")
-    (img_data, img_kwargs, _), = [layers_from_paths([str(root / "image")])[0]]
+    (_img_data, img_kwargs, _), = [layers_from_paths([str(root / "image")])[0]]
     assert tuple(kwargs["scale"]) == tuple(img_kwargs["scale"]) and tuple(kwargs["translate"]) == tuple(img_kwargs["translate"])
     assert images[0].shape == data.shape
 

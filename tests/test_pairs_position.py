@@ -5,9 +5,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from napari_ssl.data.cache import PreparedVolume, load_prepared, normalization_specs
+from napari_ssl.data.cache import load_prepared, normalization_specs
 from napari_ssl.data.slices import SliceDataset
 from napari_ssl.errors import NapariSSLError
 

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ import pytest
 import torch
 
 from napari_ssl import cli
-from napari_ssl.errors import NapariSSLError
 from napari_ssl.pretext import METHODS, get_method
 from napari_ssl.train.pretrain import PretrainConfig, run_pretraining, state_digest
 
