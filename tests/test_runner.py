@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import psutil
 import pytest
 
@@ -213,3 +214,21 @@ def test_a_script_without_main_guard_is_not_rerun_in_the_child(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["done", "x", "True"], (run.stdout, run.stderr[-2000:])  # __file__ restored
     assert out.read_text() == "top level ran\n"  # once: in the parent only
+
+
+def test_offloaded_config_writes_a_shared_volume_once_and_restores_it(tmp_path, hippo_dir):
+    import pickle
+
+    from napari_ssl.io import load_image
+    from napari_ssl.train.jobs import load_offloaded, offload_arrays
+
+    vol = load_image(sorted((hippo_dir / "images").glob("*.nii.gz"))[0])
+    big = np.arange(300_000, dtype=np.float32)
+    cfg = {"finetune": {"images": [vol], "labels": [big]}, "predict": {"image": vol, "n": 5}}
+    small = offload_arrays(cfg, str(tmp_path / "staged"))
+    assert len(list((tmp_path / "staged").glob("*.npy"))) == 2  # the volume written once, the array once
+    back = load_offloaded(pickle.loads(pickle.dumps(small)))  # as the child receives it
+    assert back["finetune"]["images"][0] is back["predict"]["image"]
+    np.testing.assert_array_equal(back["predict"]["image"].array, vol.array)
+    np.testing.assert_array_equal(back["finetune"]["labels"][0], big)
+    assert back["predict"]["n"] == 5 and list((tmp_path / "staged").glob("*.npy")) == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, is_dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -150,21 +150,23 @@ def offload_arrays(config: Any, folder: str) -> Any:
     from ..io.volume import Volume
 
     os.makedirs(folder, exist_ok=True)
-    count = [0]
+    staged: dict[int, dict] = {}  # id -> reference: an object shared by several entries (the image of the
+    # fine-tuning and of the prediction) is written once and comes back as one object
 
-    def save(a: np.ndarray) -> dict:
-        count[0] += 1
-        return {_NPY: _save_npy(os.path.join(folder, f"array{count[0]}.npy"), a)}
+    def save(obj: Any, a: np.ndarray, extra: Optional[dict] = None) -> dict:
+        if id(obj) not in staged:
+            path = _save_npy(os.path.join(folder, f"array{len(staged) + 1}.npy"), a)
+            staged[id(obj)] = {**(extra or {}), _NPY: path}
+        return staged[id(obj)]
 
     def walk(obj):
         if isinstance(obj, Volume):
             # without the per-slice DICOM headers too (the job needs voxels and geometry): the rest must fit the
             # pipe's buffer, or the viewer waits at the start for the child to read it
-            return {_VOLUME: replace(obj, array=np.zeros((1, 1, 1), obj.array.dtype), warnings=list(obj.warnings),
-                                     source_datasets=[], source_frames=[]),
-                    **save(obj.array)}
+            return save(obj, obj.array, {_VOLUME: replace(obj, array=np.zeros((1, 1, 1), obj.array.dtype), warnings=list(obj.warnings),
+                                                          source_datasets=[], source_frames=[])})
         if isinstance(obj, np.ndarray) and obj.nbytes >= 1 << 20:
-            return save(obj)
+            return save(obj, obj)
         if isinstance(obj, dict):
             return {k: walk(v) for k, v in obj.items()}
         if isinstance(obj, list):
