@@ -319,6 +319,14 @@ def ct_overhead(steps: int, image_size: int, work_dir: str) -> dict:
     return out
 
 
+def _write_side_result(path: str, res: dict, argv) -> None:
+    """The JSON of a side measurement (--ct-overhead, --time-default), with the command that made it, written atomically."""
+    with open(path + ".tmp", "w") as f:
+        json.dump({"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_study_completion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                   "cpu_count": os.cpu_count(), **res}, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--split", choices=("val", "test"), default="val")
@@ -360,20 +368,12 @@ def main(argv=None) -> int:
     if args.ct_overhead:
         _setup_worker()
         res = ct_overhead(args.steps, args.image_size, args.work_dir)
-        path = args.out or os.path.join(RESULTS, "bench_study_completion_ct_overhead.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump({"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_study_completion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                       "cpu_count": os.cpu_count(), **res}, f, indent=1)
-        os.replace(path + ".tmp", path)
+        _write_side_result(args.out or os.path.join(RESULTS, "bench_study_completion_ct_overhead.json"), res, argv)
         return 0
     if args.time_default:
         _setup_worker()
         res = time_default_recipe(split_volumes("test", 1)[0], 3, args.work_dir)
-        path = args.out or os.path.join(RESULTS, "bench_study_completion_timing.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump({"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_study_completion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                       "cpu_count": os.cpu_count(), **res}, f, indent=1)
-        os.replace(path + ".tmp", path)
+        _write_side_result(args.out or os.path.join(RESULTS, "bench_study_completion_timing.json"), res, argv)
         return 0
     t0, load0 = time.time(), os.getloadavg()[0]
     print(f"study completion: split {args.split}, {len(names)} volumes, k {ks}, {args.seeds} seeds, methods {methods}, {a}", flush=True)
