@@ -153,14 +153,8 @@ def save_prediction(prediction: Prediction, image: ImageLike, out: PathLike, *, 
 def annotated_slices(labels: LabelsLike, image: Optional[ImageLike] = None, empty_slices: Sequence[int] = ()) -> np.ndarray:
     """Boolean mask over slices: annotated (any label, or listed as annotated-empty)."""
     from .data import sparse_labels
-    from .train.finetune import load_labels
 
-    if isinstance(labels, np.ndarray):
-        arr = sparse_labels.as_label_array(labels)
-    else:
-        vol = image if isinstance(image, Volume) else (load_volume(image) if image is not None else None)
-        arr = load_labels(labels, vol) if vol is not None else sparse_labels.as_label_array(load_volume(labels).array)
-    return sparse_labels.annotated_slices(arr, empty_slices)
+    return sparse_labels.annotated_slices(_label_map(labels, image), empty_slices)
 
 
 def fill_between(labels: LabelsLike, image: Optional[ImageLike] = None, empty_slices: Sequence[int] = ()) -> np.ndarray:
@@ -169,6 +163,14 @@ def fill_between(labels: LabelsLike, image: Optional[ImageLike] = None, empty_sl
     no image is given); annotated slices come back as drawn, annotated-empty ones empty."""
     from .active.fill_between import fill_between_slices
     from .data import sparse_labels
+
+    arr = _label_map(labels, image)
+    return fill_between_slices(arr, sparse_labels.annotated_slices(arr, empty_slices))
+
+
+def _label_map(labels: LabelsLike, image: Optional[ImageLike]) -> np.ndarray:
+    """A label array: as given, on `image`'s grid (checked / placed there), or on its own grid without an image."""
+    from .data import sparse_labels
     from .train.finetune import load_labels
 
     if isinstance(labels, np.ndarray):
@@ -176,7 +178,7 @@ def fill_between(labels: LabelsLike, image: Optional[ImageLike] = None, empty_sl
     else:
         vol = image if isinstance(image, Volume) else (load_volume(image) if image is not None else None)
         arr = load_labels(labels, vol) if vol is not None else sparse_labels.as_label_array(load_volume(labels).array)
-    return fill_between_slices(arr, sparse_labels.annotated_slices(arr, empty_slices))
+    return arr
 
 
 def _annotated_for(model_classes: int, vol: Volume, labels: Optional[LabelsLike], empty_slices: Sequence[int]) -> np.ndarray:
