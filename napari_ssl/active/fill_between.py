@@ -29,7 +29,6 @@ def _ensure_worker() -> subprocess.Popen:
     if _WORKER is None or _WORKER.poll() is not None:
         _WORKER = subprocess.Popen([sys.executable, "-m", "napari_ssl.active._mci_worker"],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        atexit.register(shutdown_worker)
     return _WORKER
 
 
@@ -68,6 +67,9 @@ def shutdown_worker() -> None:
             w.wait(timeout=5)
         except subprocess.TimeoutExpired:
             w.kill()
+
+
+atexit.register(shutdown_worker)  # once, not once per (re)started worker
 
 
 def fill_between_slices(labels: np.ndarray, annotated: Optional[Sequence[bool] | np.ndarray] = None) -> np.ndarray:
