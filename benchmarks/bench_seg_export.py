@@ -9,14 +9,14 @@ sub-ranges of slices, as a user or a model would produce: 1 = bone (HU >= 300) o
 the other slices are empty (BINARY SEGs omit empty frames, as the product does).
 
 Measured, each in a fresh subprocess with imports (numpy, pydicom, pydicom.pixels, highdicom,
-napari_ssl.io, napari_ssl.io.seg_write) done before the clock starts:
+napari_ssl.io, napari_ssl.io.seg.write) done before the clock starts:
   * ``read``: ``napari_ssl.io.load_volumes(folder)`` (what the napari reader calls);
   * ``export_binary`` / ``export_labelmap``: ``napari_ssl.io.export.export_labels(mask, volume,
     out.dcm, labels_affine=volume.affine, names=...)`` -- exactly what the Export widget's job runs
     (the mask in the viewer's canonical order, the Volume from the reader) -- from the in-memory
     Volume to the SEG file on disk. The volume is read before the clock starts.
     Inside the clock, as in the product's first export in a napari session: checking and reordering
-    the mask, every first-in-process cost of the export itself (napari_ssl.io.hd_tables installing
+    the mask, every first-in-process cost of the export itself (napari_ssl.io.seg.highdicom_fast.module_table installing
     highdicom's DICOM-standard attribute table, memory-mapped and parsed per module as highdicom asks
     for it; highdicom's other standard tables), building the SEG (highdicom's constructor on the first
     and last labelled slice, the per-frame part by napari_ssl), encoding it and writing it
@@ -124,7 +124,7 @@ def _imports():
 
     import napari_ssl.io  # noqa: F401
     import napari_ssl.io.export  # noqa: F401
-    import napari_ssl.io.seg_write  # noqa: F401
+    import napari_ssl.io.seg.write  # noqa: F401
 
 
 def worker(task: str, folder: str, out_dir: str) -> dict:

@@ -51,16 +51,16 @@ def load_rtstruct(path: PathLike, source: Optional[ImageLike] = None, rois: Opti
     `rois`: ROI names to take, in order (later ones win where they overlap); without it overlapping ROIs
     are an error. The Volume is usable as labels anywhere (finetune, export) and carries the series' identity.
     An RTSTRUCT path is also accepted directly wherever labels are (no overlap, or FinetuneConfig ``rois``)."""
-    from .io.rtstruct import read_rtstruct_labels
+    from .io.dicom.rtstruct import read_rtstruct_labels
 
     return read_rtstruct_labels(os.fspath(path), source=source if isinstance(source, Volume) or source is None else os.fspath(source), rois=rois)
 
 
 def deidentify(sources: Sequence[PathLike] | PathLike, out: PathLike, *, key: Optional[str] = None, key_file: Optional[PathLike] = None,
                allow_burned_in: bool = False) -> dict:
-    """De-identified copy of DICOM series (+ their SEG / RTSTRUCT) in a new folder `out`; see napari_ssl.io.deid.
+    """De-identified copy of DICOM series (+ their SEG / RTSTRUCT) in a new folder `out`; see napari_ssl.io.dicom.deid.
     The key (pseudonym seed) comes from `key`, `key_file` or $NAPARI_SSL_DEID_KEY and is never written out."""
-    from .io.deid import deidentify as _deidentify
+    from .io.dicom.deid import deidentify as _deidentify
 
     paths = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(p) for p in sources]
     return _deidentify(paths, os.fspath(out), key=key, key_file=_opt_path(key_file), allow_burned_in=allow_burned_in)

@@ -1,4 +1,4 @@
-"""`napari-ssl deidentify`: a de-identified copy of DICOM series with their SEG / RTSTRUCT (napari_ssl.io.deid)."""
+"""`napari-ssl deidentify`: a de-identified copy of DICOM series with their SEG / RTSTRUCT (napari_ssl.io.dicom.deid)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..io.deid import deidentify
+    from ..io.dicom.deid import deidentify
 
     summary = deidentify(args.src, args.out, key_file=args.key_file, allow_burned_in=args.allow_burned_in)
     if args.json:

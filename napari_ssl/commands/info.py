@@ -30,8 +30,8 @@ def _canonical(shape: tuple[int, int, int], affine) -> tuple[list[int], list[flo
 
 
 def _dicom_entries(path: str) -> tuple[list[dict[str, Any]], Any]:
-    from ..io.dicom import plan_dicom_series
-    from ..io.dicom_pixels import stored_dtype
+    from ..io.dicom.series import plan_dicom_series
+    from ..io.dicom.pixels import stored_dtype
 
     plans, scan = plan_dicom_series(path)
     out = []
@@ -100,7 +100,7 @@ def collect(paths: list[str]) -> list[dict[str, Any]]:
     """Header-only descriptions of every volume under `paths` (raises NoImageFound if none)."""
     from ..errors import NapariSSLError, NoImageFound
     from ..io import _itk_files_under
-    from ..io.dicom import _no_image_message
+    from ..io.dicom.series import _no_image_message
 
     entries: list[dict[str, Any]] = []
     empty_notes = []

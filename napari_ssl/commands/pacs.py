@@ -44,16 +44,16 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 
 
 def run(args) -> int:
-    from ..io import dicomweb
+    from ..io import pacs
 
     if args.pacs_command == "studies":
-        rows = dicomweb.search_studies(args.url, dicomweb.parse_filters(args.filter), limit=args.limit)
+        rows = pacs.search_studies(args.url, pacs.parse_filters(args.filter), limit=args.limit)
         print(json.dumps(rows, indent=2) if args.json else _table(rows, ["StudyInstanceUID", "StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "StudyDescription"]))
     elif args.pacs_command == "series":
-        rows = dicomweb.search_series(args.url, args.study, dicomweb.parse_filters(args.filter), limit=args.limit)
+        rows = pacs.search_series(args.url, args.study, pacs.parse_filters(args.filter), limit=args.limit)
         print(json.dumps(rows, indent=2) if args.json else _table(rows, ["SeriesInstanceUID", "Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances", "SeriesDescription"]))
     elif args.pacs_command == "pull":
-        paths = dicomweb.retrieve_series(args.url, args.series, args.out, study_instance_uid=args.study)
+        paths = pacs.retrieve_series(args.url, args.series, args.out, study_instance_uid=args.study)
         summary = {"series_instance_uid": args.series, "folder": os.path.abspath(args.out), "instances": len(paths)}
         print(json.dumps(summary, indent=2) if args.json else f"pulled {len(paths)} instance(s) of series {args.series} into {args.out}")
     return 0

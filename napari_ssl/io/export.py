@@ -38,14 +38,14 @@ def load_labels(
     if isinstance(labels, (str, os.PathLike)):
         path = os.fspath(labels)
         from .nifti import is_itk_image_path, read_itk_volume
-        from .seg_read import is_segmentation_file, read_single_on_source
+        from .seg.read import is_segmentation_file, read_single_on_source
 
         if not os.path.isfile(path):
             raise NapariSSLError(f"no such labels file: {path}")
-        from .rtstruct import is_rtstruct_file
+        from .dicom.rtstruct import is_rtstruct_file
 
         if source is not None and is_rtstruct_file(path):
-            from .rtstruct import read_rtstruct_labels
+            from .dicom.rtstruct import read_rtstruct_labels
 
             vol, _names, _colors = read_rtstruct_labels(path, source=source, rois=rois, canonical=False)
             return vol.array, source.affine
@@ -65,7 +65,7 @@ def rtstruct_names(labels: Any, rois: Optional[Sequence[str] | str] = None) -> O
     """{label value: ROI name} when `labels` is an RTSTRUCT path (the SEG's segment names), else None."""
     if not isinstance(labels, (str, os.PathLike)):
         return None
-    from .rtstruct import _pick, is_rtstruct_file, read_structure_set
+    from .dicom.rtstruct import _pick, is_rtstruct_file, read_structure_set
 
     if not os.path.isfile(os.fspath(labels)) or not is_rtstruct_file(labels):
         return None
@@ -112,7 +112,7 @@ def export_labels(
     if stow_url and not is_seg:
         raise NapariSSLError("only a DICOM-SEG can be stored on a PACS: give an output path ending in .dcm")
     if is_seg:
-        from .seg_write import write_segmentation
+        from .seg.write import write_segmentation
 
         src = load_source(source)
         arr, aff = load_labels(labels, labels_affine, src, rois=rois)
@@ -133,7 +133,7 @@ def export_labels(
         if res.warnings:
             summary["warnings"] = list(res.warnings)
         if stow_url:
-            from .dicomweb import store_instances
+            from .pacs import store_instances
 
             store_instances(stow_url, [res.dataset])
             summary["stored_to"] = stow_url

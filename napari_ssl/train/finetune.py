@@ -88,11 +88,11 @@ def load_labels_and_names(item: Any, image: Volume, name: str = "labels", rois: 
         return as_label_array(item), {}
     path = os.fspath(item) if not isinstance(item, Volume) else None
     if path is not None and os.path.isfile(path):
-        from ..io.seg_read import is_segmentation_file
+        from ..io.seg.read import is_segmentation_file
 
         if is_segmentation_file(path):
             return _labels_from_seg(path, image, name)
-        from ..io.rtstruct import is_rtstruct_file, read_rtstruct_labels
+        from ..io.dicom.rtstruct import is_rtstruct_file, read_rtstruct_labels
 
         if is_rtstruct_file(path):
             try:
@@ -106,7 +106,7 @@ def load_labels_and_names(item: Any, image: Volume, name: str = "labels", rois: 
 
 
 def _labels_from_seg(path: str, image: Volume, name: str) -> tuple[np.ndarray, dict[int, str]]:
-    from ..io.seg_read import read_single_on_source
+    from ..io.seg.read import read_single_on_source
 
     try:   # on the image's full grid (cropped SEGs too); another series, overlaps, another grid: one line
         arr, names = read_single_on_source(path, image)

@@ -240,7 +240,7 @@ def export_job(config: dict, events: EventSink, stop_event) -> str:
     deid = config.pop("deidentify", None)  # {"sources", "out", "key_file"}: a de-identified copy with the SEG
     summary = export_labels(**config)
     if deid:
-        from ..io.deid import deidentify
+        from ..io.dicom.deid import deidentify
 
         events({"type": "status", "message": "writing the de-identified copy"})
         summary["deidentified"] = deidentify(list(deid["sources"]) + [summary["path"]], deid["out"], key_file=deid.get("key_file"))

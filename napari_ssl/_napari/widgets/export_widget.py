@@ -1,6 +1,6 @@
 """Export dock widget: a Labels layer as DICOM-SEG (referencing its DICOM source series) or NIfTI (in the
 source's geometry), to a file or, when a PACS is configured, to the PACS; optionally also a de-identified
-copy of the source series with the SEG (napari_ssl.io.deid).
+copy of the source series with the SEG (napari_ssl.io.dicom.deid).
 
 The writing is napari_ssl.io.export.export_labels, run in a child process so a large series never
 freezes the viewer. Segment names are editable; the SNOMED CT category and type follow the name
@@ -24,15 +24,15 @@ FORMATS = ("DICOM-SEG", "NIfTI")
 
 
 def structure_choices() -> list[str]:
-    """Meanings of the coded structures export knows (the SNOMED CT table of napari_ssl.io.seg_codes)."""
-    from ...io import seg_codes
+    """Meanings of the coded structures export knows (the SNOMED CT table of napari_ssl.io.seg.codes)."""
+    from ...io.seg import codes as seg_codes
 
     return sorted({meaning for _keys, _value, meaning, _cat in seg_codes._TABLE})
 
 
 def codes_for(name: str) -> tuple[str, str]:
     """(category meaning, type meaning) that export will write for a segment called `name`."""
-    from ...io.seg_codes import lookup
+    from ...io.seg.codes import lookup
 
     cat, typ = lookup(name or "")
     return cat[2], typ[2]
@@ -44,7 +44,7 @@ def pacs_url() -> str | None:
     if env:
         return env
     try:
-        from ...io import dicomweb
+        from ...io import pacs as dicomweb
 
         for fn in ("configured_url", "default_url", "pacs_url"):
             f = getattr(dicomweb, fn, None)

@@ -17,10 +17,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import NapariSSLError
-from .geometry_tolerance import GRID_SHIFT_VOXELS, VOXEL_SIZE_REL
-from .orientation import axis_mapping, canonicalize, reorient_array, reoriented_affine
-from .volume import Volume
+from ...errors import NapariSSLError
+from ..geometry_tolerance import GRID_SHIFT_VOXELS, VOXEL_SIZE_REL
+from ..orientation import axis_mapping, canonicalize, reorient_array, reoriented_affine
+from ..volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _non_overlapping_groups(masks: np.ndarray) -> list[list[int]]:
 def _open_seg(path: str):
     import highdicom as hd
 
-    from .hd_tables import install
+    from .highdicom_fast.module_table import install
 
     if not os.path.isfile(path):
         raise NapariSSLError(f"no such file: {path}")
@@ -159,8 +159,8 @@ def _masks_by_reference(seg, source: Volume) -> Optional[tuple[np.ndarray, list[
     frames). Exact whatever the series' slice positions (gaps, uneven steps, tilt). None when this
     does not apply: a multi-frame source, a frame without a reference into `source`, or a frame
     whose plane is not its image's plane (then the caller places the SEG by geometry)."""
-    from .dicom_discovery import value
-    from .geometry_tolerance import POSITION_TOL_MM, POSITION_TOL_REL, same_orientation
+    from ..dicom.discovery import value
+    from ..geometry_tolerance import POSITION_TOL_MM, POSITION_TOL_REL, same_orientation
 
     dss = source.source_datasets
     native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
@@ -286,8 +286,8 @@ def _nearby_files(path: str) -> list[str]:
 def find_source_series(seg_path: str | os.PathLike) -> Optional[Volume]:
     """The series a SEG references, when its files lie in the SEG's folder, a folder inside it or
     a folder beside it (headers only are read for the search); None when not found."""
-    from .dicom import load_dicom_series
-    from .dicom_discovery import looks_like_dicom
+    from ..dicom.series import load_dicom_series
+    from ..dicom.discovery import looks_like_dicom
 
     seg_path = os.fspath(seg_path)
     uid = referenced_series_uid(seg_path)

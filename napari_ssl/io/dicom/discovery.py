@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-from .nifti import is_itk_image_path
+from ..nifti import is_itk_image_path
 
 PIXEL_DATA = 0x7FE00010
 FLOAT_PIXEL_DATA = 0x7FE00008

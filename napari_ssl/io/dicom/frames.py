@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .dicom_discovery import Header, is_enhanced, value
+from .discovery import Header, is_enhanced, value
 
 
 @dataclass

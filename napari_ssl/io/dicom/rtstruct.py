@@ -24,8 +24,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import NapariSSLError
-from .volume import Volume
+from ...errors import NapariSSLError
+from ..volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def check_reference(ss: StructureSet, source: Volume) -> None:
 
 
 def _plans_under(folders: Sequence[str]) -> list:
-    from .dicom import plan_dicom_series
+    from .series import plan_dicom_series
 
     plans = []
     for folder in folders:
@@ -166,7 +166,7 @@ def _matching(ss: StructureSet, plans: list) -> list:
 def find_referenced_series(ss: StructureSet, search: Sequence[str | os.PathLike] = ()) -> Volume:
     """The image series the RTSTRUCT references, found (headers first, then one series' pixels) under
     `search` (default: the RTSTRUCT's own folder tree, else its parent's). Native storage order."""
-    from .dicom import read_plan
+    from .series import read_plan
 
     base = os.path.basename(ss.path)
     folders = [os.fspath(s) for s in search]
@@ -389,7 +389,7 @@ def read_rtstruct_labels(path: str | os.PathLike, source: Volume | str | os.Path
     The labels Volume carries the series' geometry and identity (UIDs, source datasets) like the image does,
     so it exports as a DICOM-SEG on that series. With ``canonical`` the array is in the canonical order.
     """
-    from .orientation import canonicalize
+    from ..orientation import canonicalize
 
     ss = read_structure_set(path)
     src = resolve_source(ss, source)

@@ -1,14 +1,8 @@
 """DICOM series -> Volume: discovery, grouping, geometry and pixels.
 
 ``load_dicom_volumes(path)`` takes one file, a series folder or a tree of patients /
-studies / series. The work is split over small modules:
-
-* :mod:`.dicom_discovery` finds files and reads headers only (pixel data left on disk);
-* :mod:`.dicom_frames` turns each file into 2-D frame records (Enhanced objects: one per frame);
-* :mod:`.dicom_geometry` splits a series into regular stacks and orders them along the normal;
-* :mod:`.dicom_pixels` decodes the pixels into one preallocated array and applies the rescale.
-
-``plan_dicom_series`` stops before the pixels (used by ``napari-ssl info``).
+studies / series (the steps: see :mod:`napari_ssl.io.dicom`). ``plan_dicom_series`` stops
+before the pixels (used by ``napari-ssl info``).
 """
 from __future__ import annotations
 
@@ -20,12 +14,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import NoImageFound
-from .dicom_discovery import Header, Scan, is_enhanced, scan_path, value
-from .dicom_frames import Frame, frames_of
-from .dicom_geometry import Stack, build_stack, split_stacks
-from .dicom_pixels import float_target, read_raw, rescale, rescale_into, stored_dtype, widening_buffer
-from .volume import Volume
+from ...errors import NoImageFound
+from .discovery import Header, Scan, is_enhanced, scan_path, value
+from .frames import Frame, frames_of
+from .geometry import Stack, build_stack, split_stacks
+from .pixels import float_target, read_raw, rescale, rescale_into, stored_dtype, widening_buffer
+from ..volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +240,7 @@ def load_dicom_series(files: list[str], series_instance_uid: str) -> Optional[Vo
 
     Used to find the source series of a DICOM-SEG beside it without loading everything else there.
     """
-    from .dicom_discovery import read_header
+    from .discovery import read_header
 
     scan = Scan()
     for f in files:

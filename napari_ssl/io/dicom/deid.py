@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from typing import Any, Optional, Sequence
 
-from ..errors import NapariSSLError
+from ...errors import NapariSSLError
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def _copy_value(elem) -> Any:
 
 # --- a folder ---------------------------------------------------------------------------------
 def _dicom_files(paths: Sequence[str]) -> tuple[list[str], int]:
-    from .dicom_discovery import iter_files
+    from .discovery import iter_files
 
     files, skipped = [], 0
     for p in paths:
@@ -230,7 +230,7 @@ def deidentify(sources: Sequence[str], out_dir: str, key: Optional[str] = None, 
         raise NapariSSLError(f"no DICOM file under {', '.join(map(str, sources))}")
 
     # headers first: refuse mixed patients and burned-in text before anything is written
-    from .dicom_discovery import is_truncated, read_header
+    from .discovery import is_truncated, read_header
 
     headers = []
     for f in files:

@@ -19,11 +19,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import NapariSSLError
-from .dicom_discovery import value
-from .label_grid import labels_on_source_grid, normalize_names, require_dicom_source
-from .geometry_tolerance import ORIENTATION_TOL, POSITION_TOL_MM, POSITION_TOL_REL, consensus_orientation
-from .volume import Volume
+from ...errors import NapariSSLError
+from ..dicom.discovery import value
+from ..label_grid import labels_on_source_grid, normalize_names, require_dicom_source
+from ..geometry_tolerance import ORIENTATION_TOL, POSITION_TOL_MM, POSITION_TOL_REL, consensus_orientation
+from ..volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _shared_orientation(dss: list) -> list:
     """The single-frame source headers with ONE ImageOrientationPatient, as highdicom requires.
 
     Real series spell the same orientation with different last digits in different files
-    (-0.059771 / -0.0597709). Within ORIENTATION_TOL (see .geometry_tolerance) the value most
+    (-0.059771 / -0.0597709). Within ORIENTATION_TOL (see napari_ssl.io.geometry_tolerance) the value most
     files carry -- the one the series' affine was built from -- is given to every header, in
     copies: the caller's datasets (and the files) are never changed. Beyond it: one-line error.
     """
@@ -233,8 +233,8 @@ def _segment_descriptions(names_by_segment: list[tuple[int, str]], algorithm_typ
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from .. import __version__
-    from .seg_codes import coded_concepts
+    from ... import __version__
+    from .codes import coded_concepts
 
     algo = None
     if algorithm_type != "MANUAL":
@@ -288,7 +288,7 @@ def build_segmentation(
     """
     import highdicom as hd
 
-    from .hd_tables import install
+    from .highdicom_fast.module_table import install
 
     require_dicom_source(source)
     install()   # highdicom's 22 MB attribute table parsed per module as needed, not whole (same values)
@@ -347,7 +347,7 @@ def build_segmentation(
         seg_type = hd.seg.SegmentationTypeValues.LABELMAP
     else:
         seg_type = hd.seg.SegmentationTypeValues.BINARY
-    from .. import __version__
+    from ... import __version__
 
     common = dict(
         segmentation_type=seg_type,
@@ -407,7 +407,7 @@ def _fast_segmentation(sources: list, planes: list[np.ndarray], common: dict):
     from pydicom.tag import BaseTag
     from pydicom.valuerep import DS
 
-    from .seg_deferred import DeferredLutSegmentation
+    from .highdicom_fast.deferred_index import DeferredLutSegmentation
 
     n = len(planes)   # one 2-D label plane per source (views: the labelled slices are not copied)
     seg = DeferredLutSegmentation(source_images=[sources[0], sources[-1]], pixel_array=np.stack([planes[0], planes[-1]]), **common)
@@ -594,7 +594,7 @@ def write_dataset_atomic(ds, path: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".dcm")
     os.close(fd)
     try:
-        from .dicom_encode import encode_file
+        from ..dicom.pydicom_fast import encode_file
 
         chunks = encode_file(ds)   # the bytes pydicom's writer gives, several times faster on large SEGs
         if chunks is None:

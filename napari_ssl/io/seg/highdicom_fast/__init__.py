@@ -1,0 +1,1 @@
+"""highdicom speed work (filled in by the next commit)."""
