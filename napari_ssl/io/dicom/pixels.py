@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from .discovery import value
+from .pydicom_fast import value
 from .frames import Frame
 
 NATIVE_SYNTAXES = {

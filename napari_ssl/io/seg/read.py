@@ -80,11 +80,11 @@ def _non_overlapping_groups(masks: np.ndarray) -> list[list[int]]:
 def _open_seg(path: str):
     import highdicom as hd
 
-    from .highdicom_fast.module_table import install
+    from .highdicom_fast import install_lazy_module_table
 
     if not os.path.isfile(path):
         raise NapariSSLError(f"no such file: {path}")
-    install()   # highdicom's attribute table parsed per module (0.2-0.4 s less on the first SEG of a process)
+    install_lazy_module_table()   # highdicom's attribute table parsed per module (0.2-0.4 s less on the first SEG of a process)
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore")
@@ -159,7 +159,7 @@ def _masks_by_reference(seg, source: Volume) -> Optional[tuple[np.ndarray, list[
     frames). Exact whatever the series' slice positions (gaps, uneven steps, tilt). None when this
     does not apply: a multi-frame source, a frame without a reference into `source`, or a frame
     whose plane is not its image's plane (then the caller places the SEG by geometry)."""
-    from ..dicom.discovery import value
+    from ..dicom.pydicom_fast import value
     from ..geometry_tolerance import POSITION_TOL_MM, POSITION_TOL_REL, same_orientation
 
     dss = source.source_datasets
