@@ -20,7 +20,8 @@ from napari_ssl.io import load_volume, load_volumes, write_itk_volume
 from napari_ssl.io.export import export_labels
 from napari_ssl.io.geometry_tolerance import ORIENTATION_TOL, consensus_orientation
 from napari_ssl.io.nifti import read_itk_volume
-from napari_ssl.io.seg.read import find_source_series, place_on_grid, read_on_source, read_segmentation
+from napari_ssl.io.seg.on_source import find_source_series, place_on_grid, read_on_source
+from napari_ssl.io.seg.read import read_segmentation
 
 from perturbed_series import COS, SIN, cropped_seg, oblique_series
 from test_seg_export import dciodvfy_errors
@@ -264,7 +265,8 @@ def test_placing_by_reference_and_by_geometry_agree(seg_name, cropped, dcmqi_dir
     references gives exactly what placing the SEG's own grid on the series gives (a source without headers)."""
     import dataclasses
 
-    from napari_ssl.io.seg.read import _masks_by_reference, _open_seg
+    from napari_ssl.io.seg.on_source import _masks_by_reference
+    from napari_ssl.io.seg.read import _open_seg
 
     root, _, _, _ = cropped
     path = root / "seg" / "liver_cropped.dcm" if seg_name == "cropped" else dcmqi_dir / seg_name

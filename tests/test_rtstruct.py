@@ -200,7 +200,7 @@ def test_finetune_labels_and_cli_exports_accept_an_rtstruct(cervical, tmp_path, 
                  "--rois", "urinary_bladder,femur_right"]) == 0
     back, seg_names = read_single_label_map(seg, canonical=True)
     assert sorted(seg_names.values()) == ["femur_right", "urinary_bladder"]
-    from napari_ssl.io.seg.read import place_on_grid
+    from napari_ssl.io.seg.on_source import place_on_grid
 
     placed = place_on_grid(back, vol)
     seg_val = {v: k for k, v in seg_names.items()}
@@ -325,7 +325,8 @@ def test_rtstruct_from_a_known_mask_reads_back_on_ct_and_mr(case, dcmqi_dir, tmp
     from napari_ssl.io.dicom.rtstruct import read_rtstruct_labels
 
     if case == "ct_liver":
-        from napari_ssl.io.seg.read import place_on_grid, read_single_label_map
+        from napari_ssl.io.seg.on_source import place_on_grid
+        from napari_ssl.io.seg.read import read_single_label_map
 
         series = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm"))
         vol = load_volume(dcmqi_dir / "ct-3slice", canonical=False)

@@ -175,7 +175,7 @@ def _read_on_known_source(seg_path: str, images: Sequence[Any]) -> Optional[list
     among `images`, open in the viewer, or on disk beside the SEG; None when it is not known
     (or the SEG does not lie on its grid: a warning, then the SEG opens on its own grid)."""
     from ..io.orientation import canonicalize
-    from ..io.seg.read import find_source_series, read_on_source, referenced_series_uid
+    from ..io.seg.on_source import find_source_series, read_on_source, referenced_series_uid
 
     uid = referenced_series_uid(seg_path)
     if not uid:

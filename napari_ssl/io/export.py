@@ -38,7 +38,8 @@ def load_labels(
     if isinstance(labels, (str, os.PathLike)):
         path = os.fspath(labels)
         from .nifti import is_itk_image_path, read_itk_volume
-        from .seg.read import is_segmentation_file, read_single_on_source
+        from .seg.on_source import read_single_on_source
+        from .seg.read import is_segmentation_file
 
         if not os.path.isfile(path):
             raise NapariSSLError(f"no such labels file: {path}")

@@ -106,7 +106,7 @@ def load_labels_and_names(item: Any, image: Volume, name: str = "labels", rois: 
 
 
 def _labels_from_seg(path: str, image: Volume, name: str) -> tuple[np.ndarray, dict[int, str]]:
-    from ..io.seg.read import read_single_on_source
+    from ..io.seg.on_source import read_single_on_source
 
     try:   # on the image's full grid (cropped SEGs too); another series, overlaps, another grid: one line
         arr, names = read_single_on_source(path, image)

@@ -9,7 +9,8 @@
 """
 from __future__ import annotations
 
-from .read import SEG_SOP_CLASSES, is_segmentation_file, place_on_grid, read_segmentation
+from .on_source import place_on_grid
+from .read import SEG_SOP_CLASSES, is_segmentation_file, read_segmentation
 from .write import build_segmentation, write_segmentation
 
 __all__ = ["SEG_SOP_CLASSES", "is_segmentation_file", "read_segmentation", "place_on_grid", "write_segmentation", "build_segmentation"]
