@@ -66,11 +66,11 @@ def rtstruct_names(labels: Any, rois: Optional[Sequence[str] | str] = None) -> O
     """{label value: ROI name} when `labels` is an RTSTRUCT path (the SEG's segment names), else None."""
     if not isinstance(labels, (str, os.PathLike)):
         return None
-    from .dicom.rtstruct import _pick, is_rtstruct_file, read_structure_set
+    from .dicom.rtstruct import is_rtstruct_file, pick_rois, read_structure_set
 
     if not os.path.isfile(os.fspath(labels)) or not is_rtstruct_file(labels):
         return None
-    return {v: r.name for v, r in enumerate(_pick(read_structure_set(labels), rois), start=1)}
+    return {v: r.name for v, r in enumerate(pick_rois(read_structure_set(labels), rois), start=1)}
 
 
 def export_nifti(labels, source: Volume | str | os.PathLike, out_path: str | os.PathLike, labels_affine: Optional[np.ndarray] = None,

@@ -157,19 +157,7 @@ def read_plan(plan: SeriesPlan, workers: Optional[int] = None, errors: Optional[
     """Decode the pixels of a planned stack into a Volume (None if no slice could be decoded)."""
     stack = plan.stack
     warnings = list(plan.warnings)
-    frames = stack.frames
-    stored = stored_dtype(frames[0].header.ds)
-    slopes = np.array([f.slope for f in frames])
-    intercepts = np.array([f.intercept for f in frames])
-    target = float_target(stored, slopes, intercepts)
-    widened = None
-    if target is not None and target.itemsize > stored.itemsize and target.itemsize % stored.itemsize == 0:
-        # a float result (non-integer rescale): read into the tail of the float volume and convert
-        # in place, instead of a stored-dtype volume plus its float copy
-        widened, raw = widening_buffer((len(frames), frames[0].rows, frames[0].cols), stored, target)
-        raw, failed, messages = read_raw(frames, workers=workers, out=raw)
-    else:
-        raw, failed, messages = read_raw(frames, workers=workers)
+    raw, widened, failed, messages = _read_stored(stack.frames, workers)
     if failed:
         for m in messages:
             log.warning("%s", m)
@@ -182,13 +170,32 @@ def read_plan(plan: SeriesPlan, workers: Optional[int] = None, errors: Optional[
         widened = None
         stack = build_stack(keep)  # geometry again, with the gap the failed slices leave
         warnings = [w for w in warnings if w not in plan.stack.warnings] + [m + "; left out" for m in messages] + stack.warnings
-    frames = stack.frames
-    slopes = np.array([f.slope for f in frames])
-    intercepts = np.array([f.intercept for f in frames])
+    slopes = np.array([f.slope for f in stack.frames])
+    intercepts = np.array([f.intercept for f in stack.frames])
     if widened is not None:
         array = rescale_into(widened, raw, slopes, intercepts)
     else:
         array = rescale(raw, slopes, intercepts)
+    return _volume(plan, stack, array, warnings)
+
+
+def _read_stored(frames: list[Frame], workers: Optional[int]) -> tuple[np.ndarray, Optional[np.ndarray], list[int], list[str]]:
+    """(stored values, the float volume they were read into the tail of or None, failed slices, messages)."""
+    stored = stored_dtype(frames[0].header.ds)
+    target = float_target(stored, np.array([f.slope for f in frames]), np.array([f.intercept for f in frames]))
+    if target is not None and target.itemsize > stored.itemsize and target.itemsize % stored.itemsize == 0:
+        # a float result (non-integer rescale): read into the tail of the float volume and convert
+        # in place, instead of a stored-dtype volume plus its float copy
+        widened, raw = widening_buffer((len(frames), frames[0].rows, frames[0].cols), stored, target)
+        raw, failed, messages = read_raw(frames, workers=workers, out=raw)
+        return raw, widened, failed, messages
+    raw, failed, messages = read_raw(frames, workers=workers)
+    return raw, None, failed, messages
+
+
+def _volume(plan: SeriesPlan, stack: Stack, array: np.ndarray, warnings: list[str]) -> Volume:
+    """The Volume of a decoded stack; the source headers lose their pixel data elements."""
+    frames = stack.frames
     ds0 = frames[0].header.ds
     enhanced = is_enhanced(ds0) or int(ds0.get("NumberOfFrames", 1) or 1) > 1
     unique: dict[int, Header] = {}
