@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import NapariSSLError
-from .label_grid import labels_on_source_grid, native_affine, normalize_names, require_dicom_source  # noqa: F401 (re-exported)
+from .label_grid import labels_on_source_grid, native_affine
 from .volume import Volume
 
 

@@ -271,17 +271,6 @@ def roi_planes(ss: StructureSet, grid: Volume, rois: Optional[Sequence[str]] = N
     return picked, planes, warnings
 
 
-def roi_masks(ss: StructureSet, grid: Volume, rois: Optional[Sequence[str]] = None) -> tuple[list[ROI], list[np.ndarray], list[str]]:
-    """(picked ROIs, one boolean mask per ROI on `grid`'s array, warnings)."""
-    picked, planes, warnings = roi_planes(ss, grid, rois)
-    masks = []
-    for p in planes:
-        m = np.zeros(grid.shape, dtype=bool)
-        paint(m, p, True)
-        masks.append(m)
-    return picked, masks, warnings
-
-
 def overlapping_pairs(rois: Sequence[ROI], planes: Sequence[dict]) -> list[tuple[str, str, int]]:
     """(name, name, voxels) for every pair of ROIs sharing voxels (planes of the same axis compared)."""
     out = []
