@@ -348,8 +348,8 @@ def test_write_path_builds_no_frame_index_and_the_file_reads_back(tmp_path, ct8)
 _HD_TABLES_CHECK = """
 import json, pkgutil, sys
 from highdicom import _standard_utils as su
-from napari_ssl.io.seg.highdicom_fast import module_table as hd_tables
-assert hd_tables.install(), "the lazy table was not installed"
+from napari_ssl.io.seg.highdicom_fast import install_lazy_module_table
+assert install_lazy_module_table(), "the lazy table was not installed"
 m = su.get_module_attribute_map()
 assert m.parsed == 0
 assert su.is_attribute_in_iod("ContentDate", "1.2.840.10008.5.1.4.1.1.66.4")
