@@ -7,6 +7,6 @@
 * :mod:`.pixels` decodes the pixels into one preallocated array and applies the rescale;
 * :mod:`.pydicom_fast` -- every reach into pydicom's internals (raw header values, shallow header copies,
   the fast file writer), and how to re-check it;
-* :mod:`.rtstruct` -- an RTSTRUCT as a label map on its referenced series;
+* :mod:`.rtstruct` -- an RTSTRUCT as a label map on its referenced series (polygons filled by :mod:`.polygon_fill`);
 * :mod:`.deid` -- de-identified copies of series with their SEG / RTSTRUCT.
 """
