@@ -30,10 +30,8 @@ class TrainingMixin:
         return bool((self._loading is not None and self._loading.running) or self._staged.busy)
 
     def _train_or_stop(self) -> None:
-        if self.running and self.job is not None and self.job.running:
-            self.job.request_stop()
-            self.train_button.setEnabled(False)
-            self.train_button.setText("Stopping...")
+        if self.job is not None and self.job.running:
+            self.stop_job(self.train_button)
         else:
             self.train()
 
@@ -63,9 +61,9 @@ class TrainingMixin:
         return cfg
 
     def train(self) -> None:
-        if self.running or self.results_pending:
+        if self.results_pending:
             return
-        config = self.config_or_error()
+        config = self.new_job_config()
         if config is None:
             return
         self.plot.clear()

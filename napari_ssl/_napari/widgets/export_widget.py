@@ -257,9 +257,7 @@ class ExportWidget(JobDockWidget):
         return cfg
 
     def export(self) -> None:
-        if self.running:
-            return
-        config = self.config_or_error()
+        config = self.new_job_config()
         if config is None:
             return
         self.last_result = None

@@ -37,8 +37,10 @@ class JobDockWidget(DockWidgetBase):
     def build_config(self) -> dict:
         raise NotImplementedError
 
-    def config_or_error(self) -> dict | None:
-        """The job's config, or None with the reason shown (never raised into Qt)."""
+    def new_job_config(self) -> dict | None:
+        """The config of a new job; None while one runs, or with the reason shown when the input is wrong (never raised into Qt)."""
+        if self.running:
+            return None
         try:
             return self.build_config()
         except Exception as exc:  # noqa: BLE001
@@ -51,6 +53,12 @@ class JobDockWidget(DockWidgetBase):
         self.job.finished.connect(self._on_finished)
         self.job.start()
         return self.job
+
+    def stop_job(self, button) -> None:
+        """Ask the running job to stop (it saves its last weights); `button` (Start/Train) says so until the job ends."""
+        self.job.request_stop()
+        button.setEnabled(False)
+        button.setText("Stopping...")
 
     def _on_event(self, ev: JobEvent) -> None:
         name = self.EVENT_HANDLERS.get(type(ev))

@@ -247,9 +247,7 @@ class PretrainWidget(JobDockWidget):
         return cfg
 
     def start(self) -> None:
-        if self.running:
-            return
-        config = self.config_or_error()
+        config = self.new_job_config()
         if config is None:
             return
         self.out_dir = config["out"]
@@ -261,9 +259,7 @@ class PretrainWidget(JobDockWidget):
 
     def stop(self) -> None:
         if self.running:
-            self.job.request_stop()
-            self.start_button.setEnabled(False)
-            self.start_button.setText("Stopping...")
+            self.stop_job(self.start_button)
             self.status.setText("Stopping: saving the last weights...")
 
     def _on_loss(self, ev: Loss) -> None:
