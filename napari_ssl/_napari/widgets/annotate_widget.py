@@ -25,7 +25,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from ...active.annotation_state import DEFAULT_CLASS, PALETTE, AnnotationState  # noqa: F401 - PALETTE: the default colours
+from ...active.annotation_state import DEFAULT_CLASS, PALETTE, AnnotationState  # noqa: F401 - PALETTE re-exported (tests import it here)
 from ..annotations_autosave import AnnotationAutosave, autosave_folder, read_annotations
 from . import result_layers
 from .annotate_results import ResultLayersMixin
@@ -33,7 +33,7 @@ from .annotate_training import TrainingMixin
 from .class_table import ClassTable
 from .common import LayerCombo, form_layout, image_layers, layer_volume
 from .job_dock import JobDockWidget
-from .layer_meta import (ANNOTATION_SUFFIX, FILL_BETWEEN_SUFFIX, PREDICTION_SUFFIX, UNCERTAINTY_SUFFIX,  # noqa: F401
+from .layer_meta import (ANNOTATION_SUFFIX, FILL_BETWEEN_SUFFIX, PREDICTION_SUFFIX, UNCERTAINTY_SUFFIX,  # noqa: F401 - re-exported
                          apply_classes, class_colormap, labels_metadata, read_state, store_state)
 from .loss_plot import LossPlot
 from .review_panel import ReviewPanel
