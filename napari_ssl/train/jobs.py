@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, is_dataclass, replace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .events import EventSink, Exported, Finished, Prediction, Status, Trained, as_dict, as_event, typed_sink
+from .events import Exported, Finished, Prediction, Status, Trained, as_dict, as_event, typed_sink
+
+EventSink = Callable[[dict], None]
 
 
 def _as(cls, config: Any):
