@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .events import Exported, Finished, Prediction, Status, Trained, as_dict, as_event, typed_sink
+
 EventSink = Callable[[dict], None]
 
 
@@ -85,11 +87,12 @@ def _predict_progress(events: EventSink):
     from ..progress_text import Eta, step_text
 
     eta = Eta()
+    emit = typed_sink(events)
 
     def progress(done: int, total: int) -> None:
         left = eta.update(done, total)
-        events({"type": "status", "message": step_text("Predicting the whole image", done, total, left, unit="slice"),
-                "phase": "predict", "done": int(done), "total": int(total), "seconds_left": left})
+        emit(Status(step_text("Predicting the whole image", done, total, left, unit="slice"),
+                    phase="predict", done=int(done), total=int(total), seconds_left=left))
 
     return progress
 
@@ -109,8 +112,9 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     from ..io import load_image
 
     _limit_threads(config)
+    emit = typed_sink(events)
     os.makedirs(config["out"], exist_ok=True)
-    events({"type": "status", "message": "Predicting the whole image: loading the model"})
+    emit(Status("Predicting the whole image: loading the model"))
     volume = load_image(config["image"])
     device = config.get("device")
     annotated = config.get("annotated_slices")
@@ -122,17 +126,16 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
                           keep_connected=bool(config.get("keep_connected", False)),
                           fill_between=bool(config.get("fill_between", False)), progress=_predict_progress(events),
                           roi=config.get("roi"), z_range=config.get("z_range"), seeds=config.get("seeds"))
-    events({"type": "status", "message": "Predicting the whole image: ranking the slices to annotate next"})
+    emit(Status("Predicting the whole image: ranking the slices to annotate next"))
     suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
     # uint8 (0..255 for normalised entropy 0..1): a quarter of float32's size to write, read and show (a full CT: 78 MB, not 310)
     unc_u8 = np.clip(np.rint(pred.uncertainty * 255.0), 0, 255).astype(np.uint8)
     unc_path = _save_npy(os.path.join(config["out"], "uncertainty.npy"), unc_u8)
-    events({"type": "prediction", "labels": labels_path, "uncertainty": unc_path, "uncertainty_scale": 1.0 / 255.0,
-            "model": config["model"],
-            "class_names": list(pred.class_names),
-            "slice_uncertainty": [float(v) for v in pred.slice_uncertainty],
-            "suggestions": [{k: (v.item() if hasattr(v, "item") else v) for k, v in s.items()} for s in suggestions]})
+    emit(Prediction(labels=labels_path, uncertainty=unc_path, uncertainty_scale=1.0 / 255.0, model=config["model"],
+                    class_names=list(pred.class_names),
+                    slice_uncertainty=[float(v) for v in pred.slice_uncertainty],
+                    suggestions=[{k: (v.item() if hasattr(v, "item") else v) for k, v in s.items()} for s in suggestions]))
     return config["out"]
 
 
@@ -203,8 +206,10 @@ def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
     config: ``finetune`` (FinetuneConfig or its fields) and ``predict`` (predict_job's config without
     ``model``). The fine-tuning's own "done" becomes a "trained" event, so the job ends once, after prediction.
     """
+    emit = typed_sink(events)
+
     def relay(ev: dict) -> None:
-        events({**ev, "type": "trained"} if ev.get("type") == "done" else ev)
+        emit(Trained.from_dict(as_dict(ev)) if isinstance(as_event(ev), Finished) else ev)
 
     config = load_offloaded(config)
 
@@ -215,7 +220,7 @@ def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
         pred_cfg["threads"] = config["threads"]
     predict_job(pred_cfg, events, None)  # predict even after Stop: the saved model is worth seeing
     stopped = bool(stop_event is not None and stop_event.is_set())
-    events({"type": "done", "out": model_dir, "stopped": stopped})
+    emit(Finished(out=model_dir, stopped=stopped))
     return model_dir
 
 
@@ -235,14 +240,15 @@ def export_job(config: dict, events: EventSink, stop_event) -> str:
     """Write labels as DICOM-SEG or NIfTI and optionally send to a PACS (napari_ssl.io.export.export_labels)."""
     from ..io.export import export_labels
 
-    events({"type": "status", "message": f"writing {os.path.basename(os.fspath(config['out_path']))}"})
+    emit = typed_sink(events)
+    emit(Status(f"writing {os.path.basename(os.fspath(config['out_path']))}"))
     config = dict(config)
     deid = config.pop("deidentify", None)  # {"sources", "out", "key_file"}: a de-identified copy with the SEG
     summary = export_labels(**config)
     if deid:
         from ..io.dicom.deid import deidentify
 
-        events({"type": "status", "message": "writing the de-identified copy"})
+        emit(Status("writing the de-identified copy"))
         summary["deidentified"] = deidentify(list(deid["sources"]) + [summary["path"]], deid["out"], key_file=deid.get("key_file"))
-    events({"type": "exported", "summary": summary})
+    emit(Exported(summary))
     return summary.get("path") or os.fspath(config["out_path"])
