@@ -228,8 +228,8 @@ def choose_settings(image: np.ndarray, spacing: Sequence[float], modality: str, 
     if keep_from_model:
         encoder = str(meta.get("encoder_name") or DEFAULT_ENCODER)
         reasons["encoder"] = "kept from the model this one starts from"
-    elif meta.get("encoder_name") or meta.get("encoder"):
-        encoder = str(meta.get("encoder_name") or meta.get("encoder"))
+    elif meta.get("encoder_name"):  # older spellings resolved by models/metadata.py
+        encoder = str(meta["encoder_name"])
         reasons["encoder"] = "the pretrained encoder's"
     elif kind == "cpu" and size > MIN_TILE:
         encoder = COMPACT_ENCODER

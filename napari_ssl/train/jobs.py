@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .devices import job_devices
 from .events import Exported, Finished, Prediction, Status, Trained, as_dict, as_event, typed_sink
 
 EventSink = Callable[[dict], None]
@@ -26,27 +27,6 @@ def _as(cls, config: Any):
     return cls(**dict(config))
 
 
-def _device_for(config: Any, kind: str) -> Any:
-    """Turn the widget's device choice into what the engine expects, in this (child) process.
-
-    The widgets offer "cpu" and one "cuda:<index>" per GPU. Lightning's ``devices=N`` counts GPUs rather
-    than naming one, so a chosen GPU is made the only visible one (CUDA_VISIBLE_DEVICES, set before
-    torch initialises CUDA in this process) and the engine is asked for one GPU.
-    """
-    if not isinstance(config, dict):
-        return config
-    dev = str(config.get("devices") or config.get("device") or "")
-    if dev.startswith("cuda:") and dev[5:].isdigit():
-        os.environ["CUDA_VISIBLE_DEVICES"] = dev[5:]
-        new = {"pretrain": "gpu:1", "finetune": "1", "predict": "cuda"}[kind]
-    elif dev == "mps":
-        new = {"pretrain": "mps", "finetune": "1", "predict": "mps"}[kind]
-    else:
-        return config
-    key = "device" if kind == "predict" else "devices"
-    return {**config, key: new}
-
-
 def _limit_threads(config: Any) -> None:
     n = (config.get("threads") if isinstance(config, dict) else None) or os.environ.get("NAPARI_SSL_THREADS")
     if n:
@@ -57,7 +37,7 @@ def _limit_threads(config: Any) -> None:
 
 def pretrain_job(config: Any, events: EventSink, stop_event) -> str:
     """Self-supervised pretraining (napari_ssl.train.pretrain.run_pretraining)."""
-    config = _device_for(config, "pretrain")
+    config = job_devices(config, "pretrain")
     from .pretrain import PretrainConfig, run_pretraining
 
     _limit_threads(config)
@@ -67,7 +47,7 @@ def pretrain_job(config: Any, events: EventSink, stop_event) -> str:
 
 def finetune_job(config: Any, events: EventSink, stop_event) -> str:
     """Fine-tuning on sparse annotations (napari_ssl.train.finetune.run_finetuning)."""
-    config = _device_for(config, "finetune")
+    config = job_devices(config, "finetune")
     from .finetune import FinetuneConfig, run_finetuning
 
     _limit_threads(config)
@@ -106,7 +86,7 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     ``device``. Emits ``{"type": "prediction", "labels": path, "uncertainty": path (uint8, x uncertainty_scale = 0..1),
     "slice_uncertainty": [...], "suggestions": [{"rank", "slice", "uncertainty"}, ...]}`` before done.
     """
-    config = _device_for(config, "predict")
+    config = job_devices(config, "predict")
     from ..active.predict import predict_volume, slice_scores
     from ..active.suggest import suggest_slices
     from ..io import load_image

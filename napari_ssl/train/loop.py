@@ -2,7 +2,6 @@
 over annotated-slice batches, with the event contract (started / loss / progress / preview) and Stop."""
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Callable, Optional
 
@@ -10,6 +9,8 @@ import numpy as np
 import torch
 
 from ..data.labelled_slices import LabelledSliceDataset
+from .devices import lightning_devices
+from .lightning_quiet import quiet_lightning
 
 
 def make_loader(dataset: LabelledSliceDataset, batch_size: int, steps: int, seed: int, num_workers: int = 0):
@@ -86,8 +87,7 @@ def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: i
 
     from .seg_module import SegmentationModule
 
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # no banner per run (the benchmark runs hundreds)
+    quiet_lightning()
     pl.seed_everything(int(seed), workers=True, verbose=False)
     weights = None
     if class_balance > 0:
@@ -100,19 +100,10 @@ def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: i
                                 head_warmup_steps=head_warmup_steps, class_weights=weights)
     loader = make_loader(dataset, batch_size, steps, seed, num_workers)
     cb = _EventCallback(emit, stop_event, steps, preview_every_s, hook, hook_steps)
-    accelerator, dev = ("cpu", 1) if devices in ("cpu",) else ("auto", "auto" if devices == "auto" else _parse_devices(devices))
+    accelerator, dev = lightning_devices(devices)
     trainer = pl.Trainer(max_steps=steps, max_epochs=1, accelerator=accelerator, devices=dev, precision=precision,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[cb], deterministic=False, num_sanity_val_steps=0, use_distributed_sampler=False)
     trainer.fit(module, train_dataloaders=loader)
     unet.eval()
     return unet, {"steps": int(trainer.global_step), "final_loss": module.last_loss, "stopped": bool(cb.stopped)}
-
-
-def _parse_devices(devices: str):
-    s = str(devices)
-    if s.isdigit():
-        return int(s)
-    if "," in s:
-        return [int(v) for v in s.split(",") if v]
-    return s
