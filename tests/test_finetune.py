@@ -156,7 +156,9 @@ def test_class_balanced_weights_and_head_only_warmup(case):
     head-only warm-up in which encoder and decoder (BatchNorm statistics included) stay as they were."""
     from napari_ssl.data.labelled_slices import LabelledSliceDataset, LabelledVolume
     from napari_ssl.train.finetune import train_unet
-    from napari_ssl.train.seg_module import balanced_class_weights, segmentation_loss
+    from functools import partial
+
+    from napari_ssl.train.seg_module import SegmentationModule, balanced_class_weights, segmentation_loss
 
     img, lab, one, z0, empty = case
     t = torch.from_numpy(np.ascontiguousarray(lab[z0:z0 + 1])).long()
@@ -176,7 +178,8 @@ def test_class_balanced_weights_and_head_only_warmup(case):
     torch.manual_seed(0)
     unet, _ = build_initial_model(FinetuneConfig(images=[], labels=[], out=""), num_classes=3)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    unet, info = train_unet(unet, ds, steps=3, batch_size=2, head_warmup_steps=3, class_balance=0.5, devices="cpu")
+    factory = partial(SegmentationModule, head_warmup_steps=3, class_weights=balanced_class_weights(ds.targets, 3, 0.5))
+    unet, info = train_unet(unet, ds, steps=3, batch_size=2, devices="cpu", module_factory=factory)
     after = unet.state_dict()
     assert info["steps"] == 3
     body = [k for k in before if not k.startswith("segmentation_head.")]
