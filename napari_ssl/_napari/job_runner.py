@@ -34,12 +34,9 @@ def default_nice() -> int:
     slice; at +10 it yields to the GUI (and to nothing else when the machine is otherwise idle, so
     training speed is unchanged there). ``$NAPARI_SSL_JOB_NICE`` overrides it (0: same priority).
     """
-    import os
+    from ..settings import JOB_NICE_ENV, env_int
 
-    try:
-        return max(0, int(os.environ.get("NAPARI_SSL_JOB_NICE", "10")))
-    except ValueError:
-        return 10
+    return max(0, env_int(JOB_NICE_ENV, 10))
 
 
 SPINNER_SPEED_PERCENT = 5

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from ..errors import NapariSSLError
 from ..io.atomic import atomic_write_bytes
+from ..settings import HOME_ENV
 
 HELP = "run the whole loop on the sample studies in napari (no display: under its own Xvfb, screenshots + summary.json)"
 SAMPLES = {  # --sample value -> (npe2 sample key, short name used in file names)
@@ -327,7 +328,7 @@ def run(args) -> int:
     sample_names = ["mr", "ct"] if args.sample == "all" else [args.sample]
     out = Path(args.out).expanduser().resolve()
     # runs, models and autosaved annotations of the demo stay in its own folder unless the user chose a home
-    os.environ.setdefault("NAPARI_SSL_HOME", str(out / "home"))
+    os.environ.setdefault(HOME_ENV, str(out / "home"))
     if has_display() and not args.headless:
         summary = run_interactive(sample_names, out, quick=args.quick)
         _print_summary(summary)

@@ -56,23 +56,9 @@ def run(args) -> int:
                             rois=[r.strip() for r in args.rois.split(",") if r.strip()] if args.rois else None,
                             semi_supervised=not args.no_semi_supervised, unlabelled=list(args.unlabelled),
                             auto=not args.no_auto)
+    from ..progress_print import FinetunePrinter
 
-    from ..progress_text import Eta, step_text
-
-    state = {"last": -1}
-    eta = Eta()
-
-    def events(e: dict) -> None:
-        # before training starts only the chosen settings are printed: a bad input stays a one-line error
-        if e["type"] == "status" and (state["last"] >= 0 or str(e.get("message", "")).startswith("settings: ")):
-            print(e["message"], file=sys.stderr, flush=True)
-        if e["type"] == "progress":
-            left = eta.update(e["step"], e["total_steps"])
-            if e["step"] - state["last"] >= max(1, e["total_steps"] // 20) or e["step"] == e["total_steps"]:
-                state["last"] = e["step"]
-                print(step_text("Training the model", e["step"], e["total_steps"], left), file=sys.stderr, flush=True)
-
-    out = run_finetuning(config, events=events)
+    out = run_finetuning(config, events=FinetunePrinter(sys.stderr))
     from ..models.checkpoint import read_meta
 
     meta = read_meta(out)

@@ -29,7 +29,7 @@ def run(args) -> int:
     from .. import api
     from ..data.sparse_labels import parse_index_list
     from ..errors import NapariSSLError
-    from ..progress_text import Eta, step_text
+    from ..progress_print import slice_progress
 
     if (args.empty_slices or args.keep_connected or args.fill_between) and not args.labels:
         raise NapariSSLError("--empty-slices / --keep-connected / --fill-between need --labels (the annotation they refer to)")
@@ -38,12 +38,7 @@ def run(args) -> int:
         if folder and not os.path.isdir(folder):
             raise NapariSSLError(f"output folder does not exist: {folder}")
     vol = api.load_volume(args.image)
-    eta = Eta()
-
-    def progress(done: int, total: int) -> None:
-        if done < total or eta.t0 is not None:  # nothing to report for a volume predicted in one batch
-            print(step_text("Predicting", done, total, eta.update(done, total), unit="slice"), file=sys.stderr, flush=True)
-
+    progress = slice_progress(sys.stderr)
     pred = api.predict(args.model, vol, tta=args.tta, mc_dropout=args.mc_dropout, batch_size=args.batch_size, device=args.device,
                        labels=args.labels, empty_slices=parse_index_list(args.empty_slices), keep_connected=args.keep_connected, fill_between=args.fill_between,
                        progress=progress)

@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*treespec.*")  # pytorch-lightning vs newer torch, harmless
-    from ..train.events import ProgressPrinter
+    from ..progress_print import PretrainPrinter
     from ..train.pretrain import run_pretraining
 
     config = build_config(args)
-    printer = ProgressPrinter(sys.stderr)
+    printer = PretrainPrinter(sys.stderr)
     run_pretraining(config, events=printer)
     return 0

@@ -34,6 +34,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .sparse_labels import labelled_slices
+
 TILE_CAP = {"cpu": 128, "gpu": 256}  # tile side (px) a device trains on in about a minute
 MIN_TILE = 64
 MARGIN_FRACTION = 0.25  # of the annotated box side, on each side
@@ -123,7 +125,7 @@ def z_range_for(labels: np.ndarray, annotated: np.ndarray, spacing: Sequence[flo
     (bowel above the bladder, the chest above the liver). With one drawn slice the gap is taken as half the
     structure's in-plane extent. Slices annotated as empty bound the range too."""
     ann = np.asarray(annotated, bool)
-    drawn = np.flatnonzero(ann & labels.reshape(labels.shape[0], -1).any(1))
+    drawn = np.flatnonzero(ann & labelled_slices(labels))
     if drawn.size == 0:
         return None
     if drawn.size > 1:
@@ -134,7 +136,7 @@ def z_range_for(labels: np.ndarray, annotated: np.ndarray, spacing: Sequence[flo
         extent_mm = max((ys[-1] - ys[0] + 1) * float(spacing[1]), (xs[-1] - xs[0] + 1) * float(spacing[2]))
         gap = 0.5 * extent_mm / float(spacing[0])
     lo, hi = int(np.ceil(drawn[0] - gap)), int(np.floor(drawn[-1] + gap)) + 1
-    empty = np.flatnonzero(ann & ~labels.reshape(labels.shape[0], -1).any(1))
+    empty = np.flatnonzero(ann & ~labelled_slices(labels))
     below, above = empty[empty < drawn[0]], empty[empty > drawn[-1]]
     if below.size:
         lo = max(lo, int(below.max()) + 1)

@@ -62,13 +62,21 @@ def as_label_array(labels: np.ndarray) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
-def annotated_slices(labels: np.ndarray, empty_slices: Iterable[int] = ()) -> np.ndarray:
-    """Boolean mask over axis 0: slices holding a label, plus the listed annotated-empty slices."""
+def labelled_slices(labels: np.ndarray) -> np.ndarray:
+    """(z,) bool: the slices (along axis 0) holding any label."""
     lab = np.asarray(labels)
-    mask = lab.reshape(lab.shape[0], -1).any(axis=1)
-    n = lab.shape[0]
-    for i in empty_slices:
+    return lab.reshape(lab.shape[0], -1).any(axis=1)
+
+
+def annotated_slices(labels: np.ndarray, empty_slices: Iterable[int] = (), ignore_outside: bool = False) -> np.ndarray:
+    """Boolean mask over axis 0: slices holding a label, plus the listed annotated-empty slices
+    (one outside the volume is an error, or skipped with `ignore_outside`: the viewer's stale marks)."""
+    mask = labelled_slices(labels)
+    n = mask.shape[0]
+    for i in empty_slices or ():
         if not 0 <= int(i) < n:
+            if ignore_outside:
+                continue
             raise NapariSSLError(f"annotated-empty slice {i} is outside the volume (it has {n} slices, 0..{n - 1})")
         mask[int(i)] = True
     return mask

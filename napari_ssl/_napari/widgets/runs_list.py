@@ -14,17 +14,17 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QPushButton, QTreeWidget, QTreeWidgetItem,
                             QVBoxLayout, QWidget)
 
+from ... import settings
 from ...errors import NapariSSLError
 from ...models.metadata import read_model_meta
 
 
 def ssl_home() -> Path:
-    env = os.environ.get("NAPARI_SSL_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".napari-ssl"
+    return settings.home()
 
 
 def runs_dir() -> Path:
-    return ssl_home() / "runs"
+    return settings.runs_dir()
 
 
 @dataclass
