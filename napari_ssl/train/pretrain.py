@@ -1,13 +1,11 @@
 """Self-supervised pretraining of a U-Net encoder: ``run_pretraining(config, events, stop_event)``.
 
 Order of work: everything the user can get wrong is checked (method, encoder, options, data,
---init weights, output folder) before the output folder is touched. Then a quiet Lightning
-Trainer runs the method (single device, DDP over devices/nodes, or under torchrun).
-
-The output folder (see the pretraining contract) only ever holds complete files: each file
-is written to a temporary name and renamed. model.json's "status" says what state it is in:
-"running" (periodic save of a run that is still going, or that crashed), "stopped" (cancelled;
-``resume=True`` continues from last.ckpt) or "complete". Only rank 0 writes model files.
+--init weights, output folder) before the output folder is touched; then
+:class:`~napari_ssl.train.pretrain_run.PretrainRun` runs the method in a quiet Lightning Trainer
+(single device, DDP over devices/nodes, or under torchrun) and owns the saves: the output folder
+(see the pretraining contract) only ever holds complete files, and model.json's "status" says
+"running", "stopped" (``resume=True`` continues from last.ckpt), "complete" or "failed".
 """
 from __future__ import annotations
 
