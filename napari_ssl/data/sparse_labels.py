@@ -68,15 +68,12 @@ def labelled_slices(labels: np.ndarray) -> np.ndarray:
     return lab.reshape(lab.shape[0], -1).any(axis=1)
 
 
-def annotated_slices(labels: np.ndarray, empty_slices: Iterable[int] = (), ignore_outside: bool = False) -> np.ndarray:
-    """Boolean mask over axis 0: slices holding a label, plus the listed annotated-empty slices
-    (one outside the volume is an error, or skipped with `ignore_outside`: the viewer's stale marks)."""
+def annotated_slices(labels: np.ndarray, empty_slices: Iterable[int] = ()) -> np.ndarray:
+    """Boolean mask over axis 0: slices holding a label, plus the listed annotated-empty slices."""
     mask = labelled_slices(labels)
     n = mask.shape[0]
-    for i in empty_slices or ():
+    for i in empty_slices:
         if not 0 <= int(i) < n:
-            if ignore_outside:
-                continue
             raise NapariSSLError(f"annotated-empty slice {i} is outside the volume (it has {n} slices, 0..{n - 1})")
         mask[int(i)] = True
     return mask
