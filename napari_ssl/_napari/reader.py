@@ -8,7 +8,6 @@ raising, so the user never sees a traceback for bad input. Layer conventions: se
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from typing import Any, Callable, Optional, Sequence, Union
@@ -122,25 +121,13 @@ def _seg_files_under(path: str, classes: set = SEG_SOP_CLASSES) -> list[str]:
     return found
 
 
-def seg_reader() -> Optional[Callable[[str], list]]:
-    """``napari_ssl.io.seg.read_segmentation`` if that module is installed, else None."""
-    try:
-        mod = importlib.import_module("napari_ssl.io.seg")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("napari_ssl.io.seg",):
-            return None
-        raise
-    return getattr(mod, "read_segmentation", None)
-
-
 def read_segmentation_layers(seg_path: str, images: Sequence[Any] = ()) -> list[LayerData]:
     """Labels layers for one DICOM-SEG file, each placed on the grid of the image it belongs to
     (same frame of reference and grid) when that image is among `images`."""
     from ..io.orientation import canonicalize
 
-    read_segmentation = seg_reader()
-    if read_segmentation is None:
-        raise NapariSSLError(f"DICOM-SEG reading not available in this installation; cannot open {os.path.basename(seg_path)}")
+    from ..io.seg import read_segmentation
+
     placed_on_source = _read_on_known_source(seg_path, images)
     if placed_on_source is not None:
         return [_seg_layer(labels, names, seg_path) for labels, names in placed_on_source]

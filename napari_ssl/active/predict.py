@@ -181,7 +181,8 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
     if volume.array.ndim != 3:
         raise NapariSSLError(f"the image must be a 3-D volume; got shape {list(volume.array.shape)}")
     spec = resolve_normalization(meta.get("normalization"), volume.modality)
-    from ..data.auto_config import crop_volume, keep_connected as keep_seeded_components, prediction_tile
+    from ..data.auto_config import crop_volume, prediction_tile
+    from ..data.components import keep_touched as keep_seeded_components
 
     z0, z1 = (int(z_range[0]), int(z_range[1])) if z_range is not None else (0, volume.shape[0])
     # a fixed window does not depend on what lies outside the crop: normalise only the crop (memory)

@@ -306,23 +306,3 @@ def crop_volume(array: np.ndarray, roi: Optional[Sequence[int]]) -> np.ndarray:
         return array
     y0, y1, x0, x1 = (int(v) for v in roi)
     return array[..., y0:y1, x0:x1]
-
-
-def keep_connected(pred: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """`pred` (z, y, x labels) with only the 3-D foreground components that touch a foreground voxel of `seeds`
-    (the user's drawing); unchanged when no component touches one (nothing to anchor on)."""
-    from scipy import ndimage
-
-    fg = pred > 0
-    comp, n = ndimage.label(fg)
-    if n == 0:
-        return pred
-    hit = np.unique(comp[(np.asarray(seeds) > 0) & fg])
-    hit = hit[hit > 0]
-    if hit.size == 0:
-        return pred
-    keep = np.zeros(n + 1, bool)
-    keep[hit] = True
-    out = pred.copy()
-    out[~keep[comp]] = 0
-    return out

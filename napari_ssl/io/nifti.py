@@ -47,10 +47,7 @@ def write_itk_volume(array: np.ndarray, affine: np.ndarray, path: str, vector: b
     path = str(path)
     base = os.path.basename(path)
     suffix = next((s for s in SUFFIXES if base.lower().endswith(s)), os.path.splitext(base)[1])
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{base}.partial{suffix}")
-    try:
+    from .atomic import atomic_path
+
+    with atomic_path(path, suffix=suffix) as tmp:
         sitk.WriteImage(img, tmp, useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -20,12 +20,12 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 from urllib.parse import urlparse
 
 from ..errors import NapariSSLError
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -227,15 +227,8 @@ def find_study_of_series(url: str, series_instance_uid: str) -> str:
 
 def _write_atomic(ds, folder: str) -> str:
     path = os.path.join(folder, f"{ds.SOPInstanceUID}.dcm")  # UIDs, never patient data, in file names
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".dcm")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".dcm") as tmp:
         ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..settings import THREADS_ENV
 from .devices import job_devices
 from .events import Exported, Finished, Prediction, Status, Trained, as_dict, as_event, typed_sink
 
@@ -28,7 +29,7 @@ def _as(cls, config: Any):
 
 
 def _limit_threads(config: Any) -> None:
-    n = (config.get("threads") if isinstance(config, dict) else None) or os.environ.get("NAPARI_SSL_THREADS")
+    n = (config.get("threads") if isinstance(config, dict) else None) or os.environ.get(THREADS_ENV)
     if n:
         import torch
 
@@ -56,9 +57,10 @@ def finetune_job(config: Any, events: EventSink, stop_event) -> str:
 
 
 def _save_npy(path: str, array: np.ndarray) -> str:
-    tmp = path + ".partial.npy"
-    np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(tmp, path)
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
     return path
 
 

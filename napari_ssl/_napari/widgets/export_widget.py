@@ -42,7 +42,9 @@ def codes_for(name: str) -> tuple[str, str]:
 
 def pacs_url() -> str | None:
     """The configured DICOMweb URL, if any ($NAPARI_SSL_PACS_URL)."""
-    return os.environ.get("NAPARI_SSL_PACS_URL") or None
+    from ...settings import PACS_URL_ENV
+
+    return os.environ.get(PACS_URL_ENV) or None
 
 
 class ExportWidget(JobDockWidget):

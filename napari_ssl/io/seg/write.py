@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
@@ -267,11 +266,10 @@ def write_dataset_atomic(ds, path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise NapariSSLError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".dcm")
-    os.close(fd)
-    try:
-        from ..dicom.pydicom_fast import encode_file
+    from ..atomic import atomic_path
+    from ..dicom.pydicom_fast import encode_file
 
+    with atomic_path(path, suffix=".dcm") as tmp:
         chunks = encode_file(ds)   # the bytes pydicom's writer gives, several times faster on large SEGs
         if chunks is None:
             ds.save_as(tmp, enforce_file_format=True)
@@ -279,11 +277,6 @@ def write_dataset_atomic(ds, path: str) -> None:
             with open(tmp, "wb") as f:
                 for chunk in chunks:
                     f.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_segmentation(
