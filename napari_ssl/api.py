@@ -127,7 +127,7 @@ def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout:
     annotation = None
     if labels is not None:
         from .active.respect_annotation import annotation_from
-        from .train.finetune import load_labels
+        from .data.training_labels import load_labels
 
         annotation = annotation_from(load_labels(labels, vol), empty_slices)
         if keep_connected is None or fill_between is None:  # default: what the model's training recipe recommends
@@ -171,7 +171,7 @@ def fill_between(labels: LabelsLike, image: Optional[ImageLike] = None, empty_sl
 def _label_map(labels: LabelsLike, image: Optional[ImageLike]) -> np.ndarray:
     """A label array: as given, on `image`'s grid (checked / placed there), or on its own grid without an image."""
     from .data import sparse_labels
-    from .train.finetune import load_labels
+    from .data.training_labels import load_labels
 
     if isinstance(labels, np.ndarray):
         arr = sparse_labels.as_label_array(labels)
@@ -186,7 +186,7 @@ def _annotated_for(model_classes: int, vol: Volume, labels: Optional[LabelsLike]
 
     if labels is None:
         return sparse_labels.annotated_slices(np.zeros((vol.shape[0], 1), np.uint8), empty_slices)
-    from .train.finetune import load_labels
+    from .data.training_labels import load_labels
 
     arr = load_labels(labels, vol)
     top = int(arr.max()) if arr.size else 0

@@ -1,7 +1,7 @@
 """Label maps given for training or prediction, on their image's grid, with class names where the file has them.
 
 Accepted: an array on the image's grid, a NIfTI/NRRD/MHA label map, a DICOM-SEG or an RTSTRUCT of the image's series.
-(io.export.load_labels is the exporter's reader: labels in the source series' native order, with their affine.)
+(io.export.labels_with_affine is the exporter's reader: labels in the source series' native order, with their affine.)
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def load_source(source: Volume | str | os.PathLike) -> Volume:
     return load_volume(os.fspath(source), canonical=False)
 
 
-def load_labels(
+def labels_with_affine(
     labels: Volume | np.ndarray | str | os.PathLike, labels_affine: Optional[np.ndarray] = None, source: Optional[Volume] = None,
     rois: Optional[Sequence[str] | str] = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -85,7 +85,7 @@ def export_nifti(labels, source: Volume | str | os.PathLike, out_path: str | os.
     if not os.path.isdir(folder):
         raise NapariSSLError(f"output folder does not exist: {folder}")
     src = load_source(source)
-    arr, aff = load_labels(labels, labels_affine, src, rois=rois)
+    arr, aff = labels_with_affine(labels, labels_affine, src, rois=rois)
     native = labels_on_source_grid(arr, src, aff)
     write_itk_volume(np.ascontiguousarray(native), native_affine(src), out_path)
     return out_path
@@ -116,7 +116,7 @@ def export_labels(
         from .seg.write import write_segmentation
 
         src = load_source(source)
-        arr, aff = load_labels(labels, labels_affine, src, rois=rois)
+        arr, aff = labels_with_affine(labels, labels_affine, src, rois=rois)
         if names is None:
             names = rtstruct_names(labels, rois)
         res = write_segmentation(arr, src, out_path, labels_affine=aff, names=names, labelmap=labelmap, model=model, **seg_kwargs)
