@@ -117,8 +117,8 @@ def make_mask(hu):
 
 
 def _imports():
-    import numpy  # noqa: F401
     import highdicom  # noqa: F401
+    import numpy  # noqa: F401
     import pydicom  # noqa: F401
     import pydicom.pixels  # noqa: F401
 

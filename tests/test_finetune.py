@@ -154,10 +154,10 @@ def test_class_balanced_weights_and_head_only_warmup(case):
     """Two fine-tuning knobs the label-efficiency benchmark probes: cross-entropy weights from the annotated
     voxels (rare classes weigh more; a class absent from the annotations gets the largest weight seen), and a
     head-only warm-up in which encoder and decoder (BatchNorm statistics included) stay as they were."""
-    from napari_ssl.data.labelled_slices import LabelledSliceDataset, LabelledVolume
-    from napari_ssl.train.finetune import train_unet
     from functools import partial
 
+    from napari_ssl.data.labelled_slices import LabelledSliceDataset, LabelledVolume
+    from napari_ssl.train.finetune import train_unet
     from napari_ssl.train.seg_module import SegmentationModule, balanced_class_weights, segmentation_loss
 
     img, lab, one, z0, empty = case

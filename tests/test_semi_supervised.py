@@ -6,9 +6,9 @@ import pytest
 
 from napari_ssl import api
 from napari_ssl.cli import main
+from napari_ssl.data.components import keep_touching
 from napari_ssl.models.checkpoint import read_meta
 from napari_ssl.train.finetune import load_image, load_labels
-from napari_ssl.data.components import keep_touching
 from napari_ssl.train.semi_supervised import IGNORE, nearest_unannotated, semi_supervised_loss
 
 FAST = dict(encoder="mobilenetv3-small-lite", image_size=64, batch_size=8, lr=3e-3, preview_every_s=0.0, seed=0)

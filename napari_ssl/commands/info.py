@@ -30,8 +30,8 @@ def _canonical(shape: tuple[int, int, int], affine) -> tuple[list[int], list[flo
 
 
 def _dicom_entries(path: str) -> tuple[list[dict[str, Any]], Any]:
-    from ..io.dicom.series import plan_dicom_series
     from ..io.dicom.pixels import stored_dtype
+    from ..io.dicom.series import plan_dicom_series
 
     plans, scan = plan_dicom_series(path)
     out = []
