@@ -58,7 +58,8 @@ def test_unannotated_slices_never_reach_the_loss(case, tmp_path):
     wa, wb = _weights(a), _weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # an annotated-empty slice does contribute (as background): the weights change
-    c = run_finetuning(FinetuneConfig(images=[img], labels=[one], empty_slices=[[empty]], out=str(tmp_path / "c"), normalization=WINDOW, **SUPERVISED))
+    c = run_finetuning(FinetuneConfig(images=[img], labels=[one], empty_slices=[[empty]], out=str(tmp_path / "c"), normalization=WINDOW,
+                                      **SUPERVISED))
     wc = _weights(c)
     assert any(not torch.equal(wa[k], wc[k]) for k in wa if wa[k].dtype.is_floating_point)
     meta = read_meta(c)

@@ -28,7 +28,8 @@ def orthanc():
 
 @pytest.fixture(scope="module")
 def uploaded(orthanc, dcmqi_dir):
-    files = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm")) + [dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm", get_testdata_file("eCT_Supplemental.dcm")]
+    files = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm")) + [dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm",
+                                                                get_testdata_file("eCT_Supplemental.dcm")]
     for f in files:
         assert orthanc.upload(str(f))["Status"] in ("Success", "AlreadyStored")
     return files
