@@ -35,8 +35,8 @@ jobs in the same machinery: a child given nothing (process start), a child given
 (start + transfer), and the child's imports of the export path (timed inside the child).
 Order alternates (tasks / reversed); medians of the repeats are reported, as wall
 time (the goal's measure) and as process CPU time (all threads; less sensitive to other jobs
-sharing the machine). The 1-minute load average is recorded before and after the timed runs. Goal (issue 6): BINARY export time <= 1.0x the read time; LABELMAP reported
-separately.
+sharing the machine). The 1-minute load average is recorded before and after the timed runs. Goal (issue 6): BINARY export time <= 1.0x the
+read time; LABELMAP reported separately.
 
 Once, outside the timing, each SEG is read back with highdicom
 (``Segmentation.get_pixels_by_source_instance`` over the source SOP Instance UIDs, segments
@@ -117,8 +117,8 @@ def make_mask(hu):
 
 
 def _imports():
-    import numpy  # noqa: F401
     import highdicom  # noqa: F401
+    import numpy  # noqa: F401
     import pydicom  # noqa: F401
     import pydicom.pixels  # noqa: F401
 
@@ -289,7 +289,8 @@ def main() -> int:
     print(f"read {tk['read']['median_seconds']:.3f}s  export BINARY {tk['export_binary']['median_seconds']:.3f}s "
           f"({result['ratios']['export_binary_over_read']:.2f}x read, {tk['export_binary']['frames']} frames)  "
           f"export LABELMAP {tk['export_labelmap']['median_seconds']:.3f}s ({result['ratios']['export_labelmap_over_read']:.2f}x read)  "
-          f"CPU-time ratios: BINARY {result['cpu_ratios']['export_binary_over_read']:.2f}x, LABELMAP {result['cpu_ratios']['export_labelmap_over_read']:.2f}x  "
+          f"CPU-time ratios: BINARY {result['cpu_ratios']['export_binary_over_read']:.2f}x, "
+          f"LABELMAP {result['cpu_ratios']['export_labelmap_over_read']:.2f}x  "
           f"as the widget: BINARY {tk['widget_binary']['median_seconds']:.3f}s ({result['ratios']['widget_binary_over_read']:.2f}x read), "
           f"LABELMAP {tk['widget_labelmap']['median_seconds']:.3f}s ({result['ratios']['widget_labelmap_over_read']:.2f}x read); "
           f"child start {result['widget_breakdown']['process_start_seconds']:.3f}s, transfer {result['widget_breakdown']['transfer_seconds']:.3f}s "

@@ -212,9 +212,9 @@ def test_bad_input_one_line_errors_and_nothing_written(ct_study, tmp_path, monke
 
 @pytest.mark.pacs
 def test_orthanc_accepts_the_deidentified_study_by_stow(ct_study, tmp_path, monkeypatch):
-    from orthanc import start_orthanc  # tests/orthanc.py
-
     from napari_ssl.io import pacs
+
+    from orthanc import start_orthanc  # tests/orthanc.py
 
     out = tmp_path / "deid"
     assert _run_cli(ct_study, out, monkeypatch) == 0

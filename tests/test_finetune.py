@@ -58,7 +58,8 @@ def test_unannotated_slices_never_reach_the_loss(case, tmp_path):
     wa, wb = _weights(a), _weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # an annotated-empty slice does contribute (as background): the weights change
-    c = run_finetuning(FinetuneConfig(images=[img], labels=[one], empty_slices=[[empty]], out=str(tmp_path / "c"), normalization=WINDOW, **SUPERVISED))
+    c = run_finetuning(FinetuneConfig(images=[img], labels=[one], empty_slices=[[empty]], out=str(tmp_path / "c"), normalization=WINDOW,
+                                      **SUPERVISED))
     wc = _weights(c)
     assert any(not torch.equal(wa[k], wc[k]) for k in wa if wa[k].dtype.is_floating_point)
     meta = read_meta(c)
@@ -154,10 +155,10 @@ def test_class_balanced_weights_and_head_only_warmup(case):
     """Two fine-tuning knobs the label-efficiency benchmark probes: cross-entropy weights from the annotated
     voxels (rare classes weigh more; a class absent from the annotations gets the largest weight seen), and a
     head-only warm-up in which encoder and decoder (BatchNorm statistics included) stay as they were."""
-    from napari_ssl.data.labelled_slices import LabelledSliceDataset, LabelledVolume
-    from napari_ssl.train.finetune import train_unet
     from functools import partial
 
+    from napari_ssl.data.labelled_slices import LabelledSliceDataset, LabelledVolume
+    from napari_ssl.train.finetune import train_unet
     from napari_ssl.train.seg_module import SegmentationModule, balanced_class_weights, segmentation_loss
 
     img, lab, one, z0, empty = case

@@ -28,7 +28,8 @@ def orthanc():
 
 @pytest.fixture(scope="module")
 def uploaded(orthanc, dcmqi_dir):
-    files = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm")) + [dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm", get_testdata_file("eCT_Supplemental.dcm")]
+    files = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm")) + [dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm",
+                                                                get_testdata_file("eCT_Supplemental.dcm")]
     for f in files:
         assert orthanc.upload(str(f))["Status"] in ("Success", "AlreadyStored")
     return files
@@ -157,6 +158,7 @@ def test_seg_on_a_series_with_rounding_noise_through_the_pacs(orthanc, pacs_env,
     the PACS, exported with --stow: Orthanc takes the SEG, and it comes back voxel-exact on the pulled series."""
     from napari_ssl.io import write_itk_volume
     from napari_ssl.io.seg.on_source import read_on_source
+
     from perturbed_series import oblique_series
 
     files = oblique_series(sorted((dcmqi_dir / "ct-3slice").glob("*.dcm")), tmp_path / "oblique", n_slices=6, new_study=True)

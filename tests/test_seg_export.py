@@ -461,7 +461,8 @@ def test_cli_export_seg_and_nifti(tmp_path, dcmqi_dir, capsys):
     np.testing.assert_allclose(got.affine, ref.affine, atol=1e-3)
     np.testing.assert_array_equal(got.array, ref.array)
 
-    rc = cli_main(["export-seg", "--labels", str(dcmqi_dir / "liver_seg.nrrd"), "--source", str(dcmqi_dir / "ct-3slice"), "--out", str(tmp_path / "x.dcm")])
+    rc = cli_main(["export-seg", "--labels", str(dcmqi_dir / "liver_seg.nrrd"), "--source", str(dcmqi_dir / "ct-3slice"),
+                   "--out", str(tmp_path / "x.dcm")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("napari-ssl export-seg: error: label 1 has no name") and "\n" not in err
     assert not (tmp_path / "x.dcm").exists()

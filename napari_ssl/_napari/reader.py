@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from ..errors import NapariSSLError
 from ..io.nifti import is_itk_image_path
-from .layers import image_layer_data, labels_layer_data, layer_name, resample_labels_to, open_image_volumes
+from .layers import image_layer_data, labels_layer_data, layer_name, open_image_volumes, resample_labels_to
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,6 @@ def read_segmentation_layers(seg_path: str, images: Sequence[Any] = ()) -> list[
     """Labels layers for one DICOM-SEG file, each placed on the grid of the image it belongs to
     (same frame of reference and grid) when that image is among `images`."""
     from ..io.orientation import canonicalize
-
     from ..io.seg import read_segmentation
 
     placed_on_source = _read_on_known_source(seg_path, images)

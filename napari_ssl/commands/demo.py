@@ -37,7 +37,8 @@ WINDOW_SIZE = (1400, 900)
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="napari-ssl-demo", help="folder for screenshots and summary.json when headless (default ./napari-ssl-demo)")
-    parser.add_argument("--headless", action="store_true", help="never show a window: run under Xvfb and write screenshots even if a display is available")
+    parser.add_argument("--headless", action="store_true",
+                        help="never show a window: run under Xvfb and write screenshots even if a display is available")
     parser.add_argument("--sample", choices=["mr", "ct", "all"], default="all", help="which sample study to load (default all)")
     parser.add_argument("--quick", action="store_true", help="a few training steps only (checks the loop, not the result)")
 
@@ -321,7 +322,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
             line += f" (fill between slices: {f.get('unannotated_slices')} / {f.get('all_slices')})"
         line += f"; exported {', '.join(e['file'] for e in s.get('exports', []))}; {s.get('total_seconds')} s"
         print(line)
-    print(f"demo finished in {summary['total_seconds']} s (load average {summary['machine_after']['load_average'][0]} on {summary['machine_after']['cpus']} CPUs)")
+    print(f"demo finished in {summary['total_seconds']} s "
+          f"(load average {summary['machine_after']['load_average'][0]} on {summary['machine_after']['cpus']} CPUs)")
 
 
 def run(args) -> int:

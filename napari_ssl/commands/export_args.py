@@ -9,5 +9,6 @@ def add_labels_source_out(parser, labels_help: str, source_help: str, out_help: 
 
 
 def add_rois_and_json(parser) -> None:
-    parser.add_argument("--rois", help='RTSTRUCT labels: the ROIs to take, in order (label values 1, 2, ...; later ones win where they overlap), e.g. "liver,urinary_bladder"')
+    parser.add_argument("--rois", help="RTSTRUCT labels: the ROIs to take, in order (label values 1, 2, ...; later ones win where they overlap), "
+                                       'e.g. "liver,urinary_bladder"')
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")

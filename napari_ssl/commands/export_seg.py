@@ -16,7 +16,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", help="name of the model that produced the mask (recorded as algorithm identification)")
     parser.add_argument("--manual", action="store_true", help="the mask was drawn by hand (segment algorithm type MANUAL)")
     parser.add_argument("--description", default="napari-ssl segmentation", help="series/content description of the SEG")
-    parser.add_argument("--stow", metavar="URL", help="also store the SEG on this DICOMweb server (STOW-RS); credentials from the PACS config or environment")
+    parser.add_argument("--stow", metavar="URL",
+                        help="also store the SEG on this DICOMweb server (STOW-RS); credentials from the PACS config or environment")
     add_rois_and_json(parser)
 
 

@@ -109,7 +109,8 @@ def load_prepared(paths: Sequence[str], specs: dict[str, dict[str, Any]], cache_
                     with open(manifest) as f:
                         items = json.load(f)
                     out.extend(
-                        PreparedVolume(np.load(os.path.join(entry, it["file"]), mmap_mode="r"), np.asarray(it["affine"]), it["modality"], it["group"], tuple(it["spacing"]))
+                        PreparedVolume(np.load(os.path.join(entry, it["file"]), mmap_mode="r"), np.asarray(it["affine"]), it["modality"],
+                                       it["group"], tuple(it["spacing"]))
                         for it in items
                     )
                     continue

@@ -82,7 +82,8 @@ def annotated_slices(labels: np.ndarray, empty_slices: Iterable[int] = ()) -> np
 def check_same_grid(image_shape, image_affine, labels_shape, labels_affine, name: str = "labels") -> None:
     """The label map must lie on exactly the image's voxel grid (shape and geometry)."""
     if tuple(image_shape) != tuple(labels_shape):
-        raise NapariSSLError(f"{name} shape {list(labels_shape)} does not match the image shape {list(image_shape)}; give the label map drawn on this image")
+        raise NapariSSLError(f"{name} shape {list(labels_shape)} does not match the image shape {list(image_shape)}; "
+                             "give the label map drawn on this image")
     a, b = np.asarray(image_affine, float), np.asarray(labels_affine, float)
     # tolerance scaled to the volume extent so that float rounding in headers is not an error
     extent = np.abs(a[:3, :3]).sum() + 1.0

@@ -28,7 +28,8 @@ def load_labels_and_names(item: Any, image: Volume, name: str = "labels", rois: 
     or an RTSTRUCT of the image's series (ROI names as names; `rois` picks ROIs and their order)."""
     if isinstance(item, np.ndarray):
         if item.shape != image.shape:
-            raise NapariSSLError(f"{name} shape {list(item.shape)} does not match the image shape {list(image.shape)}; give the label map drawn on this image")
+            raise NapariSSLError(f"{name} shape {list(item.shape)} does not match the image shape {list(image.shape)}; "
+                                 "give the label map drawn on this image")
         return as_label_array(item), {}
     path = os.fspath(item) if not isinstance(item, Volume) else None
     if path is not None and os.path.isfile(path):

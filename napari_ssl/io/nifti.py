@@ -24,7 +24,8 @@ def read_itk_volume(path: str) -> Volume:
         first = str(exc).strip().splitlines()
         raise NapariSSLError(f"cannot read {os.path.basename(path)}: {first[-1] if first else 'unreadable image'}") from None
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise NapariSSLError(f"{os.path.basename(path)} has {img.GetNumberOfComponentsPerPixel()} components per voxel; only scalar images are supported")
+        raise NapariSSLError(f"{os.path.basename(path)} has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
+                             "only scalar images are supported")
     if img.GetDimension() == 2:
         img = sitk.JoinSeries(img)
     elif img.GetDimension() == 4:

@@ -41,7 +41,8 @@ def load_weights(folder_or_file: str, name: str | None = None) -> tuple[dict[str
 
     if os.path.isfile(folder_or_file):
         if not folder_or_file.endswith(".safetensors"):
-            raise NapariSSLError(f"{folder_or_file}: weights must be a .safetensors file or a napari-ssl model folder (pickled checkpoints are not loaded)")
+            raise NapariSSLError(f"{folder_or_file}: weights must be a .safetensors file or a napari-ssl model folder "
+                                 "(pickled checkpoints are not loaded)")
         return load_file(folder_or_file), {}
     meta = read_meta(folder_or_file)
     fname = f"{name}.safetensors" if name else meta.get("weights_file", "encoder.safetensors")

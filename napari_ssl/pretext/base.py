@@ -103,7 +103,8 @@ class PretextMethod(torch.nn.Module):
         """Scalars for one batch; must hold "loss" (the one that is optimised); the others are logged."""
         raise NotImplementedError
 
-    def optimize_step(self, batch: dict[str, torch.Tensor], optimizers: Sequence[Any], backward: Callable[[torch.Tensor], None]) -> dict[str, torch.Tensor]:
+    def optimize_step(self, batch: dict[str, torch.Tensor], optimizers: Sequence[Any],
+                      backward: Callable[[torch.Tensor], None]) -> dict[str, torch.Tensor]:
         """One optimisation step (the engine runs Lightning manual optimisation).
 
         Default: one optimizer over :meth:`training_loss`. Methods with several optimizers

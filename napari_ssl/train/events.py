@@ -26,7 +26,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Union
 
-
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict], None]

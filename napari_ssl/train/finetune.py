@@ -250,7 +250,8 @@ def _finetune(config: FinetuneConfig, emit: Callable[[dict], None], stop_event) 
     emit({"type": "status", "message": "Saving the model"})
     meta = _model_meta(config, model, data, info, steps, semi_meta, annotated_dice(unet, dataset, num_classes))
     if settings is not None:  # what was chosen from the data, and why (crops: voxel boxes, nothing identifying)
-        meta.extra["auto"] = {**settings.as_meta(), "encoder": model.encoder_name, "image_size": model.image_size, "rois": auto.rois, "z_ranges": auto.z_ranges}
+        meta.extra["auto"] = {**settings.as_meta(), "encoder": model.encoder_name, "image_size": model.image_size, "rois": auto.rois,
+                              "z_ranges": auto.z_ranges}
     if config.init_model:
         meta.extra["pretrained"] = pre_meta.get("pretrained")
     with atomic_output_dir(config.out) as tmp:
@@ -288,8 +289,8 @@ def _train(config: FinetuneConfig, model: _Model, data: PreparedData, dataset: L
     semi_cfg = semi_supervised_config(config.semi_options)
     unlabelled = load_unlabelled(config.unlabelled or [], lambda modality: dict(config.normalization) if config.normalization
                                  else resolve_normalization(pre_meta.get("normalization"), modality))
-    unet, info = train_semi_supervised(model.unet, data.volumes, image_size=model.image_size, in_channels=model.in_channels, steps=steps, cfg=semi_cfg,
-                                       unlabelled=unlabelled, augment=config.augment, seed=config.seed, **train_kw)
+    unet, info = train_semi_supervised(model.unet, data.volumes, image_size=model.image_size, in_channels=model.in_channels, steps=steps,
+                                       cfg=semi_cfg, unlabelled=unlabelled, augment=config.augment, seed=config.seed, **train_kw)
     return unet, info, {**semi_cfg.as_meta(), "unlabelled_volumes": len(unlabelled), "pseudo_slices_per_phase": info["pseudo_slices"]}
 
 

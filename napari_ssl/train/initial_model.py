@@ -51,14 +51,16 @@ def build_initial_model(config: Any, num_classes: int) -> tuple[torch.nn.Module,
     if config.init_model:
         meta = read_meta(config.init_model)
         if meta.get("kind") != "segmentation":
-            raise NapariSSLError(f"--init-model {config.init_model} is not a fine-tuned segmentation model (use --encoder-weights for a pretrained encoder)")
+            raise NapariSSLError(f"--init-model {config.init_model} is not a fine-tuned segmentation model "
+                                 "(use --encoder-weights for a pretrained encoder)")
         enc, ch = meta["encoder_name"], int(meta["in_channels"])
         if config.encoder and config.encoder != enc:
             raise NapariSSLError(f"--init-model uses encoder {enc}, not {config.encoder}; drop --encoder or pick a matching model")
         if config.in_channels and int(config.in_channels) != ch:
             raise NapariSSLError(f"--init-model takes {ch} input channel(s), not {config.in_channels}")
         if int(meta["num_classes"]) != num_classes:
-            raise NapariSSLError(f"--init-model predicts {int(meta['num_classes']) - 1} class(es) but the labels have {num_classes - 1}; give matching --classes")
+            raise NapariSSLError(f"--init-model predicts {int(meta['num_classes']) - 1} class(es) but the labels have {num_classes - 1}; "
+                                 "give matching --classes")
         unet = build_unet(enc, in_channels=ch, classes=num_classes)
         sd, _ = load_weights(config.init_model, name="model")
         _strict_load(unet, sd, "model", "--init-model")
@@ -76,8 +78,10 @@ def build_initial_model(config: Any, num_classes: int) -> tuple[torch.nn.Module,
     unet = build_unet(enc, in_channels=ch, classes=num_classes)
     if sd is not None:
         sd_ch = next((v.shape[1] for k, v in sd.items() if k.endswith("conv1.weight") and v.ndim == 4), ch)
-        if config.in_channels and enc_meta.get("in_channels") and int(enc_meta["in_channels"]) != ch and sd_ch == int(enc_meta["in_channels"]) and sd_ch != 3:
-            raise NapariSSLError(f"--encoder-weights were pretrained on {enc_meta['in_channels']} channel(s), not {ch}; use --in-channels {enc_meta['in_channels']}")
+        if (config.in_channels and enc_meta.get("in_channels") and int(enc_meta["in_channels"]) != ch
+                and sd_ch == int(enc_meta["in_channels"]) and sd_ch != 3):
+            raise NapariSSLError(f"--encoder-weights were pretrained on {enc_meta['in_channels']} channel(s), not {ch}; "
+                                 f"use --in-channels {enc_meta['in_channels']}")
         sd = adapt_in_channels(sd, ch)
         _strict_load(unet.encoder, sd, "encoder", "--encoder-weights")
         source = {"init": "pretrained-encoder", "weights": os.path.basename(os.path.abspath(config.encoder_weights)),

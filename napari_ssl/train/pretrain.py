@@ -133,7 +133,8 @@ def _check_out(config: PretrainConfig) -> Optional[dict]:
         if not os.path.isfile(os.path.join(out, "last.ckpt")):
             raise NapariSSLError(f"nothing to resume in {out} (no last.ckpt); run without --resume")
         meta = read_meta(out)
-        for key, have in (("method", config.method), ("encoder_name", config.encoder), ("in_channels", int(config.in_channels)), ("image_size", int(config.image_size))):
+        for key, have in (("method", config.method), ("encoder_name", config.encoder), ("in_channels", int(config.in_channels)),
+                          ("image_size", int(config.image_size))):
             if key in meta and meta[key] != have:
                 flag = {"encoder_name": "encoder", "in_channels": "in-channels", "image_size": "image-size"}.get(key, key)
                 raise NapariSSLError(f"{out} was pretrained with {key} {meta[key]!r}, not {have!r}; resume with --{flag} {meta[key]}")
@@ -177,7 +178,8 @@ def _load_data(config: PretrainConfig, cls, method) -> PretrainData:
     specs = normalization_specs()
     volumes = load_prepared(list(config.data), specs, config.cache_dir)
     want_partner = PARTNER_KIND.get(method.opts.get("pairs")) if cls.kind == "joint-embedding" else False
-    dataset = SliceDataset(volumes, config.image_size, int(config.in_channels), context=cls.context_request(config.image_size, int(config.in_channels), method.opts),
+    dataset = SliceDataset(volumes, config.image_size, int(config.in_channels),
+                           context=cls.context_request(config.image_size, int(config.in_channels), method.opts),
                            partner=want_partner, seed=int(config.seed))
     used_mods = sorted({modality_key(v.modality) for v in volumes})
     return PretrainData(dataset, {k: specs.get(k, specs["default"]) for k in used_mods}, describe_volumes(volumes, dataset))

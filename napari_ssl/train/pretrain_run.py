@@ -159,7 +159,8 @@ class PretrainRun:
         c = self.config
         sampler = ShardedBatchSampler(len(self.data.dataset), c.batch_size, self.rank, self.world, seed=int(c.seed))
         return torch.utils.data.DataLoader(self.data.dataset, batch_size=None, sampler=sampler, num_workers=int(c.num_workers),
-                                           persistent_workers=c.num_workers > 0, pin_memory=torch.cuda.is_available() and self.setup.accelerator != "cpu")
+                                           persistent_workers=c.num_workers > 0,
+                                           pin_memory=torch.cuda.is_available() and self.setup.accelerator != "cpu")
 
     def meta(self, status: str, step: int) -> ModelMeta:
         c, opts = self.config, self.method.opts
@@ -188,7 +189,8 @@ class PretrainRun:
             if getattr(method, "needs_unet", False) and isinstance(getattr(method, "unet", None), torch.nn.Module):
                 from safetensors.torch import save as _st_save  # whole U-Net too (fine-tuning's --transfer-decoder)
 
-                atomic_write_bytes(os.path.join(out, "unet.safetensors"), _st_save({k: v.detach().cpu().contiguous() for k, v in method.unet.state_dict().items()}))
+                atomic_write_bytes(os.path.join(out, "unet.safetensors"),
+                                   _st_save({k: v.detach().cpu().contiguous() for k, v in method.unet.state_dict().items()}))
             save_weights(out, method.encoder.state_dict(), self.meta(status, step), name="encoder")
             self.emit({"type": "checkpoint", "path": out, "step": step})
         self.saved, self.final_step = True, step

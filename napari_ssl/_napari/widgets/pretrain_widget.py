@@ -12,8 +12,20 @@ import os
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
-                            QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ...train.events import Checkpoint, Failed, Finished, Loss, Preview, Progress, Status
 from .common import compact_combo, device_combo, form_layout, image_layers, layer_as_path, safe_name, spin_box, timestamp

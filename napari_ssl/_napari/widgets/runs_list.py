@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QPushButton, QTreeWidget, QTreeWidgetItem,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 from ... import settings
 from ...errors import NapariSSLError

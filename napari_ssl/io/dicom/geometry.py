@@ -14,10 +14,9 @@ from typing import Optional
 
 import numpy as np
 
-from .frames import Frame
 # Tolerances (rounding noise vs real differences): documented in napari_ssl.io.geometry_tolerance
-from ..geometry_tolerance import (DRIFT_TOL_MM, DRIFT_TOL_REL, GAP_FACTOR, ORIENTATION_TOL, SAME_POSITION_MM, UNEVEN_REL,
-                                 consensus_orientation)
+from ..geometry_tolerance import DRIFT_TOL_MM, DRIFT_TOL_REL, GAP_FACTOR, ORIENTATION_TOL, SAME_POSITION_MM, UNEVEN_REL, consensus_orientation
+from .frames import Frame
 
 SPLIT_KEYS = ("stack", "echo", "temporal", "diffusion_b", "trigger", "acquisition")
 DEFAULT_IOP = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])

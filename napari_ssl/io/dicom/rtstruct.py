@@ -218,7 +218,8 @@ def _roi_planes(roi: ROI, affine: np.ndarray, shape: tuple[int, int, int], warni
             raise NapariSSLError(f"ROI {roi.name!r}: a contour lies outside the image (slice {plane:.1f}; the series has 0..{shape[axis] - 1}); "
                                  "corrupt RTSTRUCT or another series")
         if abs(plane - k) > PLANE_TOLERANCE:
-            raise NapariSSLError(f"ROI {roi.name!r}: a contour lies between two slices (at {plane:.2f}); this RTSTRUCT was not drawn on this series' grid")
+            raise NapariSSLError(f"ROI {roi.name!r}: a contour lies between two slices (at {plane:.2f}); "
+                                 "this RTSTRUCT was not drawn on this series' grid")
         a, b = [ax for ax in range(3) if ax != axis]
         lo, hi = idx[:, [a, b]].min(axis=0), idx[:, [a, b]].max(axis=0)
         if np.any(hi < -0.5) or lo[0] > shape[a] - 0.5 or lo[1] > shape[b] - 0.5:

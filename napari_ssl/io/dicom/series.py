@@ -15,12 +15,12 @@ from typing import Any, Optional
 import numpy as np
 
 from ...errors import NoImageFound
+from ..volume import Volume
 from .discovery import Header, Scan, is_enhanced, scan_path
-from .pydicom_fast import value
 from .frames import Frame, frames_of
 from .geometry import Stack, build_stack, split_stacks
 from .pixels import float_target, read_raw, rescale, rescale_into, stored_dtype, widening_buffer
-from ..volume import Volume
+from .pydicom_fast import value
 
 log = logging.getLogger(__name__)
 

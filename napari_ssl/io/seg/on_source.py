@@ -172,8 +172,8 @@ def _nearby_files(path: str) -> list[str]:
 def find_source_series(seg_path: str | os.PathLike) -> Optional[Volume]:
     """The series a SEG references, when its files lie in the SEG's folder, a folder inside it or
     a folder beside it (headers only are read for the search); None when not found."""
-    from ..dicom.series import load_dicom_series
     from ..dicom.discovery import looks_like_dicom
+    from ..dicom.series import load_dicom_series
 
     seg_path = os.fspath(seg_path)
     uid = referenced_series_uid(seg_path)

@@ -88,7 +88,8 @@ def _open_seg(path: str):
             _warnings.simplefilter("ignore")
             return hd.seg.segread(path)
     except Exception as exc:  # pydicom/highdicom raise many types for non-SEG input
-        raise NapariSSLError(f"{os.path.basename(path)} is not a readable DICOM-SEG ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise NapariSSLError(f"{os.path.basename(path)} is not a readable DICOM-SEG "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def read_segmentation(path: str | os.PathLike, canonical: bool = True) -> list[tuple[Volume, dict[int, str]]]:
