@@ -1,0 +1,136 @@
+"""Which slice of *this* study to annotate next, given the current completion (no ground truth).
+
+The completion of a sparsely annotated study (the prediction path with the user's labels: each class
+between its outermost drawn slices from fill-between interpolation, the model beyond them) is good between
+close, similar contours and bad across long stretches and beyond the outermost drawn slices. Two rankings:
+
+* ``gap`` — the middle of the largest unannotated stretch of the *predicted extent* (the slices where the
+  completion shows the structure, plus the drawn ones). The stretch ends are the drawn slices holding the
+  structure and the first empty slice beyond each end of the extent. Picked one after another, this places
+  slices evenly over the structure: what an experienced annotator does by eye, without ground truth.
+* ``expected-error`` — the expected number of wrong voxels of the completion under the model's own
+  probabilities (sum over the slice of 1 - P(model agrees with the completion's label)), summed over a window
+  of neighbouring slices (annotating one slice also fixes its neighbours through the interpolation).
+  Needs the model's probabilities as predicted, before the user's slices and the interpolation were put in.
+
+Which is the default is decided by benchmarks/bench_next_slice.py (see benchmarks/RESULTS.md).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..errors import NapariSSLError
+
+STRATEGIES = ("gap", "expected-error")
+# benchmarks/bench_next_slice.py (RESULTS.md "Next slice"): the default is set from its run on record
+DEFAULT_STRATEGY = "gap"
+
+
+def _check(completion: np.ndarray, annotated: np.ndarray, labels: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    comp = np.asarray(completion)
+    if comp.ndim != 3:
+        raise NapariSSLError(f"next slice needs a (z, y, x) completion, got shape {list(comp.shape)}")
+    ann = np.asarray(annotated, bool)
+    if ann.shape != (comp.shape[0],):
+        raise NapariSSLError(f"annotated-slice mask has {ann.size} entries for {comp.shape[0]} slices")
+    lab = comp if labels is None else np.asarray(labels)
+    if lab.shape != comp.shape:
+        raise NapariSSLError(f"the labels have shape {list(lab.shape)} but the completion has {list(comp.shape)}")
+    return comp, ann, lab
+
+
+def predicted_extent(completion: np.ndarray, annotated: np.ndarray, labels: Optional[np.ndarray] = None) -> Optional[tuple[int, int]]:
+    """(first, last) slice where the completion or the user's annotated slices show the structure; None if nowhere."""
+    comp, ann, lab = _check(completion, annotated, labels)
+    fg = comp.reshape(comp.shape[0], -1).any(1) | (ann & lab.reshape(lab.shape[0], -1).any(1))
+    zs = np.flatnonzero(fg)
+    return (int(zs[0]), int(zs[-1])) if zs.size else None
+
+
+def stretches(completion: np.ndarray, annotated: np.ndarray, labels: Optional[np.ndarray] = None, end_weight: float = 1.0) -> list[dict]:
+    """The unannotated stretches of the predicted extent, largest (weighted) first:
+    [{"from", "to", "length", "weight", "end", "slice"}], ``from``/``to`` the bounding slices (drawn slices holding
+    the structure, or the first empty slice beyond the extent: ``end`` True), ``slice`` the middle one.
+    ``end_weight`` scales the length of the stretches beyond the outermost drawn slices."""
+    comp, ann, lab = _check(completion, annotated, labels)
+    z = comp.shape[0]
+    ext = predicted_extent(comp, ann, lab)
+    lo, hi = (-1, z) if ext is None else (ext[0] - 1, ext[1] + 1)
+    drawn = [int(i) for i in np.flatnonzero(ann) if lo < i < hi]
+    bounds = sorted({lo, hi, *drawn})
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        inner = [i for i in range(max(a + 1, 0), min(b, z)) if not ann[i]]
+        if not inner:
+            continue
+        end = (a == lo and not (0 <= a < z and ann[a])) or (b == hi and not (0 <= b < z and ann[b]))
+        mid = min(inner, key=lambda i: (abs(i - (a + b) / 2.0), i))
+        out.append({"from": int(a), "to": int(b), "length": int(b - a), "weight": float((b - a) * (end_weight if end else 1.0)),
+                    "end": bool(end), "slice": int(mid)})
+    out.sort(key=lambda s: (-s["weight"], s["slice"]))
+    return out
+
+
+def expected_error(probabilities: np.ndarray, completion: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """Per slice: the expected number of voxels where the completion is wrong, under the model's probabilities
+    ((K, z, y, x), as predicted); 0 on annotated slices."""
+    p = np.asarray(probabilities)
+    comp = np.asarray(completion)
+    if p.ndim != 4 or p.shape[1:] != comp.shape:
+        raise NapariSSLError(f"probabilities of shape {list(p.shape)} do not fit a completion of shape {list(comp.shape)}")
+    idx = np.clip(comp.astype(np.int64), 0, p.shape[0] - 1)
+    agree = np.take_along_axis(p, idx[None], axis=0)[0]
+    e = (1.0 - agree).reshape(comp.shape[0], -1).sum(1)
+    e[np.asarray(annotated, bool)] = 0.0
+    return e.astype(np.float64)
+
+
+def rank_next_slices(completion: np.ndarray, annotated: np.ndarray, labels: Optional[np.ndarray] = None, *, n: int = 5,
+                     strategy: Optional[str] = None, probabilities: Optional[np.ndarray] = None, window: int = 2,
+                     end_weight: float = 1.0) -> list[dict]:
+    """The next slices to annotate in one study, best first: [{"rank", "slice", "score", "reason"}].
+
+    ``completion``: the current whole-study result (z, y, x labels, the user's slices in it); ``annotated``: bool per
+    slice; ``labels``: the user's label map (default: the completion). Picks are made one after another, each as if
+    the previous ones were already drawn. ``score``: for ``gap`` the length in slices of the stretch the pick
+    halves, for ``expected-error`` the expected wrong voxels in its window. Never an annotated slice."""
+    strategy = strategy or DEFAULT_STRATEGY
+    if strategy not in STRATEGIES:
+        raise NapariSSLError(f"unknown next-slice strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if int(n) < 1:
+        raise NapariSSLError("-n must be at least 1")
+    comp, ann, lab = _check(completion, annotated, labels)
+    ann = ann.copy()
+    lab = np.where(ann[:, None, None], lab, comp)  # a pick counts as drawn with the completion's outline
+    out: list[dict] = []
+    if strategy == "expected-error":
+        if probabilities is None:
+            raise NapariSSLError("the expected-error ranking needs the model's probabilities")
+        e = expected_error(probabilities, comp, ann)
+    while len(out) < int(n) and not ann.all():
+        if strategy == "gap":
+            st = stretches(comp, ann, lab, end_weight=end_weight)
+            if not st:  # the extent is fully drawn: the nearest unannotated slices beyond it
+                free = np.flatnonzero(~ann)
+                ext = predicted_extent(comp, ann, lab) or (0, comp.shape[0] - 1)
+                z = int(min(free, key=lambda i: (min(abs(i - ext[0]), abs(i - ext[1])), i)))
+                s = {"slice": z, "length": 1, "end": True, "from": z, "to": z}
+            else:
+                s = st[0]
+                z = s["slice"]
+            where = ("the edge of the predicted structure" if s["end"] else f"drawn slices {s['from']} and {s['to']}")
+            reason = f"middle of the largest unannotated stretch: {s['length'] - 1} slice(s) between {where}"
+            score = float(s["length"] - 1)
+        else:
+            k = np.ones(2 * int(window) + 1)
+            sm = np.convolve(e, k, mode="same")
+            sm[ann] = -1.0
+            z = int(np.argmax(sm))
+            score = float(sm[z])
+            reason = f"about {int(round(score))} voxels of the current outline around here may be wrong"
+            e[max(0, z - int(window)):z + int(window) + 1] = 0.0  # the pick fixes its window
+        out.append({"rank": len(out) + 1, "slice": z, "score": score, "reason": reason, "strategy": strategy})
+        ann[z] = True
+    return out
