@@ -2,8 +2,8 @@
 """Next slice (issue 14): which slice to annotate next, inside one study (--mode within) and across studies before
 any model exists (--mode cold), against random and evenly spaced picking. Ground truth plays the annotator.
 
---mode within: one held-out hippocampus volume at a time. Round 0: one slice (a random slice showing hippocampus,
-drawn with the seed; the same for random and every ranking); each round adds one slice, 4 rounds. After each round
+--mode within: one held-out hippocampus volume at a time. Round 0: one slice (--start: the middle of the structure's
+extent, where an annotator starts, = even's round 0; or a random slice showing it; the same for every strategy); each round adds one slice, 4 rounds. After each round
 the study is completed and scored (whole-volume Dice, mean of the anterior / posterior classes):
 
   completion = the product's prediction path with the user's labels (active.respect_annotation: each class between
@@ -56,7 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--volumes", type=int, default=0, help="scored volumes (default: val 30 of the pool, test all 60)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--strategies", default="random,even,gap,expected-error-w2")
+    p.add_argument("--start", choices=("middle", "random"), default="middle",
+                   help="round 0's slice, the same for every strategy: the middle of the structure's extent (where an annotator starts; "
+                        "= even's round 0) or a random slice showing it")
+    p.add_argument("--strategies", default=None, help="within: random,even,gap,expected-error-w2 ...; cold: random,even,typiclust (the defaults)")
     p.add_argument("--model-volumes", type=int, default=20)
     p.add_argument("--model-slices", type=int, default=2)
     p.add_argument("--model-steps", type=int, default=200)
@@ -70,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("--name", default=None)
     a = p.parse_args(argv)
+    if a.strategies is None:
+        a.strategies = "random,even,gap,expected-error-w1" if a.mode == "within" else "random,even,typiclust"
     if a.quick:
         a.volumes, a.seeds, a.model_steps, a.cold_steps, a.model_volumes = 3, 1, 20, 20, 4
     return a
@@ -137,8 +142,8 @@ def pick(strategy: str, pred, done, ann: np.ndarray, lab: np.ndarray, rng) -> in
     if strategy == "gap" or strategy.startswith("gap-end"):
         ew = float(strategy[len("gap-end"):]) if strategy.startswith("gap-end") else 1.0
         return rank_next_slices(done.labels, ann, user, n=1, strategy="gap", end_weight=ew)[0]["slice"]
-    if strategy.startswith("expected-error-w"):
-        w = int(strategy[len("expected-error-w"):])
+    if strategy.startswith("expected-error-"):
+        w = -1 if strategy == "expected-error-bracket" else int(strategy[len("expected-error-w"):])
         return rank_next_slices(done.labels, ann, user, n=1, strategy="expected-error", probabilities=pred.probabilities, window=w)[0]["slice"]
     raise SystemExit(f"unknown strategy {strategy}")
 
@@ -165,7 +170,7 @@ def run_within(a) -> dict:
                 pred = predict_array(unet, img, image_size=a.image_size, in_channels=1)
             fg = np.flatnonzero(lab.reshape(lab.shape[0], -1).any(1))
             rng0 = np.random.default_rng(seed * 100003 + vi)
-            start = int(rng0.choice(fg))
+            start = int(rng0.choice(fg)) if a.start == "random" else sc.quantile_slices(lab, 1)[0]
             raw = sc.dice(pred.labels, lab)
             for s in strategies:
                 rng = np.random.default_rng(seed * 7919 + vi * 31 + 1)

@@ -87,6 +87,24 @@ def expected_error(probabilities: np.ndarray, completion: np.ndarray, annotated:
     return e.astype(np.float64)
 
 
+def bracket_gain(e: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """For each slice z: the error a drawing at z would remove, if the interpolation then fixes each slice between z
+    and the nearest drawn slice (or the volume's end) on either side in proportion to its closeness to z."""
+    ann = np.asarray(annotated, bool)
+    n = e.shape[0]
+    out = np.zeros(n)
+    drawn = np.flatnonzero(ann)
+    for z in np.flatnonzero(~ann):
+        left = drawn[drawn < z]
+        right = drawn[drawn > z]
+        a = int(left[-1]) if left.size else -1
+        b = int(right[0]) if right.size else n
+        zl = np.arange(a + 1, z)
+        zr = np.arange(z + 1, b)
+        out[z] = e[z] + (e[zl] * (zl - a) / (z - a)).sum() + (e[zr] * (b - zr) / (b - z)).sum()
+    return out
+
+
 def rank_next_slices(completion: np.ndarray, annotated: np.ndarray, labels: Optional[np.ndarray] = None, *, n: int = 5,
                      strategy: Optional[str] = None, probabilities: Optional[np.ndarray] = None, window: int = 2,
                      end_weight: float = 1.0) -> list[dict]:
@@ -124,13 +142,18 @@ def rank_next_slices(completion: np.ndarray, annotated: np.ndarray, labels: Opti
             reason = f"middle of the largest unannotated stretch: {s['length'] - 1} slice(s) between {where}"
             score = float(s["length"] - 1)
         else:
-            k = np.ones(2 * int(window) + 1)
-            sm = np.convolve(e, k, mode="same")
+            if int(window) < 0:  # the share of each slice's error the pick would fix through the interpolation
+                sm = bracket_gain(e, ann)
+            else:
+                sm = np.convolve(e, np.ones(2 * int(window) + 1), mode="same")
             sm[ann] = -1.0
             z = int(np.argmax(sm))
             score = float(sm[z])
             reason = f"about {int(round(score))} voxels of the current outline around here may be wrong"
-            e[max(0, z - int(window)):z + int(window) + 1] = 0.0  # the pick fixes its window
+            if int(window) >= 0:
+                e[max(0, z - int(window)):z + int(window) + 1] = 0.0  # the pick fixes its window
+            else:
+                e[z] = 0.0
         out.append({"rank": len(out) + 1, "slice": z, "score": score, "reason": reason, "strategy": strategy})
         ann[z] = True
     return out
