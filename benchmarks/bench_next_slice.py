@@ -74,7 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--name", default=None)
     a = p.parse_args(argv)
     if a.strategies is None:
-        a.strategies = "random,even,gap,expected-error-w1" if a.mode == "within" else "random,even,typiclust"
+        a.strategies = "random,even,gap,expected-error-w1-g1" if a.mode == "within" else "random,even,typiclust"
     if a.quick:
         a.volumes, a.seeds, a.model_steps, a.cold_steps, a.model_volumes = 3, 1, 20, 20, 4
     return a
@@ -142,9 +142,13 @@ def pick(strategy: str, pred, done, ann: np.ndarray, lab: np.ndarray, rng) -> in
     if strategy == "gap" or strategy.startswith("gap-end"):
         ew = float(strategy[len("gap-end"):]) if strategy.startswith("gap-end") else 1.0
         return rank_next_slices(done.labels, ann, user, n=1, strategy="gap", end_weight=ew)[0]["slice"]
-    if strategy.startswith("expected-error-"):
-        w = -1 if strategy == "expected-error-bracket" else int(strategy[len("expected-error-w"):])
-        return rank_next_slices(done.labels, ann, user, n=1, strategy="expected-error", probabilities=pred.probabilities, window=w)[0]["slice"]
+    if strategy == "default":  # the product's default ranking with its default settings, from the prediction path's slice_error
+        return rank_next_slices(done.labels, ann, user, n=1, slice_error=done.slice_error)[0]["slice"]
+    if strategy.startswith("expected-error-"):  # expected-error-wW[-gP]: window W, x stretch length ** P
+        spec, _, gp = strategy.partition("-g")
+        w = -1 if spec == "expected-error-bracket" else int(spec[len("expected-error-w"):])
+        return rank_next_slices(done.labels, ann, user, n=1, strategy="expected-error", probabilities=pred.probabilities, window=w,
+                                gap_power=float(gp or 0))[0]["slice"]
     raise SystemExit(f"unknown strategy {strategy}")
 
 

@@ -164,7 +164,8 @@ def test_suggest_cli(model, files, tmp_path, capsys):
     labels, _ = _sparse_labels(files, tmp_path, annotated)
     assert list(np.flatnonzero(api.annotated_slices(labels, vol))) == sorted(annotated)
     capsys.readouterr()
-    assert main(["suggest", "--model", model, "--image", files[3][0], "--labels", labels, "--empty-slices", "0", "-n", "4", "--json"]) == 0
+    assert main(["suggest", "--model", model, "--image", files[3][0], "--labels", labels, "--empty-slices", "0", "-n", "4", "--json",
+                 "--score", "foreground-entropy"]) == 0  # the earlier default (the default now: tests/test_next_slice.py)
     picks = json.loads(capsys.readouterr().out)["suggestions"]
     assert len(picks) == 4 and [p["rank"] for p in picks] == [1, 2, 3, 4]
     assert all(set(p) == {"rank", "slice", "uncertainty", "min_distance"} for p in picks)
@@ -174,7 +175,7 @@ def test_suggest_cli(model, files, tmp_path, capsys):
     assert d >= 2 and all(p["min_distance"] == d for p in picks)  # no relaxation was needed here
     for i, a in enumerate(zs):  # spread: apart from each other and from the annotated slices
         assert all(abs(a - b) >= d for b in zs[:i] + annotated + [0])
-    # ranked by the default score (TTA entropy x P(structure), slice mean): the first pick has the highest
+    # ranked by TTA entropy x P(structure), slice mean: the first pick has the highest
     pr = api.predict(model, vol, tta=True)
     su = (pr.uncertainty * (1 - pr.probabilities[0])).reshape(vol.shape[0], -1).mean(1)
     free = [z for z in range(vol.shape[0]) if all(abs(z - a) >= d for a in annotated + [0])]
@@ -259,7 +260,7 @@ def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
     plain = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds, score="entropy")
     assert np.isclose(plain[0]["uncertainty"], preds[plain[0]["volume"]].slice_uncertainty[plain[0]["slice"]], atol=1e-6)
     assert api.suggest(model, vols[0], n=2, prediction=preds[0], score="entropy") == suggest_slices(preds[0].slice_uncertainty, n=2)
-    assert api.suggest(model, vols[0], n=2, prediction=preds[0]) == suggest_slices(slice_scores(preds[0], "foreground-entropy"), n=2)
+    assert api.suggest(model, vols[0], n=2, prediction=preds[0], score="foreground-entropy") == suggest_slices(slice_scores(preds[0], "foreground-entropy"), n=2)
     # save_prediction from the API writes the source geometry too
     api.save_prediction(preds[0], files[3][0], tmp_path / "api.nii.gz", uncertainty=tmp_path / "u.nii.gz")
     _same_geometry(tmp_path / "api.nii.gz", files[3][0])

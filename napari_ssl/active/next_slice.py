@@ -25,7 +25,10 @@ from ..errors import NapariSSLError
 
 STRATEGIES = ("gap", "expected-error")
 # benchmarks/bench_next_slice.py (RESULTS.md "Next slice"): the default is set from its run on record
-DEFAULT_STRATEGY = "gap"
+DEFAULT_STRATEGY = "expected-error"
+# what the widget's Next slice says about its ranking (the benchmark's reading, RESULTS.md "Next slice")
+NEXT_SLICE_NOTE = ("Go to the slice where the completed outline (the model, your slices and the interpolation between them) "
+                   "is most likely wrong. TBD")
 
 
 def _check(completion: np.ndarray, annotated: np.ndarray, labels: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,6 +90,16 @@ def expected_error(probabilities: np.ndarray, completion: np.ndarray, annotated:
     return e.astype(np.float64)
 
 
+def stretch_length(completion: np.ndarray, annotated: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per slice: the length of the unannotated stretch of the predicted extent it lies in (see :func:`stretches`);
+    1 on annotated slices and outside the extent."""
+    out = np.ones(np.asarray(annotated).shape[0])
+    for s in stretches(completion, annotated, labels):
+        out[max(0, s["from"] + 1):s["to"]] = s["length"]
+    out[np.asarray(annotated, bool)] = 1.0
+    return out
+
+
 def bracket_gain(e: np.ndarray, annotated: np.ndarray) -> np.ndarray:
     """For each slice z: the error a drawing at z would remove, if the interpolation then fixes each slice between z
     and the nearest drawn slice (or the volume's end) on either side in proportion to its closeness to z."""
@@ -106,8 +119,8 @@ def bracket_gain(e: np.ndarray, annotated: np.ndarray) -> np.ndarray:
 
 
 def rank_next_slices(completion: np.ndarray, annotated: np.ndarray, labels: Optional[np.ndarray] = None, *, n: int = 5,
-                     strategy: Optional[str] = None, probabilities: Optional[np.ndarray] = None, window: int = 2,
-                     end_weight: float = 1.0) -> list[dict]:
+                     strategy: Optional[str] = None, probabilities: Optional[np.ndarray] = None, window: int = 1,
+                     end_weight: float = 1.0, gap_power: float = 1.0, slice_error: Optional[np.ndarray] = None) -> list[dict]:
     """The next slices to annotate in one study, best first: [{"rank", "slice", "score", "reason"}].
 
     ``completion``: the current whole-study result (z, y, x labels, the user's slices in it); ``annotated``: bool per
@@ -124,9 +137,15 @@ def rank_next_slices(completion: np.ndarray, annotated: np.ndarray, labels: Opti
     lab = np.where(ann[:, None, None], lab, comp)  # a pick counts as drawn with the completion's outline
     out: list[dict] = []
     if strategy == "expected-error":
-        if probabilities is None:
+        if slice_error is not None:
+            e = np.asarray(slice_error, np.float64).copy()
+            if e.shape != (comp.shape[0],):
+                raise NapariSSLError(f"slice_error has {e.size} entries for {comp.shape[0]} slices")
+            e[ann] = 0.0
+        elif probabilities is None:
             raise NapariSSLError("the expected-error ranking needs the model's probabilities")
-        e = expected_error(probabilities, comp, ann)
+        else:
+            e = expected_error(probabilities, comp, ann)
     while len(out) < int(n) and not ann.all():
         if strategy == "gap":
             st = stretches(comp, ann, lab, end_weight=end_weight)
@@ -146,6 +165,8 @@ def rank_next_slices(completion: np.ndarray, annotated: np.ndarray, labels: Opti
                 sm = bracket_gain(e, ann)
             else:
                 sm = np.convolve(e, np.ones(2 * int(window) + 1), mode="same")
+            if gap_power:
+                sm = sm * stretch_length(comp, ann, lab) ** float(gap_power)
             sm[ann] = -1.0
             z = int(np.argmax(sm))
             score = float(sm[z])
@@ -157,3 +178,26 @@ def rank_next_slices(completion: np.ndarray, annotated: np.ndarray, labels: Opti
         out.append({"rank": len(out) + 1, "slice": z, "score": score, "reason": reason, "strategy": strategy})
         ann[z] = True
     return out
+
+
+def suggest_in_study(pred, annotated: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None, n: int = 5,
+                     score: Optional[str] = None, min_distance: Optional[int] = None) -> list[dict]:
+    """Suggestions for one study from its prediction (a :class:`~napari_ssl.active.predict.Prediction`, completed with the
+    user's labels when there are any): [{"rank", "slice", "score", "reason", ...}], best first.
+
+    ``score``: a ranking of :data:`STRATEGIES` (default :data:`DEFAULT_STRATEGY`) or an uncertainty score of
+    ``active.predict.SLICE_SCORES`` (the earlier ranking: spaced uncertainty, ``active.suggest``)."""
+    from .predict import SLICE_SCORES, slice_scores
+    from .suggest import suggest_slices
+
+    z = pred.labels.shape[0]
+    ann = np.zeros(z, bool) if annotated is None else np.asarray(annotated, bool)
+    score = score or DEFAULT_STRATEGY
+    if score in SLICE_SCORES:
+        return suggest_slices(slice_scores(pred, score), ann, n=n, min_distance=min_distance)
+    if score not in STRATEGIES:
+        raise NapariSSLError(f"unknown slice score {score!r}; choose one of {', '.join(STRATEGIES + tuple(SLICE_SCORES))}")
+    err = pred.slice_error
+    if score == "expected-error" and err is None:  # no drawing folded in: the model's own expected error
+        err = expected_error(pred.probabilities, pred.labels, ann)
+    return rank_next_slices(pred.labels, ann, labels, n=n, strategy=score, slice_error=err)

@@ -59,6 +59,9 @@ def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_con
     if ann.any() and int(lab[ann].max(initial=0)) >= k:
         raise NapariSSLError(f"label value {int(lab[ann].max())} has no class in the model (it predicts classes 1..{k - 1})")
     out = pred.labels
+    # P(model agrees with the result) per voxel, taken before the result's changes overwrite the probabilities
+    agree = np.take_along_axis(pred.probabilities, np.clip(out, 0, k - 1).astype(np.int64)[None], axis=0)[0]
+    dropped, raw_dropped = None, None
     if keep_connected:
         from ..data.components import keep_touching
 
@@ -67,12 +70,18 @@ def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_con
         dropped = (out > 0) & (kept == 0)
         if dropped.any():
             out = np.where(dropped, 0, out).astype(out.dtype)
+            agree[dropped] = pred.probabilities[0][dropped]
+            raw_dropped = pred.probabilities[:, dropped]  # a copy: the model's own answer there
             pred.probabilities[:, dropped] = 0.0
             pred.probabilities[0][dropped] = 1.0
     if fill_between and ann.any():
         fused = fill_inside(out, lab, ann)
         changed = fused != out
         if changed.any():
+            pc = pred.probabilities[:, changed]
+            if raw_dropped is not None:
+                pc[:, dropped[changed]] = raw_dropped[:, changed[dropped]]  # same C order: the model's answer, not the dropping
+            agree[changed] = np.take_along_axis(pc, fused[changed].astype(np.int64)[None], axis=0)[0]
             onehot = (np.arange(k)[:, None] == fused[changed][None, :]).astype(pred.probabilities.dtype)
             pred.probabilities[:, changed] = onehot
             out = fused
@@ -86,6 +95,8 @@ def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_con
         pred.uncertainty[zs] = 0.0
     pred.labels = out
     z = pred.uncertainty.shape[0]
+    agree[zs] = 1.0
+    pred.slice_error = (1.0 - agree).reshape(z, -1).sum(1).astype(np.float64)
     pred.slice_uncertainty = pred.uncertainty.reshape(z, -1).mean(1).astype(np.float32)
     return pred
 

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout, QGr
                             QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ..annotations_autosave import AnnotationAutosave, autosave_folder, read_annotations
+from ...active.next_slice import NEXT_SLICE_NOTE
 from ..job_runner import QtJob
 from .common import (DockWidgetBase, LayerCombo, compact_combo, device_choices, image_layers, layer_volume, report_error, safe_name,
                      timestamp)
@@ -179,14 +180,14 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.suggest_list.setMaximumHeight(100)
         self.suggest_list.itemDoubleClicked.connect(lambda item: self.go_to_slice(item.data(Qt.UserRole)))
         self.next_button = QPushButton("Next slice")
-        self.next_button.setToolTip("Go to the most uncertain slice not yet annotated")
+        self.next_button.setToolTip(NEXT_SLICE_NOTE)
         self.next_button.clicked.connect(self.next_slice)
         self.accept_button = QPushButton("Accept")
         self.accept_button.setToolTip("Copy the (corrected) prediction of this slice into the annotations")
         self.accept_button.clicked.connect(self.accept_current_slice)
         review = QGroupBox("4. Review")
         rl = QVBoxLayout(review)
-        rl.addWidget(QLabel("Suggested slices (highest uncertainty score first):"))
+        rl.addWidget(QLabel("Suggested slices (where the completed outline is most likely wrong first):"))
         rl.addWidget(self.suggest_list)
         row = QHBoxLayout()
         row.addWidget(self.next_button)
@@ -652,7 +653,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.suggestions = sorted(suggestions, key=lambda s: -float(s.get("uncertainty", s.get("score", 0.0))))
         self.suggest_list.clear()
         for s in self.suggestions:
-            item = QListWidgetItem(f"slice {s['slice']}  (uncertainty score {s.get('uncertainty', s.get('score', 0)):.3f})")
+            item = QListWidgetItem(f"slice {s['slice']}  ({s.get('reason') or 'uncertainty'}; score {s.get('uncertainty', s.get('score', 0)):.3f})")
             item.setData(Qt.UserRole, int(s["slice"]))
             self.suggest_list.addItem(item)
         self._update_buttons()
