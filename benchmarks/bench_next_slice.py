@@ -226,6 +226,36 @@ def summarize_within(rows: list[dict], strategies: list[str], rounds: int) -> di
     return out
 
 
+def plot(res: dict, path: str, title: str) -> None:
+    """Left: mean Dice per round (error bars: sd over seeds); right: paired difference to the better baseline's rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summ = {k: v for k, v in res["summary"].items() if isinstance(v, dict)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for s, v in summ.items():
+        x = list(range(len(v["mean_dice_per_round"])))
+        axes[0].errorbar(x, v["mean_dice_per_round"], yerr=v["sd_over_seeds_per_round"], marker="o", capsize=3, label=s)
+        for b, ls in (("random", "--"), ("even", "-")):
+            d = v.get(f"paired_diff_vs_{b}")
+            if d:
+                axes[1].plot(x, d["per_round"], ls, marker="o", label=f"{s} - {b}")
+    axes[1].axhline(0, color="k", lw=0.8)
+    axes[1].axhline(0.03, color="gray", lw=0.8, ls=":")
+    axes[0].set_title("mean Dice (error bars: sd over seeds)", fontsize=9)
+    axes[1].set_title("paired difference (same seed, same volumes); dotted: goal +0.03", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("round (0: start)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     sc._setup_worker()
@@ -246,6 +276,7 @@ def main(argv=None) -> int:
     with open(path + ".tmp", "w") as f:
         json.dump(res, f, indent=1, default=float)
     os.replace(path + ".tmp", path)
+    plot(res, path[:-5] + ".png", f"next slice, --mode {a.mode}, {a.split} split, {len(res['scored'])} scored volumes, {a.seeds} seeds")
     print(json.dumps(res["summary"], indent=1))
     print(f"wrote {path} ({time.time() - t0:.0f} s)")
     return 0

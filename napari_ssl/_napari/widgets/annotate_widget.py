@@ -187,7 +187,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.accept_button.clicked.connect(self.accept_current_slice)
         review = QGroupBox("4. Review")
         rl = QVBoxLayout(review)
-        rl.addWidget(QLabel("Suggested slices (where the completed outline is most likely wrong first):"))
+        rl.addWidget(QLabel("Suggested slices, most likely wrong first (in tests as good as, not better than, evenly spaced slices):"))
         rl.addWidget(self.suggest_list)
         row = QHBoxLayout()
         row.addWidget(self.next_button)
