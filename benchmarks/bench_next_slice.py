@@ -181,6 +181,7 @@ def run_within(a) -> dict:
                 ann = np.zeros(lab.shape[0], bool)
                 picks = []
                 dices = []
+                done = None  # the completion of the previous round
                 for r in range(a.rounds + 1):
                     if s == "even":
                         ann = np.zeros(lab.shape[0], bool)

@@ -63,6 +63,7 @@ def main(argv=None) -> int:
                 ann = np.zeros(volume.shape[0], bool)
                 ann[start] = True
                 dices, picks = [], list(start)
+                done = None  # the completion of the previous round
                 for r in range(rounds + 1):
                     if r and strat == "even":
                         ann[:] = False
