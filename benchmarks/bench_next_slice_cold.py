@@ -75,7 +75,7 @@ def run_cold(a) -> dict:
                 for v, z in ann:
                     by_vol.setdefault(pool[v], []).append(z)
                 ts = time.time()
-                unet = train_model(list(by_vol), 0, a.cold_steps, seed * 100 + r, a, picks=by_vol)
+                unet = train_model(list(by_vol), 0, a.cold_steps, seed * 100 + r, a, picks=by_vol, class_balance=a.cold_class_balance)
                 d = evaluate(unet, scored, a.image_size)
                 dices.append(d)
                 fg = float(np.mean([fgmap[t] for t in new]))
