@@ -233,26 +233,34 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
                  min_distance: Optional[int] = None, max_per_volume: Optional[int] = None, depth_spacing: Optional[float] = None,
                  empty_slices: Optional[Sequence[Sequence[int]]] = None,
                  tta: bool = True, mc_dropout: int = 0, predictions: Optional[Sequence[Prediction]] = None,
-                 batch_size: int = 64, device: Optional[str] = None, score: Optional[str] = None) -> list[dict]:
-    """Rank the unannotated slices of several scans together (the union of their slices):
-    [{"rank", "volume", "slice", "uncertainty", "min_distance"}], best first; ``volume`` indexes `images`.
+                 batch_size: int = 64, device: Optional[str] = None, score: Optional[str] = None,
+                 encoder: Optional[PathLike] = None) -> list[dict]:
+    """Rank the unannotated slices of several scans together (the union of their slices), best first; ``volume``
+    indexes `images`.
+
+    Default (`score` None or "typiclust", benchmarks/bench_next_slice.py --mode cold): TypiClust in an encoder's slice
+    embedding (active.cold_start: the most typical slice of each group of look-alike slices not yet covered by an
+    annotation, one per scan while possible): [{"rank", "volume", "slice", "score", "reason", ...}]. The embedding comes
+    from `encoder` (a pretrained encoder folder: what the benchmark measured) or else from `model`, which may itself be
+    a pretrained encoder (the cold start, before any segmentation model exists) or a fine-tuned model (its encoder).
+
+    `score` "foreground-entropy" / "entropy": the earlier ranking by the model's uncertainty,
+    [{"rank", "volume", "slice", "uncertainty", "min_distance"}]:
 
     `labels` / `empty_slices`: one entry (or None) per image. A batch spreads over scans first
     (at most ceil(n / scans) picks per scan while that is possible), and picks in one scan keep
     `min_distance` slices apart from each other and from its annotated slices; picks in different
     scans keep `depth_spacing` apart in relative depth (slice / depth; default 0.5 / n, 0 = off).
-    `score`: "foreground-entropy" (default: entropy x P(structure), slice mean) or "entropy" (slice mean
-    predictive entropy); see active.predict.slice_scores.
-
-    Cold start: with a *pretrained encoder* folder as `model` (before any segmentation model exists), the slices are
-    picked TypiClust-style in the encoder's embedding (active.cold_start: the most typical slice of each group of
-    look-alike slices not yet covered by an annotation, one per scan while possible): [{"rank", "volume", "slice",
-    "score", "reason", ...}]."""
+    `score`: "foreground-entropy" (entropy x P(structure), slice mean) or "entropy" (slice mean
+    predictive entropy); see active.predict.slice_scores."""
     from .active.suggest import rank_pool
 
     if int(n) < 1:
         raise NapariSSLError("-n must be at least 1")
-    if _is_pretrained_encoder(model):
+    cold = _is_pretrained_encoder(model)
+    if cold and score not in (None, "typiclust"):
+        raise NapariSSLError(f"a pretrained encoder ranks by typicality (cold start); score {score!r} needs a fine-tuned model")
+    if score in (None, "typiclust"):
         from .active.cold_start import cold_start_pool
 
         vols = [i if isinstance(i, Volume) else load_volume(i) for i in images]
@@ -260,8 +268,9 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
         empt = list(empty_slices) if empty_slices is not None else [()] * len(vols)
         if len(labs) != len(vols) or len(empt) != len(vols):
             raise NapariSSLError(f"{len(vols)} image(s) but {len(labs)} label map(s) / {len(empt)} empty-slice list(s); give one per image (None for none)")
-        anns = [_annotated_for(10 ** 6, v, l, e or ()) for v, l, e in zip(vols, labs, empt)]
-        return cold_start_pool(os.fspath(model), vols, n=n, annotated=anns)
+        k = 10 ** 6 if cold else _model_classes(model)
+        anns = [_annotated_for(k, v, l, e or ()) for v, l, e in zip(vols, labs, empt)]
+        return cold_start_pool(os.fspath(encoder if encoder is not None else model), vols, n=n, annotated=anns)
     vols = [i if isinstance(i, Volume) else load_volume(i) for i in images]
     labs = list(labels) if labels is not None else [None] * len(vols)
     empt = list(empty_slices) if empty_slices is not None else [()] * len(vols)

@@ -233,7 +233,7 @@ def test_rank_pool_spreads_picks():
 
 def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
     vols = [api.load_volume(files[3][0]), api.load_volume(files[1][0])]
-    picks = api.suggest_pool(model, vols, [None, files[1][1]], n=3, tta=False)
+    picks = api.suggest_pool(model, vols, [None, files[1][1]], n=3, tta=False, score="foreground-entropy")  # the earlier default
     assert len(picks) == 3
     ann1 = api.annotated_slices(files[1][1], vols[1])
     assert all(not ann1[p["slice"]] for p in picks if p["volume"] == 1)
@@ -247,7 +247,7 @@ def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
     ann = [api.annotated_slices(files[3][1], vols[0]), ann1]
     assert all(p["image"] == [files[3][0], files[1][0]][p["volume"]] and not ann[p["volume"]][p["slice"]] for p in multi)
     preds = [api.predict(model, v) for v in vols]
-    again = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds)
+    again = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds, score="foreground-entropy")
     assert again == picks  # same ranking from precomputed predictions
     # the structure-weighted score: entropy x P(not background), slice mean
     fg = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds, score="foreground-entropy")
@@ -256,7 +256,10 @@ def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
     assert np.isclose(fg[0]["uncertainty"], expect[fg[0]["slice"]], atol=1e-6)
     with pytest.raises(NapariSSLError, match="unknown slice score"):
         api.suggest_pool(model, vols, n=1, predictions=preds, score="nope")
-    assert fg == again  # foreground-entropy is the default
+    assert fg == again
+    typ = api.suggest_pool(model, vols, [None, files[1][1]], n=3)  # the default now: typiclust in the model encoder's embedding
+    assert len(typ) == 3 and {p["volume"] for p in typ} == {0, 1} and all("reason" in p for p in typ)
+    assert all(not ann1[p["slice"]] for p in typ if p["volume"] == 1)
     plain = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds, score="entropy")
     assert np.isclose(plain[0]["uncertainty"], preds[plain[0]["volume"]].slice_uncertainty[plain[0]["slice"]], atol=1e-6)
     assert api.suggest(model, vols[0], n=2, prediction=preds[0], score="entropy") == suggest_slices(preds[0].slice_uncertainty, n=2)

@@ -1,7 +1,7 @@
 """`napari-ssl suggest`: which unannotated slices to annotate next (in one scan or over several)."""
 from __future__ import annotations
 
-HELP = "the unannotated slices to annotate next: in one scan where the completed result is most likely wrong; over several, spaced uncertainty"
+HELP = "the unannotated slices to annotate next: in one scan where the completed result is most likely wrong; over several, typical look-alike groups"
 
 
 def add_arguments(p) -> None:
@@ -17,11 +17,14 @@ def add_arguments(p) -> None:
     p.add_argument("--min-distance", type=int, help="minimum spacing in slices between suggestions in one scan (default: depth / (2 n), at least 2)")
     p.add_argument("--depth-spacing", type=float, metavar="F",
                    help="with several --image: picks in different scans keep F apart in relative depth (slice / depth; default 0.5 / n, 0 = off)")
-    p.add_argument("--score", choices=("expected-error", "gap", "foreground-entropy", "entropy"),
+    p.add_argument("--encoder", metavar="DIR", help="with several --image: the pretrained encoder whose slice embedding the default "
+                                                    "ranking (typiclust) uses (default: --model's encoder)")
+    p.add_argument("--score", choices=("expected-error", "gap", "typiclust", "foreground-entropy", "entropy"),
                    help="how a slice is ranked. One --image: expected-error (default: where the completed result - the model, the drawn slices "
                         "and the interpolation between them - is most likely wrong, benchmarks/bench_next_slice.py), gap (middle of the largest "
-                        "unannotated stretch of the predicted structure), or the uncertainty scores. Several --image: foreground-entropy "
-                        "(default: entropy x P(structure)) or entropy")
+                        "unannotated stretch of the predicted structure), or the uncertainty scores. Several --image: typiclust (default: the "
+                        "most typical slice of each group of look-alike slices not yet annotated, one per scan), foreground-entropy "
+                        "(entropy x P(structure)) or entropy")
     p.add_argument("--no-tta", action="store_true", help="single-pass uncertainty (faster, less informative)")
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="N Monte-Carlo dropout passes (per TTA variant)")
     p.add_argument("--device", help='"cpu" or "cuda" (default: cuda when available)')
@@ -52,10 +55,10 @@ def run(args) -> int:
     else:
         if args.score in ("expected-error", "gap"):
             raise NapariSSLError(f"--score {args.score} ranks the slices of one scan; with several --image use foreground-entropy or entropy")
-        if cold and args.score:
+        if cold and args.score not in (None, "typiclust"):
             raise NapariSSLError("a pretrained encoder ranks by typicality (cold start); --score needs a fine-tuned model")
         picks = api.suggest_pool(args.model, images, labels or None, n=args.n, min_distance=args.min_distance, depth_spacing=args.depth_spacing,
-                                 empty_slices=empties or None,
+                                 empty_slices=empties or None, encoder=args.encoder,
                                  tta=not args.no_tta, mc_dropout=args.mc_dropout, device=args.device, score=args.score)
         for p in picks:
             p["image"] = images[p["volume"]]
