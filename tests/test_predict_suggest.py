@@ -258,7 +258,7 @@ def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
         api.suggest_pool(model, vols, n=1, predictions=preds, score="nope")
     assert fg == again
     typ = api.suggest_pool(model, vols, [None, files[1][1]], n=3)  # the default now: typiclust in the model encoder's embedding
-    assert len(typ) == 3 and {p["volume"] for p in typ} == {0, 1} and all("reason" in p for p in typ)
+    assert len(typ) == 3 and typ[0]["volume"] == 0 and all("reason" in p for p in typ)  # scan 1 holds annotations already
     assert all(not ann1[p["slice"]] for p in typ if p["volume"] == 1)
     plain = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds, score="entropy")
     assert np.isclose(plain[0]["uncertainty"], preds[plain[0]["volume"]].slice_uncertainty[plain[0]["slice"]], atol=1e-6)

@@ -21,16 +21,27 @@ from ..errors import NapariSSLError
 
 def load_encoder(encoder_dir: str):
     """(encoder module in eval mode, meta) from a pretrained-encoder folder (or a fine-tuned model folder)."""
+    from ..models.checkpoint import load_weights, read_meta
     from ..models.unet import adapt_in_channels, build_encoder
-    from ..train.finetune import _load_pretrained_encoder, _strict_load
 
-    sd, meta = _load_pretrained_encoder(os.fspath(encoder_dir))
+    path = os.fspath(encoder_dir)
+    meta = read_meta(path)
+    if os.path.isfile(os.path.join(path, "encoder.safetensors")):
+        sd, _ = load_weights(path, name="encoder")
+    elif meta.get("kind") == "segmentation":
+        full, _ = load_weights(path, name="model")
+        sd = {k[len("encoder."):]: v for k, v in full.items() if k.startswith("encoder.")}
+    else:
+        raise NapariSSLError(f"{path} holds no encoder weights (encoder.safetensors or a fine-tuned model.safetensors)")
     enc_name = meta.get("encoder_name") or meta.get("encoder")
     if not enc_name:
-        raise NapariSSLError(f"{encoder_dir}: no encoder name in its model.json")
+        raise NapariSSLError(f"{path}: no encoder name in its model.json")
     ch = int(meta.get("in_channels") or 1)
     enc = build_encoder(enc_name, in_channels=ch)
-    _strict_load(enc, adapt_in_channels(sd, ch), "encoder", os.fspath(encoder_dir))
+    try:
+        enc.load_state_dict(adapt_in_channels(sd, ch), strict=True)
+    except RuntimeError as exc:
+        raise NapariSSLError(f"{path}: encoder weights do not fit {enc_name} ({str(exc).strip().splitlines()[0][:160]})") from None
     return enc.eval(), meta
 
 
