@@ -187,7 +187,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.accept_button.clicked.connect(self.accept_current_slice)
         review = QGroupBox("4. Review")
         rl = QVBoxLayout(review)
-        rl.addWidget(QLabel("Suggested slices, most likely wrong first (in tests as good as, not better than, evenly spaced slices):"))
+        rl.addWidget(QLabel("Suggested slices, most likely wrong first\n(in tests as good as evenly spaced slices, not better):"))
         rl.addWidget(self.suggest_list)
         row = QHBoxLayout()
         row.addWidget(self.next_button)
