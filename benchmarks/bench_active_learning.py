@@ -168,7 +168,7 @@ def pick_suggest(pool, picks, n, model_dir, args, variant: str = "suggest") -> l
         sparse[zs] = gt[zs]
         labels.append(sparse)
         empties.append([z for z in zs if not gt[z].any()])
-    extra = {"suggest": {},  # the product's defaults (foreground-weighted entropy since the run on record)
+    extra = {"suggest": {"score": "foreground-entropy"},  # the product's default at the run on record (since issue 14: typiclust)
              "suggest-entropy": {"score": "entropy"},  # the earlier default: plain slice-mean entropy
              "suggest-v1": {"depth_spacing": 0.0, "score": "entropy"},  # first version: spacing within a volume + per-volume cap only
              "suggest-fg": {"score": "foreground-entropy"},  # uncertainty where the structure may be

@@ -204,41 +204,73 @@ def _model_classes(model: PathLike) -> int:
 def suggest(model: PathLike, image: ImageLike, labels: Optional[LabelsLike] = None, *, n: int = 5, min_distance: Optional[int] = None,
             empty_slices: Sequence[int] = (), tta: bool = True, mc_dropout: int = 0, prediction: Optional[Prediction] = None,
             device: Optional[str] = None, score: Optional[str] = None) -> list[dict]:
-    """The unannotated slices to annotate next, best first: [{"rank", "slice", "uncertainty", "min_distance"}].
+    """The unannotated slices of this study to annotate next, best first: [{"rank", "slice", "score", "reason", ...}].
 
-    Pass `prediction` to reuse one already computed. `score`: how a slice is ranked, "foreground-entropy"
-    (default) or "entropy" (see active.predict.slice_scores); "uncertainty" in the answer is that score."""
-    from .active.predict import slice_scores
-    from .active.suggest import suggest_slices
+    `score`: how a slice is ranked (active.next_slice): "expected-error" (default: where the completed result, the
+    model with the user's slices and the interpolation between them, is most likely wrong under the model's own
+    probabilities, summed over +-2 slices), "gap" (the middle of the largest unannotated stretch of the predicted
+    structure), or the earlier uncertainty scores "foreground-entropy" / "entropy" (their answer also holds
+    "uncertainty" and "min_distance"). Pass `prediction` to reuse one already computed (with the labels folded in,
+    as :func:`predict` with `labels` gives it)."""
+    from .active.next_slice import suggest_in_study
 
     if int(n) < 1:
         raise NapariSSLError("-n must be at least 1")
     vol = image if isinstance(image, Volume) else load_volume(image)
     ann = _annotated_for(_model_classes(model), vol, labels, empty_slices)
-    pred = prediction or predict(model, vol, tta=tta, mc_dropout=mc_dropout, device=device)
+    lab = None
+    if labels is not None:
+        from .train.finetune import load_labels
+
+        lab = load_labels(labels, vol)
+    pred = prediction or predict(model, vol, tta=tta, mc_dropout=mc_dropout, device=device, labels=lab, empty_slices=empty_slices)
     if pred.slice_uncertainty.shape[0] != vol.shape[0]:
         raise NapariSSLError(f"the prediction has {pred.slice_uncertainty.shape[0]} slices but the image has {vol.shape[0]}")
-    return suggest_slices(slice_scores(pred, score), ann, n=n, min_distance=min_distance)
+    return suggest_in_study(pred, ann, None if lab is None else np.asarray(lab), n=n, score=score, min_distance=min_distance)
 
 
 def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[Sequence[Optional[LabelsLike]]] = None, *, n: int = 5,
                  min_distance: Optional[int] = None, max_per_volume: Optional[int] = None, depth_spacing: Optional[float] = None,
                  empty_slices: Optional[Sequence[Sequence[int]]] = None,
                  tta: bool = True, mc_dropout: int = 0, predictions: Optional[Sequence[Prediction]] = None,
-                 batch_size: int = 64, device: Optional[str] = None, score: Optional[str] = None) -> list[dict]:
-    """Rank the unannotated slices of several scans together (the union of their slices):
-    [{"rank", "volume", "slice", "uncertainty", "min_distance"}], best first; ``volume`` indexes `images`.
+                 batch_size: int = 64, device: Optional[str] = None, score: Optional[str] = None,
+                 encoder: Optional[PathLike] = None) -> list[dict]:
+    """Rank the unannotated slices of several scans together (the union of their slices), best first; ``volume``
+    indexes `images`.
+
+    Default (`score` None or "typiclust", benchmarks/bench_next_slice.py --mode cold): TypiClust in an encoder's slice
+    embedding (active.cold_start: the most typical slice of each group of look-alike slices not yet covered by an
+    annotation, one per scan while possible): [{"rank", "volume", "slice", "score", "reason", ...}]. The embedding comes
+    from `encoder` (a pretrained encoder folder: what the benchmark measured) or else from `model`, which may itself be
+    a pretrained encoder (the cold start, before any segmentation model exists) or a fine-tuned model (its encoder).
+
+    `score` "foreground-entropy" / "entropy": the earlier ranking by the model's uncertainty,
+    [{"rank", "volume", "slice", "uncertainty", "min_distance"}]:
 
     `labels` / `empty_slices`: one entry (or None) per image. A batch spreads over scans first
     (at most ceil(n / scans) picks per scan while that is possible), and picks in one scan keep
     `min_distance` slices apart from each other and from its annotated slices; picks in different
     scans keep `depth_spacing` apart in relative depth (slice / depth; default 0.5 / n, 0 = off).
-    `score`: "foreground-entropy" (default: entropy x P(structure), slice mean) or "entropy" (slice mean
+    `score`: "foreground-entropy" (entropy x P(structure), slice mean) or "entropy" (slice mean
     predictive entropy); see active.predict.slice_scores."""
     from .active.suggest import rank_pool
 
     if int(n) < 1:
         raise NapariSSLError("-n must be at least 1")
+    cold = _is_pretrained_encoder(model)
+    if cold and score not in (None, "typiclust"):
+        raise NapariSSLError(f"a pretrained encoder ranks by typicality (cold start); score {score!r} needs a fine-tuned model")
+    if score in (None, "typiclust"):
+        from .active.cold_start import cold_start_pool
+
+        vols = [i if isinstance(i, Volume) else load_volume(i) for i in images]
+        labs = list(labels) if labels is not None else [None] * len(vols)
+        empt = list(empty_slices) if empty_slices is not None else [()] * len(vols)
+        if len(labs) != len(vols) or len(empt) != len(vols):
+            raise NapariSSLError(f"{len(vols)} image(s) but {len(labs)} label map(s) / {len(empt)} empty-slice list(s); give one per image (None for none)")
+        k = 10 ** 6 if cold else _model_classes(model)
+        anns = [_annotated_for(k, v, l, e or ()) for v, l, e in zip(vols, labs, empt)]
+        return cold_start_pool(os.fspath(encoder if encoder is not None else model), vols, n=n, annotated=anns)
     vols = [i if isinstance(i, Volume) else load_volume(i) for i in images]
     labs = list(labels) if labels is not None else [None] * len(vols)
     empt = list(empty_slices) if empty_slices is not None else [()] * len(vols)
@@ -261,6 +293,20 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
 
     return rank_pool([slice_scores(p, score) for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume,
                      depth_spacing=depth_spacing)
+
+
+def _is_pretrained_encoder(model: PathLike) -> bool:
+    """A pretraining result (pretrained encoder, no segmentation head) rather than a fine-tuned model."""
+    path = os.path.join(os.fspath(model), "model.json")
+    if not os.path.isfile(path):
+        return False
+    import json
+
+    try:
+        with open(path) as f:
+            return json.load(f).get("kind") == "pretrained-encoder"
+    except (OSError, ValueError):
+        return False
 
 
 def _opt_path(p: Optional[PathLike]) -> Optional[str]:

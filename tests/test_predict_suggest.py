@@ -164,7 +164,8 @@ def test_suggest_cli(model, files, tmp_path, capsys):
     labels, _ = _sparse_labels(files, tmp_path, annotated)
     assert list(np.flatnonzero(api.annotated_slices(labels, vol))) == sorted(annotated)
     capsys.readouterr()
-    assert main(["suggest", "--model", model, "--image", files[3][0], "--labels", labels, "--empty-slices", "0", "-n", "4", "--json"]) == 0
+    assert main(["suggest", "--model", model, "--image", files[3][0], "--labels", labels, "--empty-slices", "0", "-n", "4", "--json",
+                 "--score", "foreground-entropy"]) == 0  # the earlier default (the default now: tests/test_next_slice.py)
     picks = json.loads(capsys.readouterr().out)["suggestions"]
     assert len(picks) == 4 and [p["rank"] for p in picks] == [1, 2, 3, 4]
     assert all(set(p) == {"rank", "slice", "uncertainty", "min_distance"} for p in picks)
@@ -174,7 +175,7 @@ def test_suggest_cli(model, files, tmp_path, capsys):
     assert d >= 2 and all(p["min_distance"] == d for p in picks)  # no relaxation was needed here
     for i, a in enumerate(zs):  # spread: apart from each other and from the annotated slices
         assert all(abs(a - b) >= d for b in zs[:i] + annotated + [0])
-    # ranked by the default score (TTA entropy x P(structure), slice mean): the first pick has the highest
+    # ranked by TTA entropy x P(structure), slice mean: the first pick has the highest
     pr = api.predict(model, vol, tta=True)
     su = (pr.uncertainty * (1 - pr.probabilities[0])).reshape(vol.shape[0], -1).mean(1)
     free = [z for z in range(vol.shape[0]) if all(abs(z - a) >= d for a in annotated + [0])]
@@ -232,7 +233,7 @@ def test_rank_pool_spreads_picks():
 
 def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
     vols = [api.load_volume(files[3][0]), api.load_volume(files[1][0])]
-    picks = api.suggest_pool(model, vols, [None, files[1][1]], n=3, tta=False)
+    picks = api.suggest_pool(model, vols, [None, files[1][1]], n=3, tta=False, score="foreground-entropy")  # the earlier default
     assert len(picks) == 3
     ann1 = api.annotated_slices(files[1][1], vols[1])
     assert all(not ann1[p["slice"]] for p in picks if p["volume"] == 1)
@@ -246,7 +247,7 @@ def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
     ann = [api.annotated_slices(files[3][1], vols[0]), ann1]
     assert all(p["image"] == [files[3][0], files[1][0]][p["volume"]] and not ann[p["volume"]][p["slice"]] for p in multi)
     preds = [api.predict(model, v) for v in vols]
-    again = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds)
+    again = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds, score="foreground-entropy")
     assert again == picks  # same ranking from precomputed predictions
     # the structure-weighted score: entropy x P(not background), slice mean
     fg = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds, score="foreground-entropy")
@@ -255,11 +256,15 @@ def test_api_suggest_pool_and_prediction_reuse(model, files, tmp_path, capsys):
     assert np.isclose(fg[0]["uncertainty"], expect[fg[0]["slice"]], atol=1e-6)
     with pytest.raises(NapariSSLError, match="unknown slice score"):
         api.suggest_pool(model, vols, n=1, predictions=preds, score="nope")
-    assert fg == again  # foreground-entropy is the default
+    assert fg == again
+    typ = api.suggest_pool(model, vols, [None, files[1][1]], n=3)  # the default now: typiclust in the model encoder's embedding
+    assert len(typ) == 3 and typ[0]["volume"] == 0 and all("reason" in p for p in typ)  # scan 1 holds annotations already
+    assert all(not ann1[p["slice"]] for p in typ if p["volume"] == 1)
     plain = api.suggest_pool(model, vols, [None, files[1][1]], n=3, predictions=preds, score="entropy")
     assert np.isclose(plain[0]["uncertainty"], preds[plain[0]["volume"]].slice_uncertainty[plain[0]["slice"]], atol=1e-6)
     assert api.suggest(model, vols[0], n=2, prediction=preds[0], score="entropy") == suggest_slices(preds[0].slice_uncertainty, n=2)
-    assert api.suggest(model, vols[0], n=2, prediction=preds[0]) == suggest_slices(slice_scores(preds[0], "foreground-entropy"), n=2)
+    expected = suggest_slices(slice_scores(preds[0], "foreground-entropy"), n=2)
+    assert api.suggest(model, vols[0], n=2, prediction=preds[0], score="foreground-entropy") == expected
     # save_prediction from the API writes the source geometry too
     api.save_prediction(preds[0], files[3][0], tmp_path / "api.nii.gz", uncertainty=tmp_path / "u.nii.gz")
     _same_geometry(tmp_path / "api.nii.gz", files[3][0])

@@ -37,6 +37,9 @@ class Prediction:
     class_names: list[str]
     passes: int
     method: str
+    # with the user's labels (respect_annotation): per slice, the expected number of voxels where the completed result
+    # is wrong under the model's own probabilities (active.next_slice ranks slices by it); None otherwise
+    slice_error: Optional[np.ndarray] = None
 
 
 SLICE_SCORES = ("entropy", "foreground-entropy")

@@ -41,6 +41,18 @@ def fill_inside(out: np.ndarray, labels: np.ndarray, annotated: np.ndarray) -> n
     return out
 
 
+def _slice_disagreement(probabilities: np.ndarray, labels: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """Per slice: sum of 1 - P(label) over its voxels (slices in chunks, so no full-size temporary)."""
+    z = labels.shape[0]
+    out = np.zeros(z, np.float64)
+    k = probabilities.shape[0]
+    for a in range(0, z, chunk):
+        lab = np.clip(labels[a:a + chunk], 0, k - 1).astype(np.int64)
+        agree = np.take_along_axis(probabilities[:, a:a + chunk], lab[None], axis=0)[0]
+        out[a:a + chunk] = (1.0 - agree.astype(np.float64)).reshape(agree.shape[0], -1).sum(1)
+    return out
+
+
 def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_connected: bool = False, fill_between: bool = False):
     """`pred` (a Prediction, changed in place and returned) with the user's slices put back.
 
@@ -59,6 +71,10 @@ def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_con
     if ann.any() and int(lab[ann].max(initial=0)) >= k:
         raise NapariSSLError(f"label value {int(lab[ann].max())} has no class in the model (it predicts classes 1..{k - 1})")
     out = pred.labels
+    # per slice, the expected wrong voxels of the result under the model's probabilities as predicted (active.next_slice):
+    # the model's own answer first, then corrected where the result changes it (no full-size copy: a CT's is 300 MB)
+    err = _slice_disagreement(pred.probabilities, out)
+    dropped, raw_dropped = None, None
     if keep_connected:
         from ..data.components import keep_touching
 
@@ -66,6 +82,9 @@ def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_con
         kept = keep_touching(np.where(ann[:, None, None], seeds, out), seeds)
         dropped = (out > 0) & (kept == 0)
         if dropped.any():
+            raw_dropped = pred.probabilities[:, dropped]  # a copy: the model's own answer there
+            was = np.take_along_axis(raw_dropped, out[dropped].astype(np.int64)[None], axis=0)[0]
+            err += np.bincount(np.nonzero(dropped)[0], weights=was - raw_dropped[0], minlength=err.size)
             out = np.where(dropped, 0, out).astype(out.dtype)
             pred.probabilities[:, dropped] = 0.0
             pred.probabilities[0][dropped] = 1.0
@@ -73,6 +92,12 @@ def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_con
         fused = fill_inside(out, lab, ann)
         changed = fused != out
         if changed.any():
+            pc = pred.probabilities[:, changed]
+            if raw_dropped is not None:
+                pc[:, dropped[changed]] = raw_dropped[:, changed[dropped]]  # same C order: the model's answer, not the dropping
+            was = np.take_along_axis(pc, out[changed].astype(np.int64)[None], axis=0)[0]
+            now = np.take_along_axis(pc, fused[changed].astype(np.int64)[None], axis=0)[0]
+            err += np.bincount(np.nonzero(changed)[0], weights=was - now, minlength=err.size)
             onehot = (np.arange(k)[:, None] == fused[changed][None, :]).astype(pred.probabilities.dtype)
             pred.probabilities[:, changed] = onehot
             out = fused
@@ -86,6 +111,8 @@ def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_con
         pred.uncertainty[zs] = 0.0
     pred.labels = out
     z = pred.uncertainty.shape[0]
+    err[zs] = 0.0
+    pred.slice_error = err
     pred.slice_uncertainty = pred.uncertainty.reshape(z, -1).mean(1).astype(np.float32)
     return pred
 

@@ -86,11 +86,12 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     optional ``annotated_slices`` ((z,) bool, excluded from suggestions), ``labels`` (the user's label map: with
     ``annotated_slices``, those slices come back as drawn; ``keep_connected``), ``n`` (suggestions), ``tta`` (bool),
     ``device``. Emits ``{"type": "prediction", "labels": path, "uncertainty": path (uint8, x uncertainty_scale = 0..1),
-    "slice_uncertainty": [...], "suggestions": [{"rank", "slice", "uncertainty"}, ...]}`` before done.
+    "slice_uncertainty": [...], "suggestions": [{"rank", "slice", "score", "reason"}, ...]}`` before done
+    (``score``: the ranking, active.next_slice.suggest_in_study; default where the completed result is most likely wrong).
     """
     config = job_devices(config, "predict")
-    from ..active.predict import predict_volume, slice_scores
-    from ..active.suggest import suggest_slices
+    from ..active.next_slice import suggest_in_study
+    from ..active.predict import predict_volume
     from ..io import load_image
 
     _limit_threads(config)
@@ -109,7 +110,8 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
                           fill_between=bool(config.get("fill_between", False)), progress=_predict_progress(events),
                           roi=config.get("roi"), z_range=config.get("z_range"), seeds=config.get("seeds"))
     emit(Status("Predicting the whole image: ranking the slices to annotate next"))
-    suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
+    suggestions = suggest_in_study(pred, annotated, None if annotation is None else annotation[0], n=int(config.get("n", 5)),
+                                   score=config.get("score"))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
     # uint8 (0..255 for normalised entropy 0..1): a quarter of float32's size to write, read and show (a full CT: 78 MB, not 310)
     unc_u8 = np.clip(np.rint(pred.uncertainty * 255.0), 0, 255).astype(np.uint8)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
+from ...active.next_slice import NEXT_SLICE_NOTE
+
 
 class ReviewPanel(QGroupBox):
     """The suggestion list (double-click: ``slice_chosen(z)``) and the Next slice / Accept buttons."""
@@ -16,11 +18,11 @@ class ReviewPanel(QGroupBox):
         self.suggest_list.setMaximumHeight(100)
         self.suggest_list.itemDoubleClicked.connect(lambda item: self.slice_chosen.emit(int(item.data(Qt.UserRole))))
         self.next_button = QPushButton("Next slice")
-        self.next_button.setToolTip("Go to the most uncertain slice not yet annotated")
+        self.next_button.setToolTip(NEXT_SLICE_NOTE)
         self.accept_button = QPushButton("Accept")
         self.accept_button.setToolTip("Copy the (corrected) prediction of this slice into the annotations")
         rl = QVBoxLayout(self)
-        rl.addWidget(QLabel("Suggested slices (highest uncertainty score first):"))
+        rl.addWidget(QLabel("Suggested slices, most likely wrong first\n(in tests as good as evenly spaced slices, not better):"))
         rl.addWidget(self.suggest_list)
         row = QHBoxLayout()
         row.addWidget(self.next_button)
@@ -31,7 +33,8 @@ class ReviewPanel(QGroupBox):
         """List the suggestions ({"slice", "uncertainty" or "score"}) in the order given."""
         self.suggest_list.clear()
         for s in suggestions:
-            item = QListWidgetItem(f"slice {s['slice']}  (uncertainty score {s.get('uncertainty', s.get('score', 0)):.3f})")
+            score = s.get("uncertainty", s.get("score", 0))
+            item = QListWidgetItem(f"slice {s['slice']}  ({s.get('reason') or 'uncertainty'}; score {score:.3f})")
             item.setData(Qt.UserRole, int(s["slice"]))
             self.suggest_list.addItem(item)
 
