@@ -1,7 +1,9 @@
 """The Qt side of a child-process job: poll its event queue from the event loop, show progress in
 napari's activity dock, and hand events to widgets as Qt signals.
 
-Nothing here blocks the event loop: a QTimer drains at most a bounded number of events per tick.
+Nothing here blocks the event loop: a QTimer drains at most a bounded number of events per tick, the
+child is started from a helper thread and joined, once finished, from another (JobRunner's
+``start(background=True)`` and ``reap_in_thread``).
 Closing napari (the window's close, or the app quitting) stops running jobs, which save their last
 weights, and makes sure no child process is left behind.
 """
@@ -81,7 +83,7 @@ class QtJob(QObject):
         super().__init__(parent)
         self.label = label
         self.runner = JobRunner(target, config, label=label, stop_grace_s=stop_grace_s,
-                                nice=default_nice() if nice is None else int(nice))
+                                nice=default_nice() if nice is None else int(nice), reap_in_thread=True)
         self._viewer = weakref.ref(viewer) if viewer is not None else None
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
@@ -98,7 +100,7 @@ class QtJob(QObject):
     # -- lifecycle
     def start(self) -> "QtJob":
         global _HOOKED_QUIT
-        self.runner.start()
+        self.runner.start(background=True)  # spawning the child blocks for a while: not in the event loop
         _JOBS.add(self)
         app = QApplication.instance()
         if app is not None and not _HOOKED_QUIT:

@@ -10,6 +10,11 @@ exactly one terminal event, ``{"type": "done", ...}`` or ``{"type": "error", "me
 child dies without sending one (segfault, out-of-memory kill, SIGKILL), :meth:`poll` makes one from
 its exit code.
 
+Nothing that can block for long has to run in the caller's thread (for the viewer: its event loop):
+``start(background=True)`` starts the child from a helper thread (spawning it, the queue's semaphore and
+multiprocessing's resource tracker cost hundreds of milliseconds on a loaded machine), and with
+``reap_in_thread=True`` the finished child is joined (and if it lingers, terminated) from another one.
+
 Stopping: :meth:`request_stop` sets the stop event (the job stops at its next step and saves its last
 weights); if the child is still alive after a grace period it is terminated, then killed.
 
@@ -176,7 +181,7 @@ class JobRunner:
 
     def __init__(self, target: str | Callable, config: Any, *, label: str = "the job",
                  stop_grace_s: float = 30.0, kill_after_s: float = 5.0, nice: int = 0,
-                 orphan_exit_after_s: float = 10.0):
+                 orphan_exit_after_s: float = 10.0, reap_in_thread: bool = False):
         self.target = target_path(target)
         self.config = config
         self.label = label
@@ -192,29 +197,69 @@ class JobRunner:
         self._conn = None
         self._stop_requested_at: float | None = None
         self._terminated_at: float | None = None
+        self.reap_in_thread = reap_in_thread
+        self._started = False
+        self._lock = threading.Lock()  # request_stop vs a launch in progress
+        self._launcher: threading.Thread | None = None
+        self._launch_error: BaseException | None = None
+        self._reaper: threading.Thread | None = None
 
     # -- lifecycle
-    def start(self) -> "JobRunner":
-        if self.process is not None:
+    def start(self, background: bool = False) -> "JobRunner":
+        """Start the child; with `background`, from a helper thread (:meth:`poll` reports a failure to start)."""
+        if self._started:
             raise RuntimeError("a JobRunner runs once; make a new one")
-        self._q = _CTX.Queue()
-        self._stop = _CTX.Event()
-        reader, writer = _CTX.Pipe(duplex=False)  # the child reads; only we hold the write end
-        self.process = _CTX.Process(
-            target=_child_main, name=f"napari-ssl:{self.target.rsplit(':', 1)[-1]}",
-            args=(self.target, self.config, self._q, self._stop, os.getpid(), reader,
-                  self.orphan_exit_after_s, self.nice),
-            daemon=False)  # a daemon child could not spawn DataLoader workers
-        with _main_not_reimported(self.target):
-            self.process.start()
+        self._started = True
         _LIVE.add(self)
-        reader.close()
-        self._conn = writer
-        self._pid = self.process.pid
+        if background:
+            self._launcher = threading.Thread(target=self._launch, kwargs={"catch": True},
+                                              name="napari-ssl-job-start", daemon=True)
+            self._launcher.start()
+        else:
+            try:
+                self._launch()
+            except BaseException:
+                _LIVE.discard(self)
+                raise
         return self
+
+    def _launch(self, catch: bool = False) -> None:
+        try:
+            q = _CTX.Queue()
+            stop = _CTX.Event()
+            with self._lock:
+                self._stop = stop
+                if self._stop_requested_at is not None:
+                    stop.set()
+            reader, writer = _CTX.Pipe(duplex=False)  # the child reads; only we hold the write end
+            process = _CTX.Process(
+                target=_child_main, name=f"napari-ssl:{self.target.rsplit(':', 1)[-1]}",
+                args=(self.target, self.config, q, stop, os.getpid(), reader,
+                      self.orphan_exit_after_s, self.nice),
+                daemon=False)  # a daemon child could not spawn DataLoader workers
+            with _main_not_reimported(self.target):
+                process.start()
+            reader.close()
+            self._q, self._conn, self._pid = q, writer, process.pid
+            self.process = process  # last: poll() reads the child's queue once this is set
+        except BaseException as exc:  # noqa: BLE001
+            if not catch:
+                raise
+            self._launch_error = exc
+
+    def _join_launcher(self, timeout: float | None = 60.0) -> None:
+        if self._launcher is not None and self._launcher is not threading.current_thread():
+            self._launcher.join(timeout)
+
+    @property
+    def starting(self) -> bool:
+        """Started in the background and the child not launched yet."""
+        return self._launcher is not None and self._launcher.is_alive()
 
     @property
     def pid(self) -> int | None:
+        """The child's process id (waits for a background start to finish)."""
+        self._join_launcher()
         return getattr(self, "_pid", None)
 
     def is_alive(self) -> bool:
@@ -223,13 +268,15 @@ class JobRunner:
     @property
     def running(self) -> bool:
         """Started and no terminal event delivered yet."""
-        return self.process is not None and not self.finished
+        return self._started and not self.finished
 
     def request_stop(self) -> None:
         """Ask the job to stop at its next step and save; poll() enforces the grace period."""
-        if self._stop is not None and self._stop_requested_at is None:
-            self._stop.set()
-            self._stop_requested_at = time.monotonic()
+        with self._lock:
+            if self._stop_requested_at is None:
+                self._stop_requested_at = time.monotonic()
+                if self._stop is not None:
+                    self._stop.set()
 
     @property
     def stop_requested(self) -> bool:
@@ -239,7 +286,13 @@ class JobRunner:
     def poll(self, max_events: int = 1000) -> list[dict]:
         """Events that arrived since the last call (non-blocking), plus a made-up error if the child died."""
         out: list[dict] = []
-        if self.process is None or self.finished:
+        if self.finished:
+            return out
+        if self.process is None:
+            if self._launch_error is not None and not self.starting:
+                ev = {"type": "error", "message": f"{self.label} could not start: {_one_line(self._launch_error)}"}
+                out.append(ev)
+                self._finish(ev)
             return out
         if self._drain(out, max_events):
             return out
@@ -282,6 +335,19 @@ class JobRunner:
         _LIVE.discard(self)
         self.finished = True
         self.result = ev
+        if self.reap_in_thread and self.process is not None:
+            # joining the child blocks until it has torn down (torch, the queue's feeder): seconds on a loaded machine
+            self._reaper = threading.Thread(target=self._reap, name="napari-ssl-job-reaper", daemon=False)
+            self._reaper.start()
+        else:
+            self._reap()
+
+    def join_reaper(self, timeout: float | None = None) -> None:
+        """Wait until the finished child has been joined (when that happens in a thread: ``reap_in_thread``)."""
+        if self._reaper is not None:
+            self._reaper.join(timeout)
+
+    def _reap(self) -> None:
         if self.process is not None:
             self.process.join(2.0)
             if self.process.is_alive():  # reported done but lingers (e.g. stuck in teardown)
@@ -315,12 +381,14 @@ class JobRunner:
             if deadline is not None and time.monotonic() > deadline:
                 return None
             time.sleep(interval)
+        self.join_reaper()
         return self.result
 
     def stop(self, grace_s: float | None = None, on_event: Callable[[dict], None] | None = None) -> dict | None:
         """Blocking stop: ask, wait up to the grace period, then terminate / kill. Returns the terminal event."""
-        if self.process is None:
+        if not self._started:
             return None
+        self._join_launcher()
         if grace_s is not None:
             self.stop_grace_s = grace_s
         self.request_stop()
@@ -337,7 +405,8 @@ class JobRunner:
     def _close(self) -> None:
         for obj in (self._conn,):
             try:
-                obj.close()
+                if obj is not None:
+                    obj.close()
             except Exception:
                 pass
         try:
