@@ -519,6 +519,18 @@ class AnnotateTrainWidget(DockWidgetBase):
             done=lambda small: self._start_job(small, how), failed=self._start_failed)
         if self.fill_between_auto and self._filling is None:
             self.fill_between(quiet=True)
+        self._prepare_result_layers()
+
+    def _prepare_result_layers(self) -> None:
+        """The result layers, made now (hidden, one per event-loop turn) so that results only swap data in."""
+        base, cmap = self.image_layer.name, class_colormap(self.class_colours())
+        dtype = self.labels_layer.data.dtype
+        wanted = [(base + UNCERTAINTY_SUFFIX, "uncertainty", np.uint8, {}),
+                  (base + PREDICTION_SUFFIX, "prediction", dtype, {"colormap": cmap, "metadata": self._result_meta(prediction_of=base)})]
+        if self._filling is not None and self._filling.running:
+            wanted.insert(0, (base + FILL_BETWEEN_SUFFIX, "fill between", dtype,
+                              {"colormap": cmap, "metadata": self._result_meta(fill_between_of=base)}))
+        result_layers.prepare(self.viewer, self._staged, self.labels_layer, self.image_layer, wanted)
 
     def _start_failed(self, message: str) -> None:
         self.progress_bar.setVisible(False)
@@ -574,6 +586,8 @@ class AnnotateTrainWidget(DockWidgetBase):
 
     def _finish(self, ev: dict) -> None:
         self._finish_pending = None
+        if self.image_layer is not None:  # no prediction came (error, stopped early): no layers left waiting for one
+            result_layers.drop_placeholders(self.viewer, self._staged, [self.image_layer.name + s for s in (PREDICTION_SUFFIX, UNCERTAINTY_SUFFIX)])
         self.last_result = ev
         self.train_button.setEnabled(True)
         self.train_button.setText("Train again" if self.last_model else "Train")
@@ -592,7 +606,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         """Read the prediction's arrays in the results thread, then show them one layer per event-loop turn."""
         self.status.setText("Prediction ready; loading it into the viewer...")
         self._loading = result_layers.BackgroundCall(
-            result_layers.read_prediction_arrays, (ev["labels"], ev["uncertainty"]),
+            result_layers.read_prediction_arrays, (ev["labels"], ev["uncertainty"], self.labels_layer.data.dtype),
             done=lambda arrays: self._stage_prediction(ev, *arrays), failed=self._error, parent=self)
 
     def _result_meta(self, **extra) -> dict:
@@ -600,52 +614,44 @@ class AnnotateTrainWidget(DockWidgetBase):
                 "volume": self.labels_layer.metadata.get("volume")}
 
     def _stage_prediction(self, ev: dict, labels: np.ndarray, unc: np.ndarray) -> None:
-        import napari.layers
-
         base = self.image_layer.name
         geo = {"scale": tuple(self.image_layer.scale), "translate": tuple(self.image_layer.translate)}
         meta = self._result_meta(prediction_of=base, model=ev.get("model"))
         pname, uname = base + PREDICTION_SUFFIX, base + UNCERTAINTY_SUFFIX
         names = ["background", *self.class_names()]
 
+        # each step its own event-loop turn: data into the (hidden, made at the click) layer, then showing it
         def uncertainty() -> None:
-            if uname in self.viewer.layers:
-                ul = self.viewer.layers[uname]
-                ul.data = unc
-                ul.contrast_limits = (0, result_layers.UNCERTAINTY_LEVELS)
-            else:
-                ul = napari.layers.Image(unc, name=uname, colormap=result_layers.uncertainty_colormap(), blending="translucent",
-                                         opacity=0.8, contrast_limits=(0, result_layers.UNCERTAINTY_LEVELS),
-                                         metadata={"napari_ssl_preview": True, "uncertainty_scale": 1.0 / result_layers.UNCERTAINTY_LEVELS},
-                                         **geo)
-                result_layers.insert_below(self.viewer, ul, self.labels_layer)
-            ul.visible = True
+            if result_layers.claim(self.viewer, uname, unc) is None:
+                result_layers.insert_below(self.viewer, result_layers.new_layer("uncertainty", unc, name=uname, geo=geo),
+                                           self.labels_layer)
 
         def prediction() -> None:
-            if pname in self.viewer.layers:
-                pl = self.viewer.layers[pname]
-                pl.data = labels.astype(pl.data.dtype, copy=False)
-                pl.metadata.update(meta)
-            else:
-                pl = napari.layers.Labels(labels, name=pname, opacity=1.0, metadata=meta,
-                                          colormap=class_colormap(self.class_colours()), **geo)
-                pl.contour = result_layers.outline_width(labels.shape)
+            pl = result_layers.claim(self.viewer, pname, labels)
+            if pl is None:
+                pl = result_layers.new_layer("prediction", labels, name=pname, geo=geo, metadata=meta,
+                                             colormap=class_colormap(self.class_colours()))
                 result_layers.insert_below(self.viewer, pl, self.labels_layer)
+            pl.metadata.update(meta)
             pl.colormap = class_colormap(self.class_colours())
             pl.features = {"index": np.arange(len(names)), "name": names}
+
+        def show(name: str) -> None:
+            if name in self.viewer.layers:
+                self.viewer.layers[name].visible = True
 
         def review() -> None:
             fill = self.viewer.layers[base + FILL_BETWEEN_SUFFIX] if base + FILL_BETWEEN_SUFFIX in self.viewer.layers else None
             self._shown_round = self._train_round
             if fill is not None:
                 fill.visible = False  # the model's answer replaces the instant one on screen (the layer stays)
-            if self.labels_layer is not None and self.viewer.layers.selection.active is not self.labels_layer:
+            if self.labels_layer is not None and not result_layers.same_layer(self.viewer.layers.selection.active, self.labels_layer):
                 self.viewer.layers.selection.active = self.labels_layer  # keep painting on the annotations
             self._show_suggestions(ev.get("suggestions") or [])
             if self._finish_pending is not None:
                 self._finish(self._finish_pending)
 
-        self._staged.add(uncertainty, prediction, review)
+        self._staged.add(uncertainty, lambda: show(uname), prediction, lambda: show(pname), review)
 
     def _show_suggestions(self, suggestions: list[dict]) -> None:
         """The suggested slices, listed in the order of the score shown beside them (highest first)."""
@@ -694,28 +700,29 @@ class AnnotateTrainWidget(DockWidgetBase):
         self._error(f"fill between slices: {message}")
 
     def _show_fill_between(self, filled: np.ndarray, image, labels_layer, hide_from_round: int | None = None) -> None:
-        import napari.layers
-
         self.fill_button.setEnabled(self.labels_layer is not None)
         if image is None or image not in self.viewer.layers:
             return
         name = image.name + FILL_BETWEEN_SUFFIX
         colours = self.class_colours()
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = filled.astype(layer.data.dtype, copy=False)
-        else:
-            layer = napari.layers.Labels(filled, name=name, opacity=0.35, colormap=class_colormap(colours),
-                                         scale=tuple(image.scale), translate=tuple(image.translate),
-                                         metadata=self._result_meta(fill_between_of=image.name))
+        layer = result_layers.claim(self.viewer, name, filled)
+        if layer is None:
+            layer = result_layers.new_layer("fill between", filled, name=name, colormap=class_colormap(colours),
+                                            geo={"scale": tuple(image.scale), "translate": tuple(image.translate)},
+                                            metadata=self._result_meta(fill_between_of=image.name))
             result_layers.insert_below(self.viewer, layer, labels_layer)
             if labels_layer is not None and labels_layer in self.viewer.layers:
                 self.viewer.layers.selection.active = labels_layer
-        layer.visible = hide_from_round is None or self._shown_round < hide_from_round
+        if layer.visible != (hide_from_round is None or self._shown_round < hide_from_round):  # showing it is its own event-loop turn (it draws the slice)
+            self._staged.add(lambda: self._show_fill_layer(layer, hide_from_round))
         names = ["background", *self.class_names()]
         layer.features = {"index": np.arange(len(names)), "name": names}
         if not self.running:
             self.status.setText(f"Fill between slices: layer {name!r} (no training; annotated slices as drawn).")
+
+    def _show_fill_layer(self, layer, hide_from_round: int | None) -> None:
+        if layer in self.viewer.layers:  # (the prediction of that round may have come meanwhile: then it stays hidden)
+            layer.visible = hide_from_round is None or self._shown_round < hide_from_round
 
     # --- review
     def prediction_layer(self):
