@@ -448,11 +448,11 @@ class AnnotateTrainWidget(DockWidgetBase):
         # viewer frozen); the job trains on the copy of the layer's data taken below
         self.autosave.save_pending()
         image = layer_volume(self.image_layer)
-        labels = np.asarray(self.labels_layer.data)
+        labels = np.array(self.labels_layer.data, copy=True)  # one snapshot, shared by training, prediction, fill between
         name = safe_name(self.image_layer.name, "image")
         out = runs_dir() / f"model-{name}-{timestamp()}"
         ft = {
-            "images": [image], "labels": [labels.copy()], "out": str(out),
+            "images": [image], "labels": [labels], "out": str(out),
             "classes": self.class_names(), "empty_slices": [self.empty_slices()],
             "steps": int(self.steps.value()) or None, "batch_size": int(self.batch_size.value()),
             "image_size": int(self.image_size.value()) or None,
@@ -466,7 +466,7 @@ class AnnotateTrainWidget(DockWidgetBase):
             ft["init_model" if kind == "model" else "encoder_weights"] = self.init_combo.currentData()
         cfg = {"finetune": ft,
                "predict": {"image": image, "out": str(runs_dir() / ".predictions" / out.name),
-                           "annotated_slices": mask, "labels": labels.copy(), "keep_connected": self.semi_supervised.isChecked(),
+                           "annotated_slices": mask, "labels": labels, "keep_connected": self.semi_supervised.isChecked(),
                            "fill_between": self.semi_supervised.isChecked(),
                            "n": 5, "device": self.device.currentData() or "cpu"}}
         if self.threads:
@@ -518,7 +518,7 @@ class AnnotateTrainWidget(DockWidgetBase):
             offload_arrays, (config, staging), parent=self,
             done=lambda small: self._start_job(small, how), failed=self._start_failed)
         if self.fill_between_auto and self._filling is None:
-            self.fill_between(quiet=True)
+            self.fill_between(quiet=True, snapshot=(config["predict"]["labels"], config["predict"]["annotated_slices"]))
         self._prepare_result_layers()
 
     def _prepare_result_layers(self) -> None:
@@ -664,7 +664,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         self._update_buttons()
 
     # --- fill between slices: the instant result
-    def fill_between(self, quiet: bool = False) -> bool:
+    def fill_between(self, quiet: bool = False, snapshot: tuple | None = None) -> bool:
         """Start "Fill between slices" on the annotations (in the results thread); its layer appears when done.
 
         Needs two annotated slices holding labels; `quiet` (the automatic start with Train) skips the error."""
@@ -674,8 +674,8 @@ class AnnotateTrainWidget(DockWidgetBase):
             return False
         if self._filling is not None and self._filling.running:
             return False
-        labels = np.array(self.labels_layer.data, copy=True)
-        mask = self.annotated_mask()
+        # `snapshot`: (labels, annotated mask) already taken by the caller (Train): not copied again in the event loop
+        labels, mask = snapshot if snapshot is not None else (np.array(self.labels_layer.data, copy=True), self.annotated_mask())
         with_labels = int(labels.reshape(labels.shape[0], -1).any(axis=1).sum())
         if with_labels < 2:
             if not quiet:
