@@ -16,7 +16,7 @@ from typing import Any, Callable
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
-from ..train.runner import JobRunner
+from ..train.runner import JobRunner, warm_up_helpers
 
 _JOBS: "weakref.WeakSet[QtJob]" = weakref.WeakSet()
 _HOOKED_QUIT = False
@@ -106,8 +106,9 @@ class QtJob(QObject):
         if app is not None and not _HOOKED_QUIT:
             app.aboutToQuit.connect(_stop_all_on_quit)
             _HOOKED_QUIT = True
-        self._open_progress()
-        self._register_with_window()
+        # each its own event-loop turn after the click's (napari's activity dock builds a progress bar widget)
+        QTimer.singleShot(0, self._open_progress)
+        QTimer.singleShot(0, self._register_with_window)
         self._timer.start()
         return self
 
@@ -163,6 +164,8 @@ class QtJob(QObject):
 
     # -- napari activity dock
     def _open_progress(self) -> None:
+        if getattr(self, "_finished_sent", False):
+            return
         try:
             from napari.utils import cancelable_progress
 
@@ -208,6 +211,8 @@ class QtJob(QObject):
     def _register_with_window(self) -> None:
         # napari's task registry is private (it warns that it may go away); without it, quitting the app
         # (aboutToQuit), this process exiting (atexit) and the child's parent watch still stop the job.
+        if getattr(self, "_finished_sent", False):
+            return
         viewer = self._viewer() if self._viewer else None
         window = getattr(viewer, "window", None)
         try:
@@ -238,3 +243,6 @@ class QtJob(QObject):
         except Exception:
             pass
         self._task_id = None
+
+
+warm_up_helpers()  # the thread that starts and joins job children exists before the first Train / Start click

@@ -34,10 +34,27 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any, Callable
 
 TERMINAL = ("done", "error")
 _CTX = mp.get_context("spawn")
+_HELPERS: ThreadPoolExecutor | None = None
+
+
+def helpers() -> ThreadPoolExecutor:
+    """The threads that start and join children. A pool, so its threads outlive one job: on a loaded
+    machine, starting a thread (Thread.start waits until it runs) took up to 0.2 s of the caller's time."""
+    global _HELPERS
+    if _HELPERS is None:
+        _HELPERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="napari-ssl-job-helper")
+    return _HELPERS
+
+
+def warm_up_helpers() -> None:
+    """Start a helper thread now (e.g. when the viewer's widgets load), not at the first job's start."""
+    helpers().submit(int)
 _LIVE: "set[JobRunner]" = set()  # started and not finished: stopped cleanly when this process exits
 
 
@@ -200,9 +217,9 @@ class JobRunner:
         self.reap_in_thread = reap_in_thread
         self._started = False
         self._lock = threading.Lock()  # request_stop vs a launch in progress
-        self._launcher: threading.Thread | None = None
+        self._launcher: Future | None = None
         self._launch_error: BaseException | None = None
-        self._reaper: threading.Thread | None = None
+        self._reaper: Future | None = None
 
     # -- lifecycle
     def start(self, background: bool = False) -> "JobRunner":
@@ -212,9 +229,7 @@ class JobRunner:
         self._started = True
         _LIVE.add(self)
         if background:
-            self._launcher = threading.Thread(target=self._launch, kwargs={"catch": True},
-                                              name="napari-ssl-job-start", daemon=True)
-            self._launcher.start()
+            self._launcher = helpers().submit(self._launch, catch=True)
         else:
             try:
                 self._launch()
@@ -248,13 +263,13 @@ class JobRunner:
             self._launch_error = exc
 
     def _join_launcher(self, timeout: float | None = 60.0) -> None:
-        if self._launcher is not None and self._launcher is not threading.current_thread():
-            self._launcher.join(timeout)
+        if self._launcher is not None:
+            wait_futures([self._launcher], timeout)
 
     @property
     def starting(self) -> bool:
         """Started in the background and the child not launched yet."""
-        return self._launcher is not None and self._launcher.is_alive()
+        return self._launcher is not None and not self._launcher.done()
 
     @property
     def pid(self) -> int | None:
@@ -337,15 +352,14 @@ class JobRunner:
         self.result = ev
         if self.reap_in_thread and self.process is not None:
             # joining the child blocks until it has torn down (torch, the queue's feeder): seconds on a loaded machine
-            self._reaper = threading.Thread(target=self._reap, name="napari-ssl-job-reaper", daemon=False)
-            self._reaper.start()
+            self._reaper = helpers().submit(self._reap)
         else:
             self._reap()
 
     def join_reaper(self, timeout: float | None = None) -> None:
         """Wait until the finished child has been joined (when that happens in a thread: ``reap_in_thread``)."""
         if self._reaper is not None:
-            self._reaper.join(timeout)
+            wait_futures([self._reaper], timeout)
 
     def _reap(self) -> None:
         if self.process is not None:

@@ -323,6 +323,7 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.autosave.save_now()
         self.update_count()
         self._update_buttons()
+        self._prepare_result_layers()
 
     def _autosave_meta(self) -> dict:
         vol = layer_volume(self.image_layer) if self.image_layer is not None else None
@@ -522,15 +523,18 @@ class AnnotateTrainWidget(DockWidgetBase):
         self._prepare_result_layers()
 
     def _prepare_result_layers(self) -> None:
-        """The result layers, made now (hidden, one per event-loop turn) so that results only swap data in."""
+        """The result layers, made ahead (hidden, one per event-loop turn; when the labels layer is bound, and
+        again at Train for any the user removed) so that a result arriving only swaps its data in."""
+        if self.image_layer is None or self.labels_layer is None:
+            return
+        if getattr(self, "_preparing", None) is None:
+            self._preparing = result_layers.StagedSteps(self)  # its own queue: Train need not wait for it
         base, cmap = self.image_layer.name, class_colormap(self.class_colours())
         dtype = self.labels_layer.data.dtype
-        wanted = [(base + UNCERTAINTY_SUFFIX, "uncertainty", np.uint8, {}),
+        wanted = [(base + FILL_BETWEEN_SUFFIX, "fill between", dtype, {"colormap": cmap, "metadata": self._result_meta(fill_between_of=base)}),
+                  (base + UNCERTAINTY_SUFFIX, "uncertainty", np.uint8, {}),
                   (base + PREDICTION_SUFFIX, "prediction", dtype, {"colormap": cmap, "metadata": self._result_meta(prediction_of=base)})]
-        if self._filling is not None and self._filling.running:
-            wanted.insert(0, (base + FILL_BETWEEN_SUFFIX, "fill between", dtype,
-                              {"colormap": cmap, "metadata": self._result_meta(fill_between_of=base)}))
-        result_layers.prepare(self.viewer, self._staged, self.labels_layer, self.image_layer, wanted)
+        result_layers.prepare(self.viewer, self._preparing, self.labels_layer, self.image_layer, wanted)
 
     def _start_failed(self, message: str) -> None:
         self.progress_bar.setVisible(False)
@@ -586,8 +590,6 @@ class AnnotateTrainWidget(DockWidgetBase):
 
     def _finish(self, ev: dict) -> None:
         self._finish_pending = None
-        if self.image_layer is not None:  # no prediction came (error, stopped early): no layers left waiting for one
-            result_layers.drop_placeholders(self.viewer, self._staged, [self.image_layer.name + s for s in (PREDICTION_SUFFIX, UNCERTAINTY_SUFFIX)])
         self.last_result = ev
         self.train_button.setEnabled(True)
         self.train_button.setText("Train again" if self.last_model else "Train")
