@@ -429,6 +429,7 @@ def run_ct(args) -> dict:
     import napari
     import numpy as np
     import torch
+    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
     from napari_ssl._napari.widgets.annotate_widget import AnnotateTrainWidget
@@ -444,16 +445,26 @@ def run_ct(args) -> dict:
     widget = AnnotateTrainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Annotate & Train")
     widget.image_combo.select(image.name)
-    labels = widget.create_labels_layer()
+    probe = Probe()
+    stalls = probe.watch_stalls()
+    native_stalls = probe.dump_native_stalls()
+    t_open_settle = time.perf_counter() + 2
+    pump_until(app, lambda: time.perf_counter() >= t_open_settle, 30, "the viewer to settle")
+    # the click on "Create labels layer" (the result layers are made, hidden, in the turns after it): measured
+    # too, since that is where layer creation now happens
+    made: dict = {}
+    native_stalls.clear()
+    QTimer.singleShot(0, lambda: made.setdefault("labels", widget.create_labels_layer()))
+    create_lat = probe.record_until(app, lambda: "labels" in made and getattr(widget, "_preparing", None) is not None
+                                    and not widget._preparing.busy, tail_s=1.0, timeout_s=120)
+    create_native = list(native_stalls)
+    labels = made["labels"]
     zs = paint_blobs(image, labels)
     widget.go_to_slice(zs[1])
     widget.update_count()
     widget.steps.setValue(args.ct_steps)
     if args.ct_image_size:
         widget.image_size.setValue(args.ct_image_size)
-    probe = Probe()
-    stalls = probe.watch_stalls()
-    native_stalls = probe.dump_native_stalls()
     t_settle = time.perf_counter() + 3
     pump_until(app, lambda: time.perf_counter() >= t_settle, 30, "the viewer to settle")
     idle = probe.record(app, args.seconds)
@@ -494,8 +505,6 @@ def run_ct(args) -> dict:
     def click_and_wait() -> list[float]:
         QTimer.singleShot(0, widget.train_button.click)  # the click, as the first thing the measured window sees
         return probe.record_until(app, done, tail_s=1.0, timeout_s=args.ct_timeout)
-
-    from qtpy.QtCore import QTimer
 
     stalls.clear()
     native_stalls.clear()
@@ -568,9 +577,13 @@ def run_ct(args) -> dict:
                     "python": platform.python_version(), "torch": torch.__version__, "napari": napari.__version__},
         "goal": {"p99_time_ms_below": GOAL_P99_MS, "max_ms_below": GOAL_MAX_MS},
         "goal_met": {"p99_time": product.get("p99_time_ms", 1e9) < GOAL_P99_MS, "max": product.get("max_ms", 1e9) < GOAL_MAX_MS},
-        "summary": {"idle": percentiles(idle), "click_to_layers": {k: v for k, v in product.items() if k != "samples_ms"},
+        "summary": {"idle": percentiles(idle),
+                    "create_labels_layer": {**percentiles(create_lat), "stalls_over_300ms_native_dump": create_native},
+                    "click_to_layers": {k: v for k, v in product.items() if k != "samples_ms"},
                     "baseline_synchronous_arrival": {k: v for k, v in baseline.items() if k != "samples_ms"}},
-        "runs": [{"mode": "idle", "samples_ms": [round(v, 3) for v in idle]}, {"mode": "click_to_layers", **product},
+        "runs": [{"mode": "idle", "samples_ms": [round(v, 3) for v in idle]},
+                 {"mode": "create_labels_layer", "samples_ms": [round(v, 3) for v in create_lat]},
+                 {"mode": "click_to_layers", **product},
                  {"mode": "baseline_synchronous_arrival", **baseline}],
     }
 
@@ -599,7 +612,8 @@ def plot_ct(result: dict, path: Path) -> None:
     import numpy as np
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colours = {"idle": "#888888", "click_to_layers": "#1f77b4", "baseline_synchronous_arrival": "#d62728"}
+    colours = {"idle": "#888888", "create_labels_layer": "#ff7f0e", "click_to_layers": "#1f77b4",
+               "baseline_synchronous_arrival": "#d62728"}
     for r in result["runs"]:
         a = np.asarray(r["samples_ms"], float)
         if a.size == 0:
@@ -705,6 +719,9 @@ def main(argv=None) -> int:
         s = result["summary"]
         c, b = s["click_to_layers"], s["baseline_synchronous_arrival"]
         print(f"idle: p99(time) {s['idle']['p99_time_ms']:.1f} ms, max {s['idle']['max_ms']:.1f} ms")
+        cl = s["create_labels_layer"]
+        print(f"'Create labels layer' click, the result layers made after it: p99(time) {cl['p99_time_ms']:.1f} ms, "
+              f"max {cl['max_ms']:.1f} ms over {cl['window_s']:.1f} s")
         print(f"click to layers ({c['click_to_layers_shown_s']} s): p99(time) {c['p99_time_ms']:.1f} ms, p99(ticks) {c['p99_ms']:.1f} ms, "
               f"max {c['max_ms']:.1f} ms (goals p99 < {GOAL_P99_MS:g}, max < {GOAL_MAX_MS:g}: {result['goal_met']})")
         print(f"baseline (former synchronous arrival): one block of {b['synchronous_block_ms']:.0f} ms, max lateness {b['max_ms']:.1f} ms")

@@ -201,6 +201,7 @@ def prepare(viewer, staged: StagedSteps, below, image, wanted: list[tuple[str, s
     shape and sit under `below` (the annotations)."""
     shape = tuple(np.shape(image.data))
     geo = {"scale": tuple(image.scale), "translate": tuple(image.translate)}
+    executor().submit(int)  # its thread started now, not at Train (Thread.start waits for the thread to run)
 
     def make(name: str, kind: str, dtype, kw: dict) -> None:
         if name in viewer.layers or waiting_name(name) in viewer.layers or image not in viewer.layers:
