@@ -53,7 +53,9 @@ def class_colormap(colors: list[str]):
 def annotated_slice_mask(labels: np.ndarray, empty_slices) -> np.ndarray:
     """(z,) bool: slices holding any label, or marked annotated-empty."""
     a = np.asarray(labels)
-    mask = a.reshape(a.shape[0], -1).any(axis=1)
+    flat = a.reshape(a.shape[0], -1)
+    # (max > 0 reads unsigned labels ~3x faster than any(): this runs in the event loop, on a full CT at Train)
+    mask = flat.max(axis=1) > 0 if flat.size and np.issubdtype(flat.dtype, np.unsignedinteger) else flat.any(axis=1)
     for z in empty_slices or ():
         if 0 <= int(z) < mask.shape[0]:
             mask[int(z)] = True
@@ -158,6 +160,9 @@ class AnnotateTrainWidget(DockWidgetBase):
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
         self.progress_bar.setTextVisible(True)
+        keep = self.progress_bar.sizePolicy()
+        keep.setRetainSizeWhenHidden(True)  # showing it at Train does not re-lay out the window (resizing napari's canvas)
+        self.progress_bar.setSizePolicy(keep)
         train = QGroupBox("3. Train and predict")
         tl = QFormLayout(train)
         tl.addRow("Start from", self.init_combo)
@@ -678,7 +683,7 @@ class AnnotateTrainWidget(DockWidgetBase):
             return False
         # `snapshot`: (labels, annotated mask) already taken by the caller (Train): not copied again in the event loop
         labels, mask = snapshot if snapshot is not None else (np.array(self.labels_layer.data, copy=True), self.annotated_mask())
-        with_labels = int(labels.reshape(labels.shape[0], -1).any(axis=1).sum())
+        with_labels = int(annotated_slice_mask(labels, ()).sum())
         if with_labels < 2:
             if not quiet:
                 self._error("fill between slices needs the structure drawn on at least two slices")
