@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import time
 
+import os
+import signal
+import threading
+
 from napari_ssl.train.runner import JobRunner
 
 
@@ -75,3 +79,29 @@ def test_stop_requested_while_starting_reaches_the_child(tmp_path):
     assert r.stop_requested
     ev = r.wait(120)
     assert ev["type"] == "done" and ev["stopped"] and (tmp_path / "w.txt").is_file()
+
+
+def big_event_job(config, events, stop_event):
+    events({"type": "started", "pid": os.getpid()})
+    events({"type": "log", "message": "x" * 20_000_000})  # larger than the pipe: the child blocks, mid-message
+    while True:
+        time.sleep(0.1)
+
+
+def test_child_killed_in_the_middle_of_a_message_becomes_an_error_not_a_hang():
+    r = JobRunner(f"{__name__}:big_event_job", None, reap_in_thread=True)
+    r.start(background=True)
+    started = []
+    deadline = time.monotonic() + 120
+    while not started:
+        started += [e for e in r.poll(max_events=1) if e["type"] == "started"]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(2.0)  # not reading: the child's queue feeder is blocked halfway through the big message
+    os.kill(started[0]["pid"], signal.SIGKILL)
+    out: dict = {}
+    reader = threading.Thread(target=lambda: out.setdefault("ev", r.wait(60)), daemon=True)
+    reader.start()
+    reader.join(90)
+    assert not reader.is_alive(), "poll() blocked on the half-written message"
+    assert out["ev"]["type"] == "error" and "killed" in out["ev"]["message"], out

@@ -255,6 +255,12 @@ class JobRunner:
             with _main_not_reimported(self.target):
                 process.start()
             reader.close()
+            # We only read the queue. Without our copy of its write end, a message cut short by a child killed
+            # while sending it ends in EOF (an error event) instead of a read that waits forever in the event loop.
+            try:
+                q._writer.close()
+            except Exception:  # noqa: BLE001 - multiprocessing internals: without it, the old behaviour
+                pass
             self._q, self._conn, self._pid = q, writer, process.pid
             self.process = process  # last: poll() reads the child's queue once this is set
         except BaseException as exc:  # noqa: BLE001
@@ -352,9 +358,12 @@ class JobRunner:
         self.result = ev
         if self.reap_in_thread and self.process is not None:
             # joining the child blocks until it has torn down (torch, the queue's feeder): seconds on a loaded machine
-            self._reaper = helpers().submit(self._reap)
-        else:
-            self._reap()
+            try:
+                self._reaper = helpers().submit(self._reap)
+                return
+            except RuntimeError:  # the interpreter is exiting (its thread pools are shut down): join here
+                pass
+        self._reap()
 
     def join_reaper(self, timeout: float | None = None) -> None:
         """Wait until the finished child has been joined (when that happens in a thread: ``reap_in_thread``)."""
