@@ -9,6 +9,7 @@ weights, and makes sure no child process is left behind.
 """
 from __future__ import annotations
 
+import time
 import warnings
 import weakref
 from typing import Any, Callable
@@ -42,7 +43,8 @@ def default_nice() -> int:
         return 10
 
 
-SPINNER_SPEED_PERCENT = 5
+SPINNER_SPEED_PERCENT = 1
+PROGRESS_EVERY_S = 1.0  # napari's activity-dock progress is redrawn at most this often (each redraw repaints the window)
 
 
 def calm_activity_spinner(speed_percent: int = SPINNER_SPEED_PERCENT) -> int:
@@ -51,7 +53,8 @@ def calm_activity_spinner(speed_percent: int = SPINNER_SPEED_PERCENT) -> int:
     The spinner is a 90-frame 256x256 GIF played at 33 frames/s and rescaled to 18x18 for every frame;
     each frame repaints the window. Measured with benchmarks/bench_ui_latency.py, that animation alone
     made the event loop answer tens of milliseconds late on a loaded machine with software OpenGL.
-    At 5 % speed it still turns, at ~1.7 frames/s. Only the spinner of napari's activity button
+    At 1 % speed it still turns, a frame every ~3 s (at 5 %, 1.7 frames/s, each frame was one of the 50-80 ms
+    repaints of the whole window that bench_ui_latency.py --scenario ct counted on a loaded machine). Only the spinner of napari's activity button
     (the QMovie of loading.gif) is touched, through public Qt API.
     """
     from qtpy.QtWidgets import QLabel
@@ -90,6 +93,7 @@ class QtJob(QObject):
         self._timer.timeout.connect(self._tick)
         self._progress = None
         self._last_step = 0
+        self._progress_shown_at = 0.0
         from ..progress_text import Eta
 
         self._eta = Eta()
@@ -187,6 +191,10 @@ class QtJob(QObject):
             p.total = int(total)
         if t == "progress" and ev.get("step") is not None:
             step = int(ev["step"])
+            now = time.monotonic()
+            if now - self._progress_shown_at < PROGRESS_EVERY_S and not (total and step >= int(total)):
+                return  # shown at the next event after PROGRESS_EVERY_S (the count catches up then)
+            self._progress_shown_at = now
             if step > self._last_step:
                 p.update(step - self._last_step)
                 self._last_step = step
