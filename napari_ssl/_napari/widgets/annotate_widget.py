@@ -454,7 +454,10 @@ class AnnotateTrainWidget(DockWidgetBase):
         # viewer frozen); the job trains on the copy of the layer's data taken below
         self.autosave.save_pending()
         image = layer_volume(self.image_layer)
-        labels = np.array(self.labels_layer.data, copy=True)  # one snapshot, shared by training, prediction, fill between
+        # not copied here (77 MB of a full CT: up to 0.8 s of the event loop on a loaded machine): train() writes it to
+        # a file from the results thread right after the click (offload_arrays), and fill between reads it there too;
+        # a stroke painted during those few hundred milliseconds may or may not be in this round
+        labels = np.asarray(self.labels_layer.data)
         name = safe_name(self.image_layer.name, "image")
         out = runs_dir() / f"model-{name}-{timestamp()}"
         ft = {
