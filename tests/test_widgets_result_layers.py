@@ -20,11 +20,13 @@ def test_result_layers_are_made_ahead_and_results_only_swap_data(make_napari_vie
     # the call made the annotations layer only: the result layers come one per event-loop turn after it,
     # hidden, holding zeros, under a name that is not the result's
     assert len(viewer.layers) == n_before + 1
-    waiting = wait_until(lambda: all(result_layers.waiting_name(n) in viewer.layers for n in names.values())
+    # (each drawn once, for its shaders, then hidden)
+    waiting = wait_until(lambda: all(result_layers.waiting_name(n) in viewer.layers
+                                     and not viewer.layers[result_layers.waiting_name(n)].visible for n in names.values())
                          and {k: viewer.layers[result_layers.waiting_name(n)] for k, n in names.items()}, 60,
                          "the result layers made ahead of time")
     for kind, lay in waiting.items():
-        assert result_layers.is_placeholder(lay) and not lay.visible and lay.data.shape == image.data.shape
+        assert result_layers.is_placeholder(lay) and lay.data.shape == image.data.shape
         assert not np.asarray(lay.data[0]).any() and names[kind] not in viewer.layers
     assert result_layers.same_layer(viewer.layers.selection.active, labels)  # painting stays on the annotations
     ids = {k: lay.unique_id for k, lay in waiting.items()}

@@ -9,7 +9,7 @@ costs 100-400 ms of event-loop time on a CPU with software OpenGL. So:
 * new layers go *under* the annotations layer (the one the user paints on), without taking the
   selection from it (switching the layer controls alone cost 100-300 ms);
 * the result layers are created ahead of time (:func:`prepare`), when the annotations layer is made:
-  hidden, holding zeros (lazily allocated: no memory until read), under a "waiting" name, one per
+  drawn once (for their shaders) then hidden, holding zeros (lazily allocated: no memory until read), under a "waiting" name, one per
   event-loop turn. napari builds a layer's controls and vispy visuals at once, 0.2-0.9 s on a CPU with
   software OpenGL, and the user expects that wait when asking for a labels layer, not when clicking
   Train or when a result arrives; a result only swaps its data into the hidden layer, renames it and
@@ -208,13 +208,24 @@ def prepare(viewer, staged: StagedSteps, below, image, wanted: list[tuple[str, s
             return
         meta = dict(kw.pop("metadata", None) or {})
         meta[PLACEHOLDER] = True
+        # shown for its first draw (zeros: transparent), then hidden: vispy compiles a layer's shaders when it is
+        # first drawn, 0.1-0.5 s with software OpenGL, which would otherwise come when the result is shown
         layer = new_layer(kind, np.zeros(shape, dtype), name=waiting_name(name), geo=geo, metadata=meta,
-                          visible=False, **kw)
+                          visible=True, **kw)
         insert_below(viewer, layer, below)
+        QTimer.singleShot(HIDE_AFTER_MS, lambda: _hide_placeholder(layer))
 
     for name, kind, dtype, kw in wanted:
         if name not in viewer.layers and waiting_name(name) not in viewer.layers:
             staged.add(lambda a=(name, kind, dtype, dict(kw)): make(*a))
+
+
+HIDE_AFTER_MS = 300  # a placeholder's first draw happens in this time (the canvas repaints at the next event-loop turns)
+
+
+def _hide_placeholder(layer) -> None:
+    if is_placeholder(layer):
+        layer.visible = False
 
 
 def claim(viewer, name: str, data):
