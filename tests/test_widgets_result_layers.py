@@ -52,6 +52,7 @@ def test_result_layers_are_made_ahead_and_results_only_swap_data(make_napari_vie
     pred, unc, fill = final["prediction"], final["uncertainty"], final["fill between"]
     assert pred.visible and unc.visible and not fill.visible  # the model's answer replaces the instant one on screen
     assert pred.data.any() and unc.data.max() > 0 and fill.data.any()
+    assert tuple(unc.contrast_limits) == (0, result_layers.UNCERTAINTY_LEVELS)  # fixed: never computed from the volume
     assert pred.contour >= 1 and fill.opacity < 0.5 and unc.colormap.map(np.array([0.0]))[0, 3] == 0
     order = [lay.name for lay in viewer.layers]
     assert order.index(unc.name) < order.index(pred.name) < order.index(labels.name)
