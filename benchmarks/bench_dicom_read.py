@@ -83,6 +83,7 @@ def _rss_kib(field: str) -> int:
 
 def worker(reader: str, folder: str) -> dict:
     import numpy as np
+
     # Both readers' libraries are imported in both processes before the clock starts, so the
     # baseline RSS is the same: pydicom and its pixel decoders are imported lazily by napari_ssl.
     import pydicom  # noqa: F401

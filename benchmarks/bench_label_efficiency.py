@@ -305,6 +305,30 @@ def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) ->
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _curve_sink(unet, hook, hook_steps: list[int]):
+    """train_unet's event sink that calls hook(step, unet) after the listed optimiser steps (train/eval modes restored)."""
+    wanted = set(hook_steps)
+
+    def sink(ev: dict) -> None:
+        if ev.get("type") == "progress" and ev["step"] in wanted:
+            modes = [(m, m.training) for m in unet.modules()]
+            hook(ev["step"], unet)
+            for m, mode in modes:
+                m.training = mode
+
+    return sink
+
+
+def _module_factory(init: Init, ds, num_classes: int):
+    """The fine-tuning module with this init's probes: head-only warm-up and class-balanced cross-entropy."""
+    from functools import partial
+
+    from napari_ssl.train.seg_module import SegmentationModule, balanced_class_weights
+
+    weights = balanced_class_weights(ds.targets, num_classes, init.class_balance) if init.class_balance > 0 else None
+    return partial(SegmentationModule, head_warmup_steps=init.head_warmup_steps, class_weights=weights)
+
+
 def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) -> dict:
     _setup_worker()
     import torch
@@ -339,8 +363,8 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
     if 0 in a["curve_steps"]:
         hook(0, unet)
     unet, info = train_unet(unet, ds, steps=steps, batch_size=8, lr=init.lr, loss="dice-ce", encoder_lr_scale=init.encoder_lr_scale,
-                            freeze_encoder_steps=init.freeze_encoder_steps, freeze_encoder_bn=init.freeze_encoder_bn, head_warmup_steps=init.head_warmup_steps, class_balance=init.class_balance, seed=seed, devices="cpu" if a["device"] == "cpu" else a["device"],
-                            hook=hook, hook_steps=hook_steps)
+                            freeze_encoder_steps=init.freeze_encoder_steps, freeze_encoder_bn=init.freeze_encoder_bn, seed=seed, devices="cpu" if a["device"] == "cpu" else a["device"],
+                            emit=_curve_sink(unet, hook, hook_steps), module_factory=_module_factory(init, ds, len(CLASSES) + 1))
     t_train = time.time() - t0
     unet = unet.cpu()
     final = evaluate(unet, test)

@@ -291,8 +291,9 @@ def main():
     result = {
         "benchmark": "bench_pretrain_throughput",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {"image_size": size, "batch_size": batch, "steps": args.steps, "reps": args.reps, "rounds": args.rounds, "volumes": len(paths), "encoder": "resnet18",
-                     "device": "cpu", "threads": torch.get_num_threads(), "precision": "32", "preview_every_s": 5.0},
+        "settings": {"image_size": size, "batch_size": batch, "steps": args.steps, "reps": args.reps, "rounds": args.rounds,
+                     "volumes": len(paths), "encoder": "resnet18", "device": "cpu", "threads": torch.get_num_threads(), "precision": "32",
+                     "preview_every_s": 5.0},
         "definitions": {
             "engine": "run_pretraining on real MR volumes; images/s from progress events after 5 warm-up steps (start-up and final save excluded)",
             "bare": "forward+backward+optimizer step of the method's encoder on one fixed real batch",
@@ -302,7 +303,8 @@ def main():
                         "augmentation, Lightning, logging or previews)",
             "optimizer": "napari_ssl.pretext.base.adamw (fused AdamW where available) for the engine and all baselines",
             "overhead": "engine seconds per image / baseline seconds per image - 1, in CPU time of the process (time.process_time; "
-                        "1 thread, so it is the work done and is not inflated by other processes on a shared machine); *_wall: the same in wall-clock time",
+                        "1 thread, so it is the work done and is not inflated by other processes on a shared machine); "
+                        "*_wall: the same in wall-clock time",
             "engine_cpu_outside_method_step": "share of the engine's CPU time (timed steps) spent outside the method's optimize_step: Lightning, "
                                               "data loading, logging, events, previews; measured inside the same engine run, so load-independent",
             "estimators": "engine: mean over the timed steps (previews included); baselines: median of --reps steps, before and after the engine run",

@@ -9,14 +9,14 @@ sub-ranges of slices, as a user or a model would produce: 1 = bone (HU >= 300) o
 the other slices are empty (BINARY SEGs omit empty frames, as the product does).
 
 Measured, each in a fresh subprocess with imports (numpy, pydicom, pydicom.pixels, highdicom,
-napari_ssl.io, napari_ssl.io.seg_write) done before the clock starts:
+napari_ssl.io, napari_ssl.io.seg.write) done before the clock starts:
   * ``read``: ``napari_ssl.io.load_volumes(folder)`` (what the napari reader calls);
   * ``export_binary`` / ``export_labelmap``: ``napari_ssl.io.export.export_labels(mask, volume,
     out.dcm, labels_affine=volume.affine, names=...)`` -- exactly what the Export widget's job runs
     (the mask in the viewer's canonical order, the Volume from the reader) -- from the in-memory
     Volume to the SEG file on disk. The volume is read before the clock starts.
     Inside the clock, as in the product's first export in a napari session: checking and reordering
-    the mask, every first-in-process cost of the export itself (napari_ssl.io.hd_tables installing
+    the mask, every first-in-process cost of the export itself (napari_ssl.io.seg.highdicom_fast.module_table installing
     highdicom's DICOM-standard attribute table, memory-mapped and parsed per module as highdicom asks
     for it; highdicom's other standard tables), building the SEG (highdicom's constructor on the first
     and last labelled slice, the per-frame part by napari_ssl), encoding it and writing it
@@ -35,8 +35,8 @@ jobs in the same machinery: a child given nothing (process start), a child given
 (start + transfer), and the child's imports of the export path (timed inside the child).
 Order alternates (tasks / reversed); medians of the repeats are reported, as wall
 time (the goal's measure) and as process CPU time (all threads; less sensitive to other jobs
-sharing the machine). The 1-minute load average is recorded before and after the timed runs. Goal (issue 6): BINARY export time <= 1.0x the read time; LABELMAP reported
-separately.
+sharing the machine). The 1-minute load average is recorded before and after the timed runs. Goal (issue 6): BINARY export time <= 1.0x the
+read time; LABELMAP reported separately.
 
 Once, outside the timing, each SEG is read back with highdicom
 (``Segmentation.get_pixels_by_source_instance`` over the source SOP Instance UIDs, segments
@@ -117,14 +117,14 @@ def make_mask(hu):
 
 
 def _imports():
-    import numpy  # noqa: F401
     import highdicom  # noqa: F401
+    import numpy  # noqa: F401
     import pydicom  # noqa: F401
     import pydicom.pixels  # noqa: F401
 
     import napari_ssl.io  # noqa: F401
     import napari_ssl.io.export  # noqa: F401
-    import napari_ssl.io.seg_write  # noqa: F401
+    import napari_ssl.io.seg.write  # noqa: F401
 
 
 def worker(task: str, folder: str, out_dir: str) -> dict:
@@ -289,7 +289,8 @@ def main() -> int:
     print(f"read {tk['read']['median_seconds']:.3f}s  export BINARY {tk['export_binary']['median_seconds']:.3f}s "
           f"({result['ratios']['export_binary_over_read']:.2f}x read, {tk['export_binary']['frames']} frames)  "
           f"export LABELMAP {tk['export_labelmap']['median_seconds']:.3f}s ({result['ratios']['export_labelmap_over_read']:.2f}x read)  "
-          f"CPU-time ratios: BINARY {result['cpu_ratios']['export_binary_over_read']:.2f}x, LABELMAP {result['cpu_ratios']['export_labelmap_over_read']:.2f}x  "
+          f"CPU-time ratios: BINARY {result['cpu_ratios']['export_binary_over_read']:.2f}x, "
+          f"LABELMAP {result['cpu_ratios']['export_labelmap_over_read']:.2f}x  "
           f"as the widget: BINARY {tk['widget_binary']['median_seconds']:.3f}s ({result['ratios']['widget_binary_over_read']:.2f}x read), "
           f"LABELMAP {tk['widget_labelmap']['median_seconds']:.3f}s ({result['ratios']['widget_labelmap_over_read']:.2f}x read); "
           f"child start {result['widget_breakdown']['process_start_seconds']:.3f}s, transfer {result['widget_breakdown']['transfer_seconds']:.3f}s "

@@ -149,7 +149,9 @@ def main(argv=None) -> int:
                 r["predicted_slices"] = int(pred.any((1, 2)).sum())
                 r["dice_unannotated_slices"] = round(ref.dice(np.delete(pred, slices, 0), np.delete(truth, slices, 0)), 4)
                 row[name] = r
-                print(json.dumps({roi: {name: {k: r[k] for k in ("dice", "seconds_to_prediction", "child_cpu_s", "child_peak_rss_mb_polled", "predicted_slices", "settings")}}}), flush=True)
+                print(json.dumps({roi: {name: {k: r[k] for k in ("dice", "seconds_to_prediction", "child_cpu_s",
+                                                                 "child_peak_rss_mb_polled", "predicted_slices", "settings")}}}),
+                      flush=True)
             print(json.dumps({roi: {"fill_between": row["fill_between"]}}), flush=True)
             rows.append(row)
     from napari_ssl.active.fill_between import shutdown_worker
@@ -159,7 +161,8 @@ def main(argv=None) -> int:
     ru_s = resource.getrusage(resource.RUSAGE_SELF)
     result = {"benchmark": "time_to_mask", "data": "tcia_cervical_ct (296 x 512 x 512 CT, RTSTRUCT)", "device": args.device,
               "widget_defaults": {**WIDGET_DEFAULTS, "device": args.device, "init": "random"},
-              "cpu_count": os.cpu_count(), "torch_threads_in_child": os.environ.get("NAPARI_SSL_THREADS") or os.environ.get("OMP_NUM_THREADS") or "torch default",
+              "cpu_count": os.cpu_count(),
+              "torch_threads_in_child": os.environ.get("NAPARI_SSL_THREADS") or os.environ.get("OMP_NUM_THREADS") or "torch default",
               "peak_rss_mb": {"largest_child": round(ru_c.ru_maxrss / 1024), "this_process (the viewer side)": round(ru_s.ru_maxrss / 1024)},
               "loadavg_end": loadavg(), "rows": rows,
               "goals": {"seconds_to_prediction": 120, "peak_memory_mb": 4096, "liver_dice": 0.85, "bladder": "above fill between"}}
@@ -198,7 +201,8 @@ def plot(result: dict, path: str) -> None:
     a2.set_ylabel("seconds from Train to whole-series prediction")
     a2.legend(fontsize=8)
     load = result["loadavg_end"][0]
-    fig.suptitle(f"Time to first mask, {result['device']}, {result['widget_defaults']['steps']} steps, 3 slices (load {load:.1f} on {result['cpu_count']} cores)")
+    fig.suptitle(f"Time to first mask, {result['device']}, {result['widget_defaults']['steps']} steps, "
+                 f"3 slices (load {load:.1f} on {result['cpu_count']} cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -235,6 +235,7 @@ def run(args) -> dict:
 
     from napari_ssl._napari.job_runner import QtJob
     from napari_ssl._napari.widgets.pretrain_widget import PretrainWidget
+    from napari_ssl.train.events import Finished, Progress, as_event
     from napari_ssl.train.jobs import pretrain_job
 
     torch.set_num_threads(1)
@@ -307,11 +308,11 @@ def run(args) -> dict:
             os.environ["NAPARI_SSL_JOB_NICE"] = "0" if mode == "child-nice0" else "10"
             widget.start()
             job = widget.job
-            job.event.connect(lambda ev: steps.append(int(ev["step"])) if ev.get("type") == "progress" else None)
+            job.event.connect(lambda ev: steps.append(int(ev.step)) if isinstance(ev, Progress) else None)
             result = window(lambda: job.running, "child training progress")
             widget.stop()
             pump_until(app, lambda: not job.running, 300, "the child to stop")
-            ok = (widget.last_result or {}).get("type") == "done"
+            ok = isinstance(widget.last_result, Finished)
             extra = {"pid_differs": job.pid != os.getpid(), "finished_ok": ok}
         else:  # thread: the same job function and config, in this process
             widget.plot.clear()
@@ -334,11 +335,11 @@ def run(args) -> dict:
             def drain():
                 for _ in range(200):
                     try:
-                        ev = events.get_nowait()
+                        ev = as_event(events.get_nowait())
                     except queue.Empty:
                         return
-                    if ev.get("type") == "progress":
-                        steps.append(int(ev["step"]))
+                    if isinstance(ev, Progress):
+                        steps.append(int(ev.step))
                     gui._update_progress(ev)
                     widget._on_event(ev)
 
@@ -433,6 +434,7 @@ def run_ct(args) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from napari_ssl._napari.widgets.annotate_widget import AnnotateTrainWidget
+    from napari_ssl.train.events import Finished
 
     if not CT_SERIES.is_dir():
         raise SystemExit(f"missing {CT_SERIES} (set NAPARI_SSL_DATA)")
@@ -485,7 +487,7 @@ def run_ct(args) -> dict:
     fill_name = image.name + " fill between"
 
     def on_event(ev):
-        kind = ev.get("type")
+        kind = ev.TYPE
         if kind in ("trained", "prediction") and kind not in marks:
             marks[kind] = time.perf_counter()
 
@@ -523,7 +525,7 @@ def run_ct(args) -> dict:
         print(f"stall ended at {st['ended_at_s']} s, {st['lasted_ms']} ms:\n   " + "\n   ".join(st["threads"]), flush=True)
     for st in stall_stacks:
         print(f"stall of {st['after_s']} s+ at:\n   " + "\n   ".join(st["stack"][-5:]), flush=True)
-    ok = (widget.last_result or {}).get("type") == "done"
+    ok = isinstance(widget.last_result, Finished)
     print(f"click to layers: {percentiles(lat)}, staged steps {[round(v) for v in steps_ms]} ms, marks "
           f"{ {k: round(v - t_click, 1) for k, v in marks.items()} }", flush=True)
     pred = viewer.layers[image.name + " prediction"]

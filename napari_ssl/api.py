@@ -51,16 +51,16 @@ def load_rtstruct(path: PathLike, source: Optional[ImageLike] = None, rois: Opti
     `rois`: ROI names to take, in order (later ones win where they overlap); without it overlapping ROIs
     are an error. The Volume is usable as labels anywhere (finetune, export) and carries the series' identity.
     An RTSTRUCT path is also accepted directly wherever labels are (no overlap, or FinetuneConfig ``rois``)."""
-    from .io.rtstruct import read_rtstruct_labels
+    from .io.dicom.rtstruct import read_rtstruct_labels
 
     return read_rtstruct_labels(os.fspath(path), source=source if isinstance(source, Volume) or source is None else os.fspath(source), rois=rois)
 
 
 def deidentify(sources: Sequence[PathLike] | PathLike, out: PathLike, *, key: Optional[str] = None, key_file: Optional[PathLike] = None,
                allow_burned_in: bool = False) -> dict:
-    """De-identified copy of DICOM series (+ their SEG / RTSTRUCT) in a new folder `out`; see napari_ssl.io.deid.
+    """De-identified copy of DICOM series (+ their SEG / RTSTRUCT) in a new folder `out`; see napari_ssl.io.dicom.deid.
     The key (pseudonym seed) comes from `key`, `key_file` or $NAPARI_SSL_DEID_KEY and is never written out."""
-    from .io.deid import deidentify as _deidentify
+    from .io.dicom.deid import deidentify as _deidentify
 
     paths = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(p) for p in sources]
     return _deidentify(paths, os.fspath(out), key=key, key_file=_opt_path(key_file), allow_burned_in=allow_burned_in)
@@ -127,7 +127,7 @@ def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout:
     annotation = None
     if labels is not None:
         from .active.respect_annotation import annotation_from
-        from .train.finetune import load_labels
+        from .data.training_labels import load_labels
 
         annotation = annotation_from(load_labels(labels, vol), empty_slices)
         if keep_connected is None or fill_between is None:  # default: what the model's training recipe recommends
@@ -171,7 +171,7 @@ def fill_between(labels: LabelsLike, image: Optional[ImageLike] = None, empty_sl
 def _label_map(labels: LabelsLike, image: Optional[ImageLike]) -> np.ndarray:
     """A label array: as given, on `image`'s grid (checked / placed there), or on its own grid without an image."""
     from .data import sparse_labels
-    from .train.finetune import load_labels
+    from .data.training_labels import load_labels
 
     if isinstance(labels, np.ndarray):
         arr = sparse_labels.as_label_array(labels)
@@ -186,7 +186,7 @@ def _annotated_for(model_classes: int, vol: Volume, labels: Optional[LabelsLike]
 
     if labels is None:
         return sparse_labels.annotated_slices(np.zeros((vol.shape[0], 1), np.uint8), empty_slices)
-    from .train.finetune import load_labels
+    from .data.training_labels import load_labels
 
     arr = load_labels(labels, vol)
     top = int(arr.max()) if arr.size else 0

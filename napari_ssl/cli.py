@@ -10,7 +10,8 @@ import sys
 from .errors import NapariSSLError
 
 # order shown in --help
-COMMANDS = ["info", "methods", "pretrain", "finetune", "fill_between", "predict", "suggest", "export_seg", "export_nifti", "deidentify", "pacs", "demo"]
+COMMANDS = ["info", "methods", "pretrain", "finetune", "fill_between", "predict", "suggest", "export_seg", "export_nifti", "deidentify",
+            "pacs", "demo"]
 
 
 def _load(name: str):

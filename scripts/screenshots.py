@@ -130,7 +130,9 @@ def main(argv=None) -> int:
     ann.go_to_slice(int((zs[0] + zs[max(1, len(zs) // 4)]) // 2))
     shot("annotate_training")
     wait(lambda: not ann.running and not ann.results_pending, 300, "fine-tuning")
-    if (ann.last_result or {}).get("type") != "done":
+    from napari_ssl.train.events import Finished
+
+    if not isinstance(ann.last_result, Finished):
         raise RuntimeError(f"fine-tuning failed: {ann.last_result}")
     z = ann.next_slice()
     viewer.reset_view()

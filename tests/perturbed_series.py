@@ -97,10 +97,10 @@ def cropped_seg(source_files: Sequence[Path], mask: np.ndarray, out: Path, pad: 
     3D Slicer and dcmqi write them (smaller Rows/Columns than the images). Written with
     highdicom directly (not the code under test). Returns the crop's (first slice, row, column).
     """
+    import warnings
+
     import highdicom as hd
     from pydicom.sr.codedict import codes
-
-    import warnings
 
     warnings.filterwarnings("ignore", message=".*person name.*")
     dss = [pydicom.dcmread(f) for f in source_files]

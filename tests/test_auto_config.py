@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+from napari_ssl.data.auto_config import COMPACT_ENCODER, choose_settings, slow_setting_warning, z_range_for
+from napari_ssl.data.components import keep_touched as keep_connected
 from napari_ssl.data.sparse_labels import annotated_slices
-from napari_ssl.data.auto_config import (COMPACT_ENCODER, choose_settings, keep_connected, slow_setting_warning,
-                                          z_range_for)
 from napari_ssl.train.finetune import load_image, load_labels
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))

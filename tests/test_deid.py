@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from napari_ssl.cli import main
 from napari_ssl.errors import NapariSSLError
 from napari_ssl.io import load_volume
-from napari_ssl.io.deid import KEY_ENV, action_for, basic_profile_table, deidentify
+from napari_ssl.io.dicom.deid import KEY_ENV, action_for, basic_profile_table, deidentify
 from napari_ssl.io.export import export_labels
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -212,9 +212,9 @@ def test_bad_input_one_line_errors_and_nothing_written(ct_study, tmp_path, monke
 
 @pytest.mark.pacs
 def test_orthanc_accepts_the_deidentified_study_by_stow(ct_study, tmp_path, monkeypatch):
-    from orthanc import start_orthanc  # tests/orthanc.py
+    from napari_ssl.io import pacs
 
-    from napari_ssl.io import dicomweb
+    from orthanc import start_orthanc  # tests/orthanc.py
 
     out = tmp_path / "deid"
     assert _run_cli(ct_study, out, monkeypatch) == 0
@@ -228,14 +228,14 @@ def test_orthanc_accepts_the_deidentified_study_by_stow(ct_study, tmp_path, monk
 
         cfg.write_text(json.dumps({"servers": [{"url": server.dicomweb_url, "username": USER, "password": PASSWORD, "timeout": 20}]}))
         cfg.chmod(0o600)
-        for k in (dicomweb.ENV_USER, dicomweb.ENV_PASSWORD, dicomweb.ENV_TOKEN, dicomweb.ENV_CA):
+        for k in (pacs.ENV_USER, pacs.ENV_PASSWORD, pacs.ENV_TOKEN, pacs.ENV_CA):
             monkeypatch.delenv(k, raising=False)
-        monkeypatch.setenv(dicomweb.ENV_CONFIG, str(cfg))
-        monkeypatch.setenv(dicomweb.ENV_CACHE, str(tmp_path / "cache"))
-        res = dicomweb.store_instances(server.dicomweb_url, datasets)
+        monkeypatch.setenv(pacs.ENV_CONFIG, str(cfg))
+        monkeypatch.setenv(pacs.ENV_CACHE, str(tmp_path / "cache"))
+        res = pacs.store_instances(server.dicomweb_url, datasets)
         assert res["stored"] == len(datasets)
         study = str(datasets[0].StudyInstanceUID)
-        series = dicomweb.search_series(server.dicomweb_url, study)
+        series = pacs.search_series(server.dicomweb_url, study)
         assert sorted(s["Modality"] for s in series) == ["CT", "SEG"]
     finally:
         server.stop()

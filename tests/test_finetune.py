@@ -58,7 +58,8 @@ def test_unannotated_slices_never_reach_the_loss(case, tmp_path):
     wa, wb = _weights(a), _weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # an annotated-empty slice does contribute (as background): the weights change
-    c = run_finetuning(FinetuneConfig(images=[img], labels=[one], empty_slices=[[empty]], out=str(tmp_path / "c"), normalization=WINDOW, **SUPERVISED))
+    c = run_finetuning(FinetuneConfig(images=[img], labels=[one], empty_slices=[[empty]], out=str(tmp_path / "c"), normalization=WINDOW,
+                                      **SUPERVISED))
     wc = _weights(c)
     assert any(not torch.equal(wa[k], wc[k]) for k in wa if wa[k].dtype.is_floating_point)
     meta = read_meta(c)
@@ -154,9 +155,11 @@ def test_class_balanced_weights_and_head_only_warmup(case):
     """Two fine-tuning knobs the label-efficiency benchmark probes: cross-entropy weights from the annotated
     voxels (rare classes weigh more; a class absent from the annotations gets the largest weight seen), and a
     head-only warm-up in which encoder and decoder (BatchNorm statistics included) stay as they were."""
+    from functools import partial
+
     from napari_ssl.data.labelled_slices import LabelledSliceDataset, LabelledVolume
     from napari_ssl.train.finetune import train_unet
-    from napari_ssl.train.seg_module import balanced_class_weights, segmentation_loss
+    from napari_ssl.train.seg_module import SegmentationModule, balanced_class_weights, segmentation_loss
 
     img, lab, one, z0, empty = case
     t = torch.from_numpy(np.ascontiguousarray(lab[z0:z0 + 1])).long()
@@ -176,7 +179,8 @@ def test_class_balanced_weights_and_head_only_warmup(case):
     torch.manual_seed(0)
     unet, _ = build_initial_model(FinetuneConfig(images=[], labels=[], out=""), num_classes=3)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    unet, info = train_unet(unet, ds, steps=3, batch_size=2, head_warmup_steps=3, class_balance=0.5, devices="cpu")
+    factory = partial(SegmentationModule, head_warmup_steps=3, class_weights=balanced_class_weights(ds.targets, 3, 0.5))
+    unet, info = train_unet(unet, ds, steps=3, batch_size=2, devices="cpu", module_factory=factory)
     after = unet.state_dict()
     assert info["steps"] == 3
     body = [k for k in before if not k.startswith("segmentation_head.")]

@@ -20,7 +20,8 @@ from napari_ssl.io import load_volume, load_volumes, write_itk_volume
 from napari_ssl.io.export import export_labels
 from napari_ssl.io.geometry_tolerance import ORIENTATION_TOL, consensus_orientation
 from napari_ssl.io.nifti import read_itk_volume
-from napari_ssl.io.seg_read import find_source_series, place_on_grid, read_on_source, read_segmentation
+from napari_ssl.io.seg.on_source import find_source_series, place_on_grid, read_on_source
+from napari_ssl.io.seg.read import read_segmentation
 
 from perturbed_series import COS, SIN, cropped_seg, oblique_series
 from test_seg_export import dciodvfy_errors
@@ -135,7 +136,7 @@ def test_two_orientations_split_with_a_warning_and_export_is_one_line(tmp_path, 
     assert rc == 2 and "holds 2 image series" in err and "\n" not in err
     assert not out.exists()
     # a Volume whose headers mix the two orientations (built by hand): refused in one line, nothing written
-    from napari_ssl.io.seg_write import write_segmentation
+    from napari_ssl.io.seg.write import write_segmentation
 
     small = min(vols, key=lambda v: v.shape[0])
     mixed = big.with_array(big.array)
@@ -264,7 +265,8 @@ def test_placing_by_reference_and_by_geometry_agree(seg_name, cropped, dcmqi_dir
     references gives exactly what placing the SEG's own grid on the series gives (a source without headers)."""
     import dataclasses
 
-    from napari_ssl.io.seg_read import _masks_by_reference, _open_seg
+    from napari_ssl.io.seg.on_source import _masks_by_reference
+    from napari_ssl.io.seg.read import _open_seg
 
     root, _, _, _ = cropped
     path = root / "seg" / "liver_cropped.dcm" if seg_name == "cropped" else dcmqi_dir / seg_name
@@ -299,7 +301,7 @@ def test_enhanced_source_with_per_frame_orientation_noise(tmp_path, dcmqi_dir):
     """The real Enhanced CT (dcmqi 23x38x3/multiframe) rewritten as some scanners write it: the orientation per
     frame instead of shared, each frame spelling it its own way. Reads as one volume, exports a valid SEG
     (the file untouched), reads back voxel-exact; one frame really rotated: one line, nothing written."""
-    from napari_ssl.io.seg_write import write_segmentation
+    from napari_ssl.io.seg.write import write_segmentation
 
     ds = pydicom.dcmread(dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm")
     shared = ds.SharedFunctionalGroupsSequence[0]

@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 from napari_ssl.errors import NoImageFound
 from napari_ssl.io import load_volume, load_volumes, write_itk_volume
-from napari_ssl.io.dicom import load_dicom_volumes
+from napari_ssl.io.dicom.series import load_dicom_volumes
 
 DICOMDIR_TREE = Path(get_testdata_file("DICOMDIR")).parent
 CT5N = DICOMDIR_TREE / "98892001" / "CT5N"     # 5 axial CT slices, 2.5 mm apart

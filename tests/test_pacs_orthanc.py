@@ -9,7 +9,7 @@ from pydicom.data import get_testdata_file
 
 from napari_ssl.cli import main as cli_main
 from napari_ssl.errors import NapariSSLError
-from napari_ssl.io import dicomweb, load_volume
+from napari_ssl.io import load_volume, pacs
 from napari_ssl.io.nifti import read_itk_volume
 from napari_ssl.io.seg import read_segmentation
 
@@ -28,7 +28,8 @@ def orthanc():
 
 @pytest.fixture(scope="module")
 def uploaded(orthanc, dcmqi_dir):
-    files = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm")) + [dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm", get_testdata_file("eCT_Supplemental.dcm")]
+    files = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm")) + [dcmqi_dir / "23x38x3" / "multiframe" / "mf.dcm",
+                                                                get_testdata_file("eCT_Supplemental.dcm")]
     for f in files:
         assert orthanc.upload(str(f))["Status"] in ("Success", "AlreadyStored")
     return files
@@ -40,28 +41,28 @@ def pacs_env(orthanc, tmp_path, monkeypatch):
     cfg = tmp_path / "pacs.json"
     cfg.write_text(json.dumps({"servers": [{"url": orthanc.dicomweb_url, "username": USER, "password": PASSWORD, "timeout": 10}]}))
     cfg.chmod(0o600)
-    for k in (dicomweb.ENV_USER, dicomweb.ENV_PASSWORD, dicomweb.ENV_TOKEN, dicomweb.ENV_CA):
+    for k in (pacs.ENV_USER, pacs.ENV_PASSWORD, pacs.ENV_TOKEN, pacs.ENV_CA):
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv(dicomweb.ENV_CONFIG, str(cfg))
-    monkeypatch.setenv(dicomweb.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(pacs.ENV_CONFIG, str(cfg))
+    monkeypatch.setenv(pacs.ENV_CACHE, str(tmp_path / "cache"))
     return orthanc.dicomweb_url
 
 
 def test_query_studies_and_series_with_filters(uploaded, pacs_env, dcmqi_dir):
     ct = pydicom.dcmread(dcmqi_dir / "ct-3slice" / "01.dcm", stop_before_pixels=True)
-    studies = dicomweb.search_studies(pacs_env)
+    studies = pacs.search_studies(pacs_env)
     assert ct.StudyInstanceUID in {s["StudyInstanceUID"] for s in studies} and len(studies) == 3
     assert all("PatientName" not in s and "PatientID" not in s for s in studies)
-    by_date = dicomweb.search_studies(pacs_env, {"StudyDate": str(ct.StudyDate)})
+    by_date = pacs.search_studies(pacs_env, {"StudyDate": str(ct.StudyDate)})
     assert [s["StudyInstanceUID"] for s in by_date] == [ct.StudyInstanceUID]
-    series = dicomweb.search_series(pacs_env, ct.StudyInstanceUID)
+    series = pacs.search_series(pacs_env, ct.StudyInstanceUID)
     assert [(s["SeriesInstanceUID"], s["NumberOfSeriesRelatedInstances"]) for s in series] == [(ct.SeriesInstanceUID, 3)]
-    assert dicomweb.search_series(pacs_env, filters={"Modality": "MR"}) == []
+    assert pacs.search_series(pacs_env, filters={"Modality": "MR"}) == []
 
 
 def test_pull_series_into_a_volume_identical_to_the_files(uploaded, pacs_env, dcmqi_dir, tmp_path):
     ct = pydicom.dcmread(dcmqi_dir / "ct-3slice" / "01.dcm", stop_before_pixels=True)
-    vol = dicomweb.load_series(pacs_env, ct.SeriesInstanceUID)
+    vol = pacs.load_series(pacs_env, ct.SeriesInstanceUID)
     direct = load_volume(dcmqi_dir / "ct-3slice")
     np.testing.assert_array_equal(vol.array, direct.array)
     np.testing.assert_allclose(vol.affine, direct.affine)
@@ -78,7 +79,7 @@ def test_pull_series_into_a_volume_identical_to_the_files(uploaded, pacs_env, dc
 
 def test_export_seg_with_stow_and_retrieve_it_back(uploaded, pacs_env, dcmqi_dir, tmp_path, capsys):
     ct = pydicom.dcmread(dcmqi_dir / "ct-3slice" / "01.dcm", stop_before_pixels=True)
-    src = dicomweb.load_series(pacs_env, ct.SeriesInstanceUID)  # export onto what came from the PACS
+    src = pacs.load_series(pacs_env, ct.SeriesInstanceUID)  # export onto what came from the PACS
     lab = read_itk_volume(str(dcmqi_dir / "liver_seg.nrrd"))
     nrrd = dcmqi_dir / "liver_seg.nrrd"
     out = tmp_path / "liver_seg.dcm"
@@ -86,10 +87,10 @@ def test_export_seg_with_stow_and_retrieve_it_back(uploaded, pacs_env, dcmqi_dir
                    "--names", "Liver", "--stow", pacs_env])
     assert rc == 0, capsys.readouterr().err
     seg_uid = str(pydicom.dcmread(out, stop_before_pixels=True).SeriesInstanceUID)
-    found = dicomweb.search_series(pacs_env, ct.StudyInstanceUID, {"Modality": "SEG"})
+    found = pacs.search_series(pacs_env, ct.StudyInstanceUID, {"Modality": "SEG"})
     assert [s["SeriesInstanceUID"] for s in found] == [seg_uid]
     back_dir = tmp_path / "seg_back"
-    paths = dicomweb.retrieve_series(pacs_env, seg_uid, str(back_dir))
+    paths = pacs.retrieve_series(pacs_env, seg_uid, str(back_dir))
     (back, names), = read_segmentation(paths[0])
     (local, _), = read_segmentation(out)
     (real, _), = read_segmentation(dcmqi_dir / "liver.dcm")
@@ -115,55 +116,56 @@ def test_cli_listings_show_no_patient_identifiers(uploaded, pacs_env, dcmqi_dir,
 
 def test_wrong_password_missing_series_and_down_server_are_clear_errors(uploaded, orthanc, pacs_env, dcmqi_dir, monkeypatch, tmp_path):
     ct = pydicom.dcmread(dcmqi_dir / "ct-3slice" / "01.dcm", stop_before_pixels=True)
-    monkeypatch.setenv(dicomweb.ENV_USER, USER)
-    monkeypatch.setenv(dicomweb.ENV_PASSWORD, "wrong-password")
+    monkeypatch.setenv(pacs.ENV_USER, USER)
+    monkeypatch.setenv(pacs.ENV_PASSWORD, "wrong-password")
     with pytest.raises(NapariSSLError, match=r"refused the credentials \(HTTP 401\)") as ei:
-        dicomweb.search_studies(pacs_env)
+        pacs.search_studies(pacs_env)
     assert "wrong-password" not in str(ei.value)
-    monkeypatch.delenv(dicomweb.ENV_USER)
-    monkeypatch.delenv(dicomweb.ENV_PASSWORD)
+    monkeypatch.delenv(pacs.ENV_USER)
+    monkeypatch.delenv(pacs.ENV_PASSWORD)
 
     with pytest.raises(NapariSSLError, match=r"HTTP 404"):
-        dicomweb.retrieve_series(pacs_env, "1.2.3.4.5.6.7", str(tmp_path / "x"), study_instance_uid=ct.StudyInstanceUID)
+        pacs.retrieve_series(pacs_env, "1.2.3.4.5.6.7", str(tmp_path / "x"), study_instance_uid=ct.StudyInstanceUID)
     with pytest.raises(NapariSSLError, match="not found on the PACS"):
-        dicomweb.retrieve_series(pacs_env, "1.2.3.4.5.6.7", str(tmp_path / "x"))
+        pacs.retrieve_series(pacs_env, "1.2.3.4.5.6.7", str(tmp_path / "x"))
     assert not os.listdir(tmp_path / "x")
 
     with pytest.raises(NapariSSLError, match="credentials in the URL"):
-        dicomweb.search_studies(pacs_env.replace("http://", f"http://{USER}:{PASSWORD}@"))
+        pacs.search_studies(pacs_env.replace("http://", f"http://{USER}:{PASSWORD}@"))
     dead = f"http://127.0.0.1:{orthanc.http_port + 1 if orthanc.http_port < 65535 else 1}/dicom-web"
     with pytest.raises(NapariSSLError, match="cannot reach the PACS"):
-        dicomweb.search_studies(dead)
+        pacs.search_studies(dead)
 
 
 def test_https_verification_is_on_and_ca_bundle_is_checked(tmp_path, monkeypatch):
-    monkeypatch.setenv(dicomweb.ENV_CONFIG, str(tmp_path / "none.json"))
-    monkeypatch.delenv(dicomweb.ENV_CA, raising=False)
-    c = dicomweb.client("https://pacs.invalid/dicom-web")
+    monkeypatch.setenv(pacs.ENV_CONFIG, str(tmp_path / "none.json"))
+    monkeypatch.delenv(pacs.ENV_CA, raising=False)
+    c = pacs.client("https://pacs.invalid/dicom-web")
     assert c._session.verify is True
-    monkeypatch.setenv(dicomweb.ENV_CA, str(tmp_path / "missing.pem"))
+    monkeypatch.setenv(pacs.ENV_CA, str(tmp_path / "missing.pem"))
     with pytest.raises(NapariSSLError, match="CA bundle not found"):
-        dicomweb.load_settings("https://pacs.invalid/dicom-web")
+        pacs.load_settings("https://pacs.invalid/dicom-web")
     cfg = tmp_path / "pacs.json"
     cfg.write_text(json.dumps({"servers": [{"url": "https://pacs.invalid", "token": "t0k", "verify": False}]}))
-    monkeypatch.setenv(dicomweb.ENV_CONFIG, str(cfg))
-    monkeypatch.delenv(dicomweb.ENV_CA)
+    monkeypatch.setenv(pacs.ENV_CONFIG, str(cfg))
+    monkeypatch.delenv(pacs.ENV_CA)
     with pytest.raises(NapariSSLError, match="not allowed"):
-        dicomweb.load_settings("https://pacs.invalid/dicom-web")
+        pacs.load_settings("https://pacs.invalid/dicom-web")
 
 
 def test_seg_on_a_series_with_rounding_noise_through_the_pacs(orthanc, pacs_env, dcmqi_dir, tmp_path, capsys):
     """Issue 12: an oblique series whose files spell the orientation with different last digits, pulled from
     the PACS, exported with --stow: Orthanc takes the SEG, and it comes back voxel-exact on the pulled series."""
     from napari_ssl.io import write_itk_volume
-    from napari_ssl.io.seg_read import read_on_source
+    from napari_ssl.io.seg.on_source import read_on_source
+
     from perturbed_series import oblique_series
 
     files = oblique_series(sorted((dcmqi_dir / "ct-3slice").glob("*.dcm")), tmp_path / "oblique", n_slices=6, new_study=True)
     for f in files:
         assert orthanc.upload(str(f))["Status"] == "Success"
     uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
-    src = dicomweb.load_series(pacs_env, uid)
+    src = pacs.load_series(pacs_env, uid)
     assert src.shape == (6, 512, 512) and src.warnings == []
     lab = np.zeros(src.shape, np.uint8)
     lab[1:5, 100:300, 150:350] = 1
@@ -175,7 +177,7 @@ def test_seg_on_a_series_with_rounding_noise_through_the_pacs(orthanc, pacs_env,
                    "--names", "liver,lesion", "--stow", pacs_env])
     assert rc == 0, capsys.readouterr().err
     seg_uid = str(pydicom.dcmread(out, stop_before_pixels=True).SeriesInstanceUID)
-    paths = dicomweb.retrieve_series(pacs_env, seg_uid, str(tmp_path / "seg_back"))
+    paths = pacs.retrieve_series(pacs_env, seg_uid, str(tmp_path / "seg_back"))
     (placed, names), = read_on_source(paths[0], src)
     assert names == {1: "liver", 2: "lesion"}
     np.testing.assert_array_equal(placed.array, lab)

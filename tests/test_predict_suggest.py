@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from napari_ssl import api
-from napari_ssl.active.suggest import rank_pool, suggest_slices
 from napari_ssl.active.predict import slice_scores
+from napari_ssl.active.suggest import rank_pool, suggest_slices
 from napari_ssl.cli import main
 from napari_ssl.errors import NapariSSLError
 

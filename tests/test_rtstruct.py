@@ -2,7 +2,7 @@
 
 The reference mask is an independent rasterisation written here: each slice's geometry straight from
 its own header (ImagePositionPatient, PixelSpacing, ImageOrientationPatient) and matplotlib's
-Path.contains_points on the pixel centres -- not the affine or the scanline fill of napari_ssl.io.rtstruct.
+Path.contains_points on the pixel centres -- not the affine or the scanline fill of napari_ssl.io.dicom.rtstruct.
 """
 import os
 import shutil
@@ -28,7 +28,7 @@ def cervical(data_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(cervical):
-    from napari_ssl.io.rtstruct import read_rtstruct_labels
+    from napari_ssl.io.dicom.rtstruct import read_rtstruct_labels
 
     t0 = time.perf_counter()
     vol, names, colors = read_rtstruct_labels(cervical / "RTstruct.dcm")
@@ -118,7 +118,7 @@ def _add_bladder_copy(ds):
 
 
 def test_overlapping_rois_are_one_clear_error_unless_picked_and_ordered(cervical, tmp_path):
-    from napari_ssl.io.rtstruct import read_rtstruct_labels
+    from napari_ssl.io.dicom.rtstruct import read_rtstruct_labels
 
     p = _copy_rt(cervical, tmp_path, _add_bladder_copy)
     with pytest.raises(NapariSSLError, match=r"ROIs overlap \(urinary_bladder & bladder_copy .*--rois"):
@@ -131,7 +131,7 @@ def test_overlapping_rois_are_one_clear_error_unless_picked_and_ordered(cervical
 
 
 def test_bad_rtstructs_give_one_line_errors(cervical, tmp_path, dcmqi_dir):
-    from napari_ssl.io.rtstruct import read_rtstruct_labels
+    from napari_ssl.io.dicom.rtstruct import read_rtstruct_labels
 
     # another series: the given source is not the referenced one
     with pytest.raises(NapariSSLError, match="references another image series"):
@@ -175,7 +175,7 @@ def test_finetune_labels_and_cli_exports_accept_an_rtstruct(cervical, tmp_path, 
     from napari_ssl import api
     from napari_ssl.cli import main
     from napari_ssl.io.nifti import read_itk_volume
-    from napari_ssl.io.seg_read import read_single_label_map
+    from napari_ssl.io.seg.read import read_single_label_map
     from napari_ssl.train.finetune import load_labels_and_names
 
     vol, names, _, _ = loaded
@@ -200,7 +200,7 @@ def test_finetune_labels_and_cli_exports_accept_an_rtstruct(cervical, tmp_path, 
                  "--rois", "urinary_bladder,femur_right"]) == 0
     back, seg_names = read_single_label_map(seg, canonical=True)
     assert sorted(seg_names.values()) == ["femur_right", "urinary_bladder"]
-    from napari_ssl.io.seg_read import place_on_grid
+    from napari_ssl.io.seg.on_source import place_on_grid
 
     placed = place_on_grid(back, vol)
     seg_val = {v: k for k, v in seg_names.items()}
@@ -258,7 +258,7 @@ def test_cli_finetune_on_the_ct_with_rtstruct_labels(cervical, tmp_path, capsys)
 
 def test_series_in_a_sibling_folder_is_found(cervical, tmp_path, loaded):
     """study/CT/*.dcm + study/RT/rt.dcm, the layout PACS exports (and `deidentify`) write."""
-    from napari_ssl.io.rtstruct import read_rtstruct_labels
+    from napari_ssl.io.dicom.rtstruct import read_rtstruct_labels
 
     (tmp_path / "study" / "CT").mkdir(parents=True)
     (tmp_path / "study" / "RT").mkdir()
@@ -322,10 +322,11 @@ def test_rtstruct_from_a_known_mask_reads_back_on_ct_and_mr(case, dcmqi_dir, tmp
     """Outlines of a known mask written as an RTSTRUCT read back onto the series: the real liver SEG on the
     3-slice CT, and an ellipse with a hole on pydicom's MR_small."""
     from napari_ssl.io import load_volume
-    from napari_ssl.io.rtstruct import read_rtstruct_labels
+    from napari_ssl.io.dicom.rtstruct import read_rtstruct_labels
 
     if case == "ct_liver":
-        from napari_ssl.io.seg_read import place_on_grid, read_single_label_map
+        from napari_ssl.io.seg.on_source import place_on_grid
+        from napari_ssl.io.seg.read import read_single_label_map
 
         series = sorted((dcmqi_dir / "ct-3slice").glob("*.dcm"))
         vol = load_volume(dcmqi_dir / "ct-3slice", canonical=False)

@@ -5,11 +5,10 @@ Real spawned children (this module is importable in them: pytest puts tests/ on 
 """
 from __future__ import annotations
 
-import time
-
 import os
 import signal
 import threading
+import time
 
 from napari_ssl.train.runner import JobRunner
 

@@ -287,7 +287,7 @@ def _mask8(shape, kind):
 @pytest.mark.parametrize("kind", ["three segments", "one segment", "gap"])
 def test_fast_build_equals_highdicoms_own(ct8, kind, labelmap):
     """The per-frame part built by napari_ssl equals what highdicom's constructor builds, item by item."""
-    from napari_ssl.io.seg_write import build_segmentation
+    from napari_ssl.io.seg.write import build_segmentation
 
     lab = _mask8(ct8.shape, kind)
     names = ["a", "b", "c"][: int(lab.max())]
@@ -310,8 +310,8 @@ def test_fast_build_equals_highdicoms_own(ct8, kind, labelmap):
 def test_fast_file_encoding_gives_pydicoms_bytes(tmp_path, ct8, labelmap):
     import io
 
-    from napari_ssl.io.dicom_encode import encode_file
-    from napari_ssl.io.seg_write import build_segmentation
+    from napari_ssl.io.dicom.pydicom_fast import encode_file
+    from napari_ssl.io.seg.write import build_segmentation
 
     seg, _, _ = build_segmentation(_mask8(ct8.shape, "three segments"), ct8, ct8.affine, ["a", "b", "c"], labelmap=labelmap)
     seg.PatientName = "Müller^Jörg"  # non-ASCII text goes through pydicom's own element writer
@@ -348,8 +348,8 @@ def test_write_path_builds_no_frame_index_and_the_file_reads_back(tmp_path, ct8)
 _HD_TABLES_CHECK = """
 import json, pkgutil, sys
 from highdicom import _standard_utils as su
-from napari_ssl.io import hd_tables
-assert hd_tables.install(), "the lazy table was not installed"
+from napari_ssl.io.seg.highdicom_fast import install_lazy_module_table
+assert install_lazy_module_table(), "the lazy table was not installed"
 m = su.get_module_attribute_map()
 assert m.parsed == 0
 assert su.is_attribute_in_iod("ContentDate", "1.2.840.10008.5.1.4.1.1.66.4")
@@ -379,7 +379,7 @@ def test_lazy_standard_table_equals_highdicoms_own():
 def test_lazy_standard_table_falls_back_on_any_other_layout(tmp_path):
     import json
 
-    from napari_ssl.io.hd_tables import LazyModuleMap, _spans, lazy_map
+    from napari_ssl.io.seg.highdicom_fast.module_table import LazyModuleMap, _spans, lazy_map
 
     data = {"mod-a": [{"keyword": "A", "type": "1", "path": []}], "mod-\\\"b": [{"keyword": "B", "type": "3", "path": ["A"]}]}
     text = json.dumps(data, indent=2).encode()
@@ -461,7 +461,8 @@ def test_cli_export_seg_and_nifti(tmp_path, dcmqi_dir, capsys):
     np.testing.assert_allclose(got.affine, ref.affine, atol=1e-3)
     np.testing.assert_array_equal(got.array, ref.array)
 
-    rc = cli_main(["export-seg", "--labels", str(dcmqi_dir / "liver_seg.nrrd"), "--source", str(dcmqi_dir / "ct-3slice"), "--out", str(tmp_path / "x.dcm")])
+    rc = cli_main(["export-seg", "--labels", str(dcmqi_dir / "liver_seg.nrrd"), "--source", str(dcmqi_dir / "ct-3slice"),
+                   "--out", str(tmp_path / "x.dcm")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("napari-ssl export-seg: error: label 1 has no name") and "\n" not in err
     assert not (tmp_path / "x.dcm").exists()

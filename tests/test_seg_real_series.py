@@ -21,7 +21,8 @@ import pytest
 from napari_ssl.cli import main as cli_main
 from napari_ssl.io import load_volume, write_itk_volume
 from napari_ssl.io.orientation import reorient_array
-from napari_ssl.io.seg_read import place_on_grid, read_on_source, read_segmentation
+from napari_ssl.io.seg.on_source import place_on_grid, read_on_source
+from napari_ssl.io.seg.read import read_segmentation
 
 from perturbed_series import oblique_series
 from test_seg_export import dciodvfy_errors

@@ -6,9 +6,9 @@ import pytest
 
 from napari_ssl import api
 from napari_ssl.cli import main
+from napari_ssl.data.components import keep_touching
 from napari_ssl.models.checkpoint import read_meta
 from napari_ssl.train.finetune import load_image, load_labels
-from napari_ssl.data.components import keep_touching
 from napari_ssl.train.semi_supervised import IGNORE, nearest_unannotated, semi_supervised_loss
 
 FAST = dict(encoder="mobilenetv3-small-lite", image_size=64, batch_size=8, lr=3e-3, preview_every_s=0.0, seed=0)
@@ -52,7 +52,8 @@ def test_semi_supervised_run_keeps_pseudo_labels_in_memory_and_predict_respects_
     meta = read_meta(out)
     semi = meta["training"]["semi_supervised"]
     # phase 0: fill-between pseudo-labels; phase 1 adds the model's once it reproduces the user's slices (gated)
-    assert semi["enabled"] and len(semi["pseudo_slices_per_phase"]) == 2 and semi["pseudo_slices_per_phase"][1] >= semi["pseudo_slices_per_phase"][0] > 0
+    assert (semi["enabled"] and len(semi["pseudo_slices_per_phase"]) == 2
+            and semi["pseudo_slices_per_phase"][1] >= semi["pseudo_slices_per_phase"][0] > 0)
     assert meta["training_slices"][0]["slices"] == sorted([*zs, empty])  # only the user's slices are training slices
     # the loss falls over the run
     assert len(losses) == 100 and np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])

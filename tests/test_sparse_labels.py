@@ -3,7 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ssl.data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume, augment_pair, fit_to_size, slice_stack, unfit_from_size
+from napari_ssl.data.labelled_slices import (
+    AugmentConfig,
+    LabelledSliceDataset,
+    LabelledVolume,
+    augment_pair,
+    fit_to_size,
+    slice_stack,
+    unfit_from_size,
+)
 from napari_ssl.data.normalize import normalize
 from napari_ssl.data.sparse_labels import annotated_slices, as_label_array, check_class_names, check_same_grid, parse_class_names, parse_index_list
 from napari_ssl.errors import NapariSSLError

@@ -16,6 +16,8 @@ import numpy as np
 import psutil
 import pytest
 
+from napari_ssl.train.events import Failed, Finished, Preview, Progress
+
 pytestmark = pytest.mark.gui
 
 PLUGIN = "napari-ssl"
@@ -83,9 +85,10 @@ def dock(viewer, name: str):
     return widget
 
 
-def events_of(job, kinds=None) -> list[dict]:
-    seen: list[dict] = []
-    job.event.connect(lambda ev: seen.append(ev) if kinds is None or ev.get("type") in kinds else None)
+def events_of(job, kinds=None) -> list:
+    """The job's typed events (napari_ssl.train.events), as they arrive; `kinds`: only these classes."""
+    seen: list = []
+    job.event.connect(lambda ev: seen.append(ev) if kinds is None or isinstance(ev, kinds) else None)
     return seen
 
 
@@ -154,7 +157,7 @@ def test_pretrain_previews_loss_stop_and_runs_list(make_napari_viewer, ssl_home)
     assert widget.start_button.text() == "Stop"
     pid = widget.job.pid
     assert psutil.Process(pid).is_running() and pid != os.getpid()  # a child process, not a thread
-    previews = lambda: [e for e in events if e["type"] == "preview"]  # noqa: E731
+    previews = lambda: [e for e in events if isinstance(e, Preview)]  # noqa: E731
     wait_until(lambda: len(previews()) >= 2 and len(widget.preview_layers) == 3, 180, "two rounds of previews")
     first = {name: lay for name, lay in widget.preview_layers.items()}
     first_data = {name: np.array(lay.data, copy=True) for name, lay in first.items()}
@@ -187,8 +190,8 @@ def test_pretrain_previews_loss_stop_and_runs_list(make_napari_viewer, ssl_home)
     assert widget.start_button.text() == "Stopping..."
     wait_until(lambda: not widget.running, 120, "the job to stop")
     res = widget.last_result
-    assert res["type"] == "done" and res["stopped"], res
-    out = Path(res["out"])
+    assert isinstance(res, Finished) and res.stopped, res
+    out = Path(res.out)
     assert out.parent == Path(ssl_home) / "runs"
     meta = json.loads((out / "model.json").read_text())
     assert meta["status"] == "stopped" and meta["method"] == "inpainting" and meta["steps"] >= 1
@@ -208,12 +211,12 @@ def test_killed_child_shows_error_and_viewer_keeps_working(make_napari_viewer, s
     viewer.open_sample(PLUGIN, "hippocampus_mr")
     widget = dock(viewer, "Pretrain")
     events = start_tiny_pretraining(widget)
-    wait_until(lambda: any(e["type"] == "progress" for e in events), 180, "training to run")
+    wait_until(lambda: any(isinstance(e, Progress) for e in events), 180, "training to run")
     pid = widget.job.pid
     os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
     wait_until(lambda: not widget.running, 30, "the death to be noticed")
-    assert widget.last_result["type"] == "error"
-    msg = widget.last_result["message"]
+    assert isinstance(widget.last_result, Failed)
+    msg = widget.last_result.message
     assert "killed" in msg and "memory" in msg, msg
     assert any("ERROR" in sev.upper() and "killed" in m for sev, m in notes()), notes()
     assert widget.status.text().startswith("Error:")
@@ -235,7 +238,7 @@ def test_closing_napari_stops_the_job_and_leaves_no_orphan(make_napari_viewer, s
     viewer.open_sample(PLUGIN, "hippocampus_mr")
     widget = dock(viewer, "Pretrain")
     events = start_tiny_pretraining(widget)
-    wait_until(lambda: any(e["type"] == "progress" for e in events), 180, "training to run")
+    wait_until(lambda: any(isinstance(e, Progress) for e in events), 180, "training to run")
     pid, out = widget.job.pid, Path(widget.out_dir)
     viewer.close()  # the window's close: napari cancels registered tasks, our job stops and saves
     assert gone(pid, 5), "the training process outlived the viewer"
@@ -352,7 +355,7 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     # the instant result (fill between slices) arrives while the model trains, as its own layer
     wait_until(lambda: image.name + " fill between" in viewer.layers, 120, "the fill-between layer")
     wait_until(lambda: not widget.running and not widget.results_pending, 240, "fine-tuning and prediction")
-    assert widget.last_result["type"] == "done", widget.last_result
+    assert isinstance(widget.last_result, Finished), widget.last_result
     assert not widget.progress_bar.isVisible()
     assert gone(pid)
     model1 = widget.last_model
@@ -402,7 +405,7 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     assert widget.job.runner.config["finetune"]["init_model"] == model1
     assert widget.job.label == "Fine-tuning (warm start)"
     wait_until(lambda: not widget.running and not widget.results_pending, 240, "the second round")
-    assert widget.last_result["type"] == "done", widget.last_result
+    assert isinstance(widget.last_result, Finished), widget.last_result
     model2 = widget.last_model
     assert model2 != model1
     meta2 = json.loads((Path(model2) / "model.json").read_text())
@@ -467,7 +470,7 @@ def test_export_dicom_seg_with_edited_names_and_nifti(make_napari_viewer, ssl_ho
     widget.path.setText(str(out))
     widget.export()
     wait_until(lambda: widget.last_result is not None, 120, "the DICOM-SEG export")
-    assert widget.last_result["type"] == "done", widget.last_result
+    assert isinstance(widget.last_result, Finished), widget.last_result
     seg = hd.seg.segread(str(out))
     assert seg.Modality == "SEG" and seg.number_of_segments == 1
     assert seg.get_segment_description(1).SegmentLabel == "Liver edited by hand"
@@ -504,7 +507,7 @@ def test_export_dicom_seg_with_edited_names_and_nifti(make_napari_viewer, ssl_ho
     widget.path.setText(str(nii))
     widget.export()
     wait_until(lambda: widget.last_result is not None, 120, "the NIfTI export")
-    assert widget.last_result["type"] == "done", widget.last_result
+    assert isinstance(widget.last_result, Finished), widget.last_result
     got, src = sitk.ReadImage(str(nii)), sitk.ReadImage(str(MR_IMAGE))
     assert got.GetSize() == src.GetSize() and np.allclose(got.GetSpacing(), src.GetSpacing())
     assert np.allclose(got.GetOrigin(), src.GetOrigin()) and np.allclose(got.GetDirection(), src.GetDirection())
@@ -535,7 +538,7 @@ def test_export_widget_writes_a_deidentified_copy_with_the_seg(make_napari_viewe
     widget.path.setText(str(out))
     widget.export()
     wait_until(lambda: widget.last_result is not None, 120, "the export with a de-identified copy")
-    assert widget.last_result["type"] == "done", widget.last_result
+    assert isinstance(widget.last_result, Finished), widget.last_result
     deid = tmp_path / "liver_deid"
     files = sorted(deid.rglob("*.dcm"))
     sources = ct.metadata["volume"].source_paths

@@ -4,9 +4,10 @@ Train makes no layer; the finished job's child is joined off the GUI thread. Rea
 from __future__ import annotations
 
 import numpy as np
+from test_widgets import PLUGIN, TINY, dock, ssl_home, wait_until  # noqa: F401 (ssl_home: fixture)
 
 from napari_ssl._napari.widgets import result_layers
-from test_widgets import PLUGIN, TINY, dock, ssl_home, wait_until  # noqa: F401 (ssl_home: fixture)
+from napari_ssl.train.events import Failed, Finished
 
 
 def test_result_layers_are_made_ahead_and_results_only_swap_data(make_napari_viewer, ssl_home):  # noqa: F811
@@ -44,7 +45,7 @@ def test_result_layers_are_made_ahead_and_results_only_swap_data(make_napari_vie
     assert widget.running and len(viewer.layers) == n_layers  # Train makes no layer
 
     wait_until(lambda: not widget.running and not widget.results_pending, 300, "training, prediction and the layers")
-    assert widget.last_result["type"] == "done", widget.last_result
+    assert isinstance(widget.last_result, Finished), widget.last_result
     final = {k: viewer.layers[n] for k, n in names.items()}
     assert {k: lay.unique_id for k, lay in final.items()} == ids  # the same layers: arrival swapped data in
     assert len(viewer.layers) == n_layers
@@ -83,7 +84,7 @@ def test_a_failed_training_leaves_the_result_layers_waiting(make_napari_viewer, 
     widget.train()
     wait_until(lambda: not widget.running and not widget.results_pending and widget.last_result is not None, 300,
                "the job to fail")
-    assert widget.last_result["type"] == "error", widget.last_result
+    assert isinstance(widget.last_result, Failed), widget.last_result
     assert image.name + " prediction" not in viewer.layers and image.name + " uncertainty" not in viewer.layers
     for kind in ("prediction", "uncertainty"):  # hidden and empty, for the next Train
         lay = viewer.layers[result_layers.waiting_name(f"{image.name} {kind}")]

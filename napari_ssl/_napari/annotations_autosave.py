@@ -24,8 +24,9 @@ META_FILE = "annotations.json"
 
 
 def annotations_home() -> Path:
-    env = os.environ.get("NAPARI_SSL_HOME")
-    return (Path(env).expanduser() if env else Path.home() / ".napari-ssl") / "annotations"
+    from ..settings import annotations_dir
+
+    return annotations_dir()
 
 
 def autosave_folder(image_name: str, identity: str = "") -> Path:

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..train.events import Finished
+
 
 @dataclass
 class LoopSettings:
@@ -182,9 +184,9 @@ class DemoLoop:
             if w.running or w.last_result is None:
                 return False
             res = w.last_result
-            if res.get("type") != "done":
-                raise RuntimeError(res.get("message", "pretraining failed"))
-            self.summary["pretrained"] = {"method": "inpainting", "steps": self.settings.pretrain_steps, "out": os.path.basename(res.get("out", ""))}
+            if not isinstance(res, Finished):
+                raise RuntimeError(res.message or "pretraining failed")
+            self.summary["pretrained"] = {"method": "inpainting", "steps": self.settings.pretrain_steps, "out": os.path.basename(res.out or "")}
             return True
         return done
 
@@ -200,7 +202,7 @@ class DemoLoop:
         w.set_classes([str(names.get(v, names.get(str(v), f"class {v}"))) for v in range(1, int(self.expert.max()) + 1)])
         labels = w.create_labels_layer()
         labels.data = np.zeros_like(labels.data)  # an autosave of an earlier demo run would come back: start blank
-        labels.metadata["napari_ssl"]["annotation"]["empty_slices"] = []
+        w.state.empty_slices.clear()
         self.annotated = pick_slices(self.expert, self.settings.annotate_slices)
         for z in self.annotated:  # what a user's brush does, one slice at a time
             labels.data[z] = self.expert[z].astype(labels.data.dtype)
@@ -240,7 +242,7 @@ class DemoLoop:
         w.fill_between_auto = False  # already shown
         pretrained = (self.summary.get("pretrained") or {}).get("out")
         if pretrained and getattr(self, "_pretrain_widget", None) is not None and self._pretrain_widget.last_result:
-            w.select_pretrained(self._pretrain_widget.last_result["out"])
+            w.select_pretrained(self._pretrain_widget.last_result.out)
         w.steps.setValue(self.settings.finetune_steps)
         w.image_size.setValue(self.settings.image_size)
         w.batch_size.setValue(self.settings.batch_size)
@@ -252,8 +254,8 @@ class DemoLoop:
             if w.running or w.results_pending or w.last_result is None:
                 return False
             res = w.last_result
-            if res.get("type") != "done":
-                raise RuntimeError(res.get("message", "training failed"))
+            if not isinstance(res, Finished):
+                raise RuntimeError(res.message or "training failed")
             pred = w.prediction_layer()
             # show a slice the model completed on its own: between the first two annotated slices
             between = [z for z in range(self.annotated[0] + 1, self.annotated[-1]) if z not in self.annotated]
@@ -299,8 +301,8 @@ class DemoLoop:
         def done() -> bool:
             if ex.job is not None and ex.job.running or ex.last_result is None:
                 return False
-            if ex.last_result.get("type") != "done":
-                raise RuntimeError(ex.last_result.get("message", "export failed"))
+            if not isinstance(ex.last_result, Finished):
+                raise RuntimeError(ex.last_result.message or "export failed")
             fmt, path = todo[state["i"]]
             self.summary["exports"].append({"format": fmt, "file": os.path.basename(path), "bytes": os.path.getsize(path)})
             if state["i"] + 1 < len(todo):

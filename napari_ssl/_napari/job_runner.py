@@ -17,6 +17,8 @@ from typing import Any, Callable
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
+from ..train.events import Failed, Finished, JobEvent, Progress, Started, as_event
+from ..train.events import Status as StatusEvent  # (napari has a Status of its own: task_status)
 from ..train.runner import JobRunner, warm_up_helpers
 
 _JOBS: "weakref.WeakSet[QtJob]" = weakref.WeakSet()
@@ -35,12 +37,9 @@ def default_nice() -> int:
     slice; at +10 it yields to the GUI (and to nothing else when the machine is otherwise idle, so
     training speed is unchanged there). ``$NAPARI_SSL_JOB_NICE`` overrides it (0: same priority).
     """
-    import os
+    from ..settings import JOB_NICE_ENV, env_int
 
-    try:
-        return max(0, int(os.environ.get("NAPARI_SSL_JOB_NICE", "10")))
-    except ValueError:
-        return 10
+    return max(0, env_int(JOB_NICE_ENV, 10))
 
 
 SPINNER_SPEED_PERCENT = 1
@@ -73,12 +72,12 @@ def calm_activity_spinner(speed_percent: int = SPINNER_SPEED_PERCENT) -> int:
 class QtJob(QObject):
     """One job in a child process, driven from the Qt event loop.
 
-    Signals: ``event(dict)`` for every event (in order), ``finished(dict)`` once, with the terminal
-    event (``{"type": "done", ...}`` or ``{"type": "error", "message": ...}``).
+    Signals: ``event(JobEvent)`` for every event (in order, typed: napari_ssl.train.events), ``finished(JobEvent)``
+    once, with the terminal event (``Finished`` or ``Failed``).
     """
 
-    event = Signal(dict)
-    finished = Signal(dict)
+    event = Signal(object)
+    finished = Signal(object)
 
     def __init__(self, target: str | Callable, config: Any, *, label: str, viewer=None,
                  interval_ms: int = 50, stop_grace_s: float = 60.0, nice: int | None = None,
@@ -99,7 +98,7 @@ class QtJob(QObject):
         self._eta = Eta()
         self.seconds_left: float | None = None  # training time left, from the rate of progress (None: not known yet)
         self._task_id = None
-        self.last_event: dict | None = None
+        self.last_event: JobEvent | None = None
 
     # -- lifecycle
     def start(self) -> "QtJob":
@@ -146,15 +145,16 @@ class QtJob(QObject):
         if self.runner.finished and self.runner.result is not None:
             self._finish(self.runner.result)
 
-    def _deliver(self, ev: dict) -> None:
-        t = ev.get("type")
-        if t in ("done", "error"):
+    def _deliver(self, ev: dict | JobEvent) -> None:
+        ev = as_event(ev)
+        if isinstance(ev, (Finished, Failed)):
             return  # delivered once, by _finish
         self.last_event = ev
         self._update_progress(ev)
         self.event.emit(ev)
 
-    def _finish(self, ev: dict) -> None:
+    def _finish(self, ev: dict | JobEvent) -> None:
+        ev = as_event(ev)
         if getattr(self, "_finished_sent", False):
             return
         self._finished_sent = True
@@ -179,18 +179,17 @@ class QtJob(QObject):
             self._progress = None
         calm_activity_spinner()
 
-    def _update_progress(self, ev: dict) -> None:
-        if ev.get("type") == "progress" and ev.get("step") is not None and ev.get("total_steps"):
-            self.seconds_left = self._eta.update(int(ev["step"]), int(ev["total_steps"]))
+    def _update_progress(self, ev: JobEvent) -> None:
+        if isinstance(ev, Progress) and ev.step is not None and ev.total_steps:
+            self.seconds_left = self._eta.update(int(ev.step), int(ev.total_steps))
         p = self._progress
         if p is None:
             return
-        t = ev.get("type")
-        total = ev.get("total_steps")
-        if t in ("started", "progress") and total and p.total != total:
+        total = ev.total_steps if isinstance(ev, (Started, Progress)) else None
+        if total and p.total != total:
             p.total = int(total)
-        if t == "progress" and ev.get("step") is not None:
-            step = int(ev["step"])
+        if isinstance(ev, Progress) and ev.step is not None:
+            step = int(ev.step)
             now = time.monotonic()
             if now - self._progress_shown_at < PROGRESS_EVERY_S and not (total and step >= int(total)):
                 return  # shown at the next event after PROGRESS_EVERY_S (the count catches up then)
@@ -202,10 +201,10 @@ class QtJob(QObject):
                 from ..progress_text import step_text
 
                 p.set_description(step_text(self.label, step, total, self.seconds_left))
-        elif t == "started" and not self.runner.stop_requested:
+        elif isinstance(ev, Started) and not self.runner.stop_requested:
             p.set_description(self.label)
-        elif t == "status" and ev.get("message"):
-            p.set_description(f"{self.label}: {ev['message']}" if ev.get("phase") is None else str(ev["message"]))
+        elif isinstance(ev, StatusEvent) and ev.message:
+            p.set_description(f"{self.label}: {ev.message}" if ev.phase is None else str(ev.message))
 
     def _close_progress(self) -> None:
         if self._progress is not None:
@@ -236,7 +235,7 @@ class QtJob(QObject):
         except Exception:
             self._task_id = None
 
-    def _unregister_with_window(self, ev: dict) -> None:
+    def _unregister_with_window(self, ev: JobEvent) -> None:
         viewer = self._viewer() if self._viewer else None
         window = getattr(viewer, "window", None)
         if self._task_id is None or window is None:
@@ -244,7 +243,7 @@ class QtJob(QObject):
         try:
             from napari.utils.task_status import Status
 
-            status = Status.COMPLETED if ev.get("type") == "done" else Status.FAILED
+            status = Status.COMPLETED if isinstance(ev, Finished) else Status.FAILED
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 window._update_task_status(self._task_id, status, self.label)

@@ -8,14 +8,13 @@ raising, so the user never sees a traceback for bad input. Layer conventions: se
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from typing import Any, Callable, Optional, Sequence, Union
 
 from ..errors import NapariSSLError
 from ..io.nifti import is_itk_image_path
-from .layers import image_layer_data, labels_layer_data, layer_name, resample_labels_to, open_image_volumes
+from .layers import image_layer_data, labels_layer_data, layer_name, open_image_volumes, resample_labels_to
 
 log = logging.getLogger(__name__)
 
@@ -122,25 +121,12 @@ def _seg_files_under(path: str, classes: set = SEG_SOP_CLASSES) -> list[str]:
     return found
 
 
-def seg_reader() -> Optional[Callable[[str], list]]:
-    """``napari_ssl.io.seg.read_segmentation`` if that module is installed, else None."""
-    try:
-        mod = importlib.import_module("napari_ssl.io.seg")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("napari_ssl.io.seg",):
-            return None
-        raise
-    return getattr(mod, "read_segmentation", None)
-
-
 def read_segmentation_layers(seg_path: str, images: Sequence[Any] = ()) -> list[LayerData]:
     """Labels layers for one DICOM-SEG file, each placed on the grid of the image it belongs to
     (same frame of reference and grid) when that image is among `images`."""
     from ..io.orientation import canonicalize
+    from ..io.seg import read_segmentation
 
-    read_segmentation = seg_reader()
-    if read_segmentation is None:
-        raise NapariSSLError(f"DICOM-SEG reading not available in this installation; cannot open {os.path.basename(seg_path)}")
     placed_on_source = _read_on_known_source(seg_path, images)
     if placed_on_source is not None:
         return [_seg_layer(labels, names, seg_path) for labels, names in placed_on_source]
@@ -175,7 +161,7 @@ def _read_on_known_source(seg_path: str, images: Sequence[Any]) -> Optional[list
     among `images`, open in the viewer, or on disk beside the SEG; None when it is not known
     (or the SEG does not lie on its grid: a warning, then the SEG opens on its own grid)."""
     from ..io.orientation import canonicalize
-    from ..io.seg_read import find_source_series, read_on_source, referenced_series_uid
+    from ..io.seg.on_source import find_source_series, read_on_source, referenced_series_uid
 
     uid = referenced_series_uid(seg_path)
     if not uid:

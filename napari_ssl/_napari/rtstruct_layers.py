@@ -27,7 +27,7 @@ def color_dict(colors: dict[int, tuple]) -> dict:
 def read_rtstruct_layers(rt_path: str, images: Sequence[Volume] = ()) -> list[tuple]:
     """Layer data for one RTSTRUCT: Labels layer(s), preceded by the image layer when the series was
     read from disk here (it was neither opened with it nor open in the viewer)."""
-    from ..io import rtstruct as rt
+    from ..io.dicom import rtstruct as rt
     from ..io.orientation import canonicalize
 
     ss = rt.read_structure_set(rt_path)

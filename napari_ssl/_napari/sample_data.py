@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from ..errors import NapariSSLError
@@ -18,8 +17,6 @@ MR_LABELS = SAMPLE_MR / "hippocampus_320_labels.nii.gz"
 MR_SEGMENT_NAMES = {1: "anterior", 2: "posterior"}
 CT_SERIES = SAMPLE_CT / "ct-3slice"
 CT_SEG = SAMPLE_CT / "liver.dcm"
-CT_LABELMAP = SAMPLE_CT / "liver_seg.nrrd"
-CT_SEGMENT_NAMES = {1: "Liver"}
 
 
 def hippocampus_mr() -> list[tuple]:
@@ -40,29 +37,13 @@ def hippocampus_mr() -> list[tuple]:
 
 
 def ct_liver_seg() -> list[tuple]:
-    """Three real CT slices (dcmqi test data, BSD-3) and the real liver DICOM-SEG that references them.
-
-    The SEG goes through the DICOM-SEG reader when installed; otherwise the same mask from the
-    NRRD labelmap shipped beside it is shown.
-    """
+    """Three real CT slices (dcmqi test data, BSD-3) and the real liver DICOM-SEG that references them."""
     from ..io import load_volume
-    from .reader import read_segmentation_layers, seg_reader
+    from .reader import read_segmentation_layers
 
     ct = load_volume(CT_SERIES)
     ct.series_description = ct.series_description or "CT (dcmqi sample)"
-    layers = [image_layer_data(ct)]
-    if seg_reader() is not None:
-        seg_layers = read_segmentation_layers(str(CT_SEG), [ct])
-        for data, kwargs, kind in seg_layers:
-            kwargs["metadata"]["napari_ssl"]["sample_label_source"] = "DICOM-SEG"
-        layers.extend(seg_layers)
-    else:
-        log.info("DICOM-SEG reader not available; showing %s instead of %s", CT_LABELMAP.name, CT_SEG.name)
-        labelmap = load_volume(CT_LABELMAP)
-        placed = resample_labels_to(labelmap, ct)
-        if placed is None:
-            raise NapariSSLError(f"{CT_LABELMAP.name} is not on the grid of {CT_SERIES.name}")
-        data, kwargs, kind = labels_layer_data(placed, CT_SEGMENT_NAMES)
-        kwargs["metadata"]["napari_ssl"]["sample_label_source"] = os.path.basename(CT_LABELMAP)
-        layers.append((data, kwargs, kind))
-    return layers
+    seg_layers = read_segmentation_layers(str(CT_SEG), [ct])
+    for data, kwargs, kind in seg_layers:
+        kwargs["metadata"]["napari_ssl"]["sample_label_source"] = "DICOM-SEG"
+    return [image_layer_data(ct)] + seg_layers

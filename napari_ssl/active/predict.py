@@ -64,18 +64,20 @@ def slice_scores(pred: "Prediction", score: Optional[str] = None) -> np.ndarray:
 
 def load_segmentation_model_meta(model_dir: str) -> dict:
     """model.json of a fine-tuned model folder, checked for what prediction needs."""
-    from ..models.checkpoint import read_meta
+    from ..models.metadata import read_model_meta
 
     if not os.path.isdir(model_dir):
         raise NapariSSLError(f"--model: no such model folder: {model_dir}")
-    meta = read_meta(model_dir)
-    if meta.get("kind") != "segmentation":
+    meta = read_model_meta(model_dir)
+    if not meta.is_segmentation:
         raise NapariSSLError(f"{model_dir} is not a fine-tuned segmentation model (run napari-ssl finetune first)")
     try:
-        int(meta["in_channels"]), int(meta["num_classes"]), str(meta["encoder_name"])
-    except (KeyError, ValueError, TypeError):
-        raise NapariSSLError(f"{model_dir}/model.json lacks encoder_name / in_channels / num_classes") from None
-    return meta
+        complete = int(meta.in_channels) > 0 and int(meta.num_classes) > 0 and bool(meta.encoder_name)
+    except (ValueError, TypeError):
+        complete = False
+    if not complete:
+        raise NapariSSLError(f"{model_dir}/model.json lacks encoder_name / in_channels / num_classes")
+    return meta.to_dict()
 
 
 def load_segmentation_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -179,7 +181,8 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
     if volume.array.ndim != 3:
         raise NapariSSLError(f"the image must be a 3-D volume; got shape {list(volume.array.shape)}")
     spec = resolve_normalization(meta.get("normalization"), volume.modality)
-    from ..data.auto_config import crop_volume, keep_connected as keep_seeded_components, prediction_tile
+    from ..data.auto_config import crop_volume, prediction_tile
+    from ..data.components import keep_touched as keep_seeded_components
 
     z0, z1 = (int(z_range[0]), int(z_range[1])) if z_range is not None else (0, volume.shape[0])
     # a fixed window does not depend on what lies outside the crop: normalise only the crop (memory)

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import NapariSSLError
+from ..io.atomic import atomic_write_bytes
+from ..settings import HOME_ENV
 
 HELP = "run the whole loop on the sample studies in napari (no display: under its own Xvfb, screenshots + summary.json)"
 SAMPLES = {  # --sample value -> (npe2 sample key, short name used in file names)
@@ -35,7 +37,8 @@ WINDOW_SIZE = (1400, 900)
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="napari-ssl-demo", help="folder for screenshots and summary.json when headless (default ./napari-ssl-demo)")
-    parser.add_argument("--headless", action="store_true", help="never show a window: run under Xvfb and write screenshots even if a display is available")
+    parser.add_argument("--headless", action="store_true",
+                        help="never show a window: run under Xvfb and write screenshots even if a display is available")
     parser.add_argument("--sample", choices=["mr", "ct", "all"], default="all", help="which sample study to load (default all)")
     parser.add_argument("--quick", action="store_true", help="a few training steps only (checks the loop, not the result)")
 
@@ -101,20 +104,10 @@ def has_display() -> bool:
 
 
 # --- outputs ------------------------------------------------------------------------------
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.partial{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _save_png(path: Path, image) -> None:
     import imageio.v3 as iio
 
-    _write_atomic(path, lambda tmp: iio.imwrite(tmp, image, extension=".png"))
+    atomic_write_bytes(path, iio.imwrite("<bytes>", image, extension=".png"))
 
 
 def _layer_summary(layer) -> dict[str, Any]:
@@ -222,75 +215,91 @@ def _machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
+class _SampleRunner:
+    """Runs the samples one after the other, each in its own viewer, inside Qt's event loop."""
+
+    def __init__(self, sample_names: list[str], out: Path, show: bool, quick: bool, headless: bool, summary: dict[str, Any]):
+        self.queue = list(sample_names)
+        self.out, self.show, self.quick, self.headless, self.summary = out, show, quick, headless, summary
+        self.loops: list[Any] = []
+        self.viewers: list[Any] = []
+        self.done = False
+
+    def start_next(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        from .._napari.demo_loop import DemoLoop
+
+        if not self.queue:
+            self.done = True
+            return
+        name = self.queue.pop(0)
+        key, short = SAMPLES[name]
+        viewer = _open_viewer(key, show=self.show)
+        self.viewers.append(viewer)
+        record: dict[str, Any] = {"sample": key, "screenshots": {}}
+        self.summary["samples"][name] = record
+        loop = DemoLoop(viewer, short, loop_settings(name, self.quick), str(self.out / "exports"),
+                        on_stage=lambda stage: self._on_stage(viewer, short, record["screenshots"], stage),
+                        on_done=lambda lp: self._on_done(viewer, record, lp), log=lambda m: print(m, flush=True))
+        self.loops.append(loop)
+        QTimer.singleShot(200, loop.start)
+
+    def _on_stage(self, viewer, short: str, shots: dict[str, Any], stage: str) -> None:
+        if not self.headless:
+            return
+        _process_events(0.4)  # let the canvas render what the stage changed
+        viewer.status = f"napari-ssl demo: {stage.replace('_', ' ')}"
+        img = viewer.screenshot(canvas_only=False, flash=False)
+        fname = f"{short}_{len(shots):02d}_{stage}.png"
+        _save_png(self.out / fname, img)
+        shots[stage] = {"file": fname, **_image_stats(img)}
+        if stage == "opened":
+            canvas = viewer.screenshot(canvas_only=True, flash=False)
+            _save_png(self.out / f"{short}_opened_canvas.png", canvas)
+            shots["opened_canvas"] = {"file": f"{short}_opened_canvas.png", **_image_stats(canvas)}
+
+    def _on_done(self, viewer, record: dict[str, Any], loop) -> None:
+        from qtpy.QtCore import QTimer
+
+        record.update(loop.summary)
+        record["layers"] = [_layer_summary(ly) for ly in viewer.layers]
+        record["dock_widgets"] = [n for n in viewer.window.dock_widgets.keys() if any(w in n for w in WIDGETS)]
+        if self.headless:
+            viewer.close()
+        QTimer.singleShot(0, self.start_next)
+
+    def wait(self, seconds: float = 1800) -> None:
+        """Headless: drive Qt's events until every sample is done."""
+        from qtpy.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        deadline = time.monotonic() + seconds
+        while not self.done and time.monotonic() < deadline:
+            app.processEvents()
+            time.sleep(0.02)
+        if not self.done:
+            raise NapariSSLError("the demo did not finish within 30 minutes")
+
+
 def _run_loops(sample_names: list[str], out: Path, show: bool, quick: bool, headless: bool) -> dict[str, Any]:
     """Run the loop on each sample in turn (its own viewer); headless: a screenshot per stage, viewers closed."""
     import napari
-    from qtpy.QtWidgets import QApplication
-
-    from .._napari.demo_loop import DemoLoop
 
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"napari_version": napari.__version__, "plugin": PLUGIN, "machine_before": _machine(),
                                "samples": {}}
     t0 = time.monotonic()
-    state: dict[str, Any] = {"queue": list(sample_names), "loops": [], "viewers": []}
-
-    def start_next() -> None:
-        if not state["queue"]:
-            state["done"] = True
-            return
-        name = state["queue"].pop(0)
-        key, short = SAMPLES[name]
-        viewer = _open_viewer(key, show=show)
-        state["viewers"].append(viewer)
-        shots: dict[str, Any] = {}
-        record = {"sample": key, "screenshots": shots}
-        summary["samples"][name] = record
-
-        def on_stage(stage: str) -> None:
-            if not headless:
-                return
-            _process_events(0.4)  # let the canvas render what the stage changed
-            viewer.status = f"napari-ssl demo: {stage.replace('_', ' ')}"
-            img = viewer.screenshot(canvas_only=False, flash=False)
-            fname = f"{short}_{len(shots):02d}_{stage}.png"
-            _save_png(out / fname, img)
-            shots[stage] = {"file": fname, **_image_stats(img)}
-            if stage == "opened":
-                canvas = viewer.screenshot(canvas_only=True, flash=False)
-                _save_png(out / f"{short}_opened_canvas.png", canvas)
-                shots["opened_canvas"] = {"file": f"{short}_opened_canvas.png", **_image_stats(canvas)}
-
-        def on_done(loop) -> None:
-            record.update(loop.summary)
-            record["layers"] = [_layer_summary(ly) for ly in viewer.layers]
-            record["dock_widgets"] = [n for n in viewer.window.dock_widgets.keys() if any(w in n for w in WIDGETS)]
-            if headless:
-                viewer.close()
-            QTimer.singleShot(0, start_next)
-
-        from qtpy.QtCore import QTimer
-
-        loop = DemoLoop(viewer, short, loop_settings(name, quick), str(out / "exports"), on_stage=on_stage, on_done=on_done,
-                        log=lambda m: print(m, flush=True))
-        state["loops"].append(loop)
-        QTimer.singleShot(200, loop.start)
-
-    start_next()
+    runner = _SampleRunner(sample_names, out, show, quick, headless, summary)
+    runner.start_next()
     if not headless:
         napari.run()  # the viewers stay open with every result layer; the loops run inside the event loop
     else:
-        app = QApplication.instance()
-        deadline = time.monotonic() + 1800
-        while not state.get("done") and time.monotonic() < deadline:
-            app.processEvents()
-            time.sleep(0.02)
-        if not state.get("done"):
-            raise NapariSSLError("the demo did not finish within 30 minutes")
+        runner.wait()
     summary["total_seconds"] = round(time.monotonic() - t0, 1)
     summary["machine_after"] = _machine()
     errors = {n: s["error"] for n, s in summary["samples"].items() if s.get("error")}
-    _write_atomic(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     if errors:
         raise NapariSSLError("; ".join(f"{n}: {e}" for n, e in errors.items()) + f" (details in {out / 'summary.json'})")
     return summary
@@ -313,14 +322,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
             line += f" (fill between slices: {f.get('unannotated_slices')} / {f.get('all_slices')})"
         line += f"; exported {', '.join(e['file'] for e in s.get('exports', []))}; {s.get('total_seconds')} s"
         print(line)
-    print(f"demo finished in {summary['total_seconds']} s (load average {summary['machine_after']['load_average'][0]} on {summary['machine_after']['cpus']} CPUs)")
+    print(f"demo finished in {summary['total_seconds']} s "
+          f"(load average {summary['machine_after']['load_average'][0]} on {summary['machine_after']['cpus']} CPUs)")
 
 
 def run(args) -> int:
     sample_names = ["mr", "ct"] if args.sample == "all" else [args.sample]
     out = Path(args.out).expanduser().resolve()
     # runs, models and autosaved annotations of the demo stay in its own folder unless the user chose a home
-    os.environ.setdefault("NAPARI_SSL_HOME", str(out / "home"))
+    os.environ.setdefault(HOME_ENV, str(out / "home"))
     if has_display() and not args.headless:
         summary = run_interactive(sample_names, out, quick=args.quick)
         _print_summary(summary)

@@ -3,21 +3,22 @@ from __future__ import annotations
 
 import json
 
+from .export_args import add_labels_source_out, add_rois_and_json
+
 HELP = "export a label map (NIfTI/NRRD) as DICOM-SEG on its source DICOM series, optionally storing it on a PACS"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--labels", required=True, help="label map (NIfTI/NRRD/MHA) drawn on the source series, any axis order, or an RTSTRUCT on it")
-    parser.add_argument("--source", required=True, help="the source DICOM series (folder or Enhanced multi-frame file)")
-    parser.add_argument("--out", required=True, help="output SEG file (.dcm), written atomically")
+    add_labels_source_out(parser, "label map (NIfTI/NRRD/MHA) drawn on the source series, any axis order, or an RTSTRUCT on it",
+                          "the source DICOM series (folder or Enhanced multi-frame file)", "output SEG file (.dcm), written atomically")
     parser.add_argument("--names", help='segment names for label values 1, 2, ... in order, e.g. "liver,tumor"')
     parser.add_argument("--labelmap", action="store_true", help="write a LABELMAP SEG (one 8/16-bit frame per slice) instead of BINARY")
     parser.add_argument("--model", help="name of the model that produced the mask (recorded as algorithm identification)")
     parser.add_argument("--manual", action="store_true", help="the mask was drawn by hand (segment algorithm type MANUAL)")
     parser.add_argument("--description", default="napari-ssl segmentation", help="series/content description of the SEG")
-    parser.add_argument("--stow", metavar="URL", help="also store the SEG on this DICOMweb server (STOW-RS); credentials from the PACS config or environment")
-    parser.add_argument("--rois", help='RTSTRUCT labels: the ROIs to take, in order (label values 1, 2, ...; later ones win where they overlap), e.g. "liver,urinary_bladder"')
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--stow", metavar="URL",
+                        help="also store the SEG on this DICOMweb server (STOW-RS); credentials from the PACS config or environment")
+    add_rois_and_json(parser)
 
 
 def run(args) -> int:

@@ -5,8 +5,11 @@ HELP = "fine-tune a U-Net on sparsely annotated slices (from a pretrained encode
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--image", action="append", required=True, metavar="PATH", help="image volume (NIfTI/NRRD file or DICOM series folder); repeat for several")
-    p.add_argument("--labels", action="append", required=True, metavar="PATH", help="label map on that image's grid (0 = background / not annotated), NIfTI/NRRD/MHA, a DICOM-SEG or an RTSTRUCT of that series (its segment labels / ROI names name the classes unless --classes is given); one per --image")
+    p.add_argument("--image", action="append", required=True, metavar="PATH",
+                   help="image volume (NIfTI/NRRD file or DICOM series folder); repeat for several")
+    p.add_argument("--labels", action="append", required=True, metavar="PATH",
+                   help="label map on that image's grid (0 = background / not annotated), NIfTI/NRRD/MHA, a DICOM-SEG or an RTSTRUCT of "
+                        "that series (its segment labels / ROI names name the classes unless --classes is given); one per --image")
     p.add_argument("--out", required=True, metavar="DIR", help="output model folder (model.safetensors + model.json)")
     p.add_argument("--encoder-weights", metavar="PRETRAIN_DIR", help="pretraining output folder (or encoder .safetensors) to start the encoder from")
     p.add_argument("--init-model", metavar="DIR", help="warm-start from a previous fine-tuned model (active-learning rounds)")
@@ -16,7 +19,9 @@ def add_arguments(p) -> None:
     g.add_argument("--epochs", type=int, help="passes over the annotated slices")
     g.add_argument("--steps", type=int, help="optimiser steps (default 500)")
     p.add_argument("--classes", metavar="NAMES", help='names of labels 1..N, e.g. "anterior,posterior"')
-    p.add_argument("--rois", metavar="NAMES", help='RTSTRUCT --labels: the ROIs to take, in order (label values 1, 2, ...; later ones win where they overlap), e.g. "liver,urinary_bladder"')
+    p.add_argument("--rois", metavar="NAMES",
+                   help="RTSTRUCT --labels: the ROIs to take, in order (label values 1, 2, ...; later ones win where they overlap), "
+                        'e.g. "liver,urinary_bladder"')
     p.add_argument("--empty-slices", action="append", metavar="LIST", help="slices annotated as empty (e.g. 3,17 or 3-5); once per --labels")
     p.add_argument("--loss", choices=("dice-ce", "jaccard"), default="dice-ce")
     p.add_argument("--batch-size", type=int, default=8)
@@ -29,8 +34,11 @@ def add_arguments(p) -> None:
     p.add_argument("--devices", default="auto", help='"auto", "cpu", a GPU count or a list such as 0,1')
     p.add_argument("--precision", default="32", help='"32", "16-mixed" or "bf16-mixed"')
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-semi-supervised", action="store_true", help="train on the annotated slices only (default: the unannotated slices and --unlabelled volumes also train, through pseudo-labels kept in memory for the run)")
-    p.add_argument("--unlabelled", action="append", default=[], metavar="PATH", help="an unlabelled volume that also trains (semi-supervised); repeat for several")
+    p.add_argument("--no-semi-supervised", action="store_true",
+                   help="train on the annotated slices only (default: the unannotated slices and --unlabelled volumes also train, "
+                        "through pseudo-labels kept in memory for the run)")
+    p.add_argument("--unlabelled", action="append", default=[], metavar="PATH",
+                   help="an unlabelled volume that also trains (semi-supervised); repeat for several")
     p.add_argument("--no-auto", action="store_true", help="do not choose the crop, tile size, CT window and encoder from the scan and the labels")
 
 
@@ -51,28 +59,15 @@ def run(args) -> int:
     config = FinetuneConfig(images=args.image, labels=args.labels, out=args.out, encoder_weights=args.encoder_weights, init_model=args.init_model,
                             encoder=args.encoder, in_channels=args.in_channels, classes=parse_class_names(args.classes), empty_slices=empties,
                             epochs=args.epochs, steps=args.steps, loss=args.loss, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
-                            encoder_lr_scale=args.encoder_lr_scale, freeze_encoder_steps=args.freeze_encoder_steps, transfer_decoder=args.transfer_decoder,
+                            encoder_lr_scale=args.encoder_lr_scale, freeze_encoder_steps=args.freeze_encoder_steps,
+                            transfer_decoder=args.transfer_decoder,
                             augment=not args.no_augment, devices=args.devices, precision=args.precision, seed=args.seed,
                             rois=[r.strip() for r in args.rois.split(",") if r.strip()] if args.rois else None,
                             semi_supervised=not args.no_semi_supervised, unlabelled=list(args.unlabelled),
                             auto=not args.no_auto)
+    from ..progress_print import FinetunePrinter
 
-    from ..progress_text import Eta, step_text
-
-    state = {"last": -1}
-    eta = Eta()
-
-    def events(e: dict) -> None:
-        # before training starts only the chosen settings are printed: a bad input stays a one-line error
-        if e["type"] == "status" and (state["last"] >= 0 or str(e.get("message", "")).startswith("settings: ")):
-            print(e["message"], file=sys.stderr, flush=True)
-        if e["type"] == "progress":
-            left = eta.update(e["step"], e["total_steps"])
-            if e["step"] - state["last"] >= max(1, e["total_steps"] // 20) or e["step"] == e["total_steps"]:
-                state["last"] = e["step"]
-                print(step_text("Training the model", e["step"], e["total_steps"], left), file=sys.stderr, flush=True)
-
-    out = run_finetuning(config, events=events)
+    out = run_finetuning(config, events=FinetunePrinter(sys.stderr))
     from ..models.checkpoint import read_meta
 
     meta = read_meta(out)

@@ -30,8 +30,8 @@ def _canonical(shape: tuple[int, int, int], affine) -> tuple[list[int], list[flo
 
 
 def _dicom_entries(path: str) -> tuple[list[dict[str, Any]], Any]:
-    from ..io.dicom import plan_dicom_series
-    from ..io.dicom_pixels import stored_dtype
+    from ..io.dicom.pixels import stored_dtype
+    from ..io.dicom.series import plan_dicom_series
 
     plans, scan = plan_dicom_series(path)
     out = []
@@ -70,7 +70,8 @@ def _itk_entry(path: str) -> dict[str, Any]:
     dim = reader.GetDimension()
     warnings = []
     if dim == 2:
-        size, spacing_xyz, origin, direction = size + [1], list(reader.GetSpacing()) + [1.0], list(reader.GetOrigin()) + [0.0], (1, 0, 0, 0, 1, 0, 0, 0, 1)
+        size, spacing_xyz, origin, direction = (size + [1], list(reader.GetSpacing()) + [1.0], list(reader.GetOrigin()) + [0.0],
+                                                (1, 0, 0, 0, 1, 0, 0, 0, 1))
         d2 = reader.GetDirection()
         direction = (d2[0], d2[1], 0, d2[2], d2[3], 0, 0, 0, 1)
     elif dim == 3:
@@ -100,7 +101,7 @@ def collect(paths: list[str]) -> list[dict[str, Any]]:
     """Header-only descriptions of every volume under `paths` (raises NoImageFound if none)."""
     from ..errors import NapariSSLError, NoImageFound
     from ..io import _itk_files_under
-    from ..io.dicom import _no_image_message
+    from ..io.dicom.series import _no_image_message
 
     entries: list[dict[str, Any]] = []
     empty_notes = []

@@ -16,7 +16,8 @@ def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="pacs_command", metavar="ACTION", required=True)
     st = sub.add_parser("studies", help="list studies (QIDO-RS)")
     st.add_argument("url", help="DICOMweb base URL, e.g. https://pacs.example.org/dicom-web")
-    st.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="QIDO filter, e.g. ModalitiesInStudy=CT, StudyDate=20240101-20241231 (repeatable)")
+    st.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                    help="QIDO filter, e.g. ModalitiesInStudy=CT, StudyDate=20240101-20241231 (repeatable)")
     st.add_argument("--limit", type=int, help="at most this many results")
     st.add_argument("--json", action="store_true", help="print JSON")
     se = sub.add_parser("series", help="list the series of a study (QIDO-RS)")
@@ -44,16 +45,18 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 
 
 def run(args) -> int:
-    from ..io import dicomweb
+    from ..io import pacs
 
     if args.pacs_command == "studies":
-        rows = dicomweb.search_studies(args.url, dicomweb.parse_filters(args.filter), limit=args.limit)
-        print(json.dumps(rows, indent=2) if args.json else _table(rows, ["StudyInstanceUID", "StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "StudyDescription"]))
+        rows = pacs.search_studies(args.url, pacs.parse_filters(args.filter), limit=args.limit)
+        print(json.dumps(rows, indent=2) if args.json else _table(
+            rows, ["StudyInstanceUID", "StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "StudyDescription"]))
     elif args.pacs_command == "series":
-        rows = dicomweb.search_series(args.url, args.study, dicomweb.parse_filters(args.filter), limit=args.limit)
-        print(json.dumps(rows, indent=2) if args.json else _table(rows, ["SeriesInstanceUID", "Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances", "SeriesDescription"]))
+        rows = pacs.search_series(args.url, args.study, pacs.parse_filters(args.filter), limit=args.limit)
+        print(json.dumps(rows, indent=2) if args.json else _table(
+            rows, ["SeriesInstanceUID", "Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances", "SeriesDescription"]))
     elif args.pacs_command == "pull":
-        paths = dicomweb.retrieve_series(args.url, args.series, args.out, study_instance_uid=args.study)
+        paths = pacs.retrieve_series(args.url, args.series, args.out, study_instance_uid=args.study)
         summary = {"series_instance_uid": args.series, "folder": os.path.abspath(args.out), "instances": len(paths)}
         print(json.dumps(summary, indent=2) if args.json else f"pulled {len(paths)} instance(s) of series {args.series} into {args.out}")
     return 0

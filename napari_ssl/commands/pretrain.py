@@ -24,8 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--precision", default="32", help="32, 16-mixed or bf16-mixed")
     p.add_argument("--pairs", default="augment", choices=("augment", "micle", "position"),
-                   help="joint-embedding positives: two augmentations of a slice (augment), two slices of the same patient/study (micle), or slices at the same relative depth of two volumes (position)")
-    p.add_argument("--init", metavar="PATH", help="start from these encoder weights (model folder or .safetensors); 3-channel first layers are summed to 1")
+                   help="joint-embedding positives: two augmentations of a slice (augment), two slices of the same patient/study (micle), "
+                        "or slices at the same relative depth of two volumes (position)")
+    p.add_argument("--init", metavar="PATH",
+                   help="start from these encoder weights (model folder or .safetensors); 3-channel first layers are summed to 1")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable; see `napari-ssl methods -v`)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")
     p.add_argument("--cache-dir", help="also keep the decoded, normalised volumes here (.npy) for later runs")
@@ -71,7 +73,8 @@ def build_config(args: argparse.Namespace):
         image_size=int(args.image_size or saved.get("image_size") or 128),
         epochs=args.epochs, steps=args.steps or (saved.get("total_steps") if args.resume and args.epochs == 10 else None),
         batch_size=args.batch_size, lr=args.lr, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
-        precision=args.precision, init=args.init, pairs=args.pairs if not (args.resume and saved.get("pairs") and args.pairs == "augment") else saved["pairs"],
+        precision=args.precision, init=args.init,
+        pairs=args.pairs if not (args.resume and saved.get("pairs") and args.pairs == "augment") else saved["pairs"],
         options=options, resume=args.resume, seed=args.seed, preview_every_s=args.preview_every, num_workers=args.num_workers,
         cache_dir=args.cache_dir,
     )
@@ -81,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*treespec.*")  # pytorch-lightning vs newer torch, harmless
-    from ..train.events import ProgressPrinter
+    from ..progress_print import PretrainPrinter
     from ..train.pretrain import run_pretraining
 
     config = build_config(args)
-    printer = ProgressPrinter(sys.stderr)
+    printer = PretrainPrinter(sys.stderr)
     run_pretraining(config, events=printer)
     return 0

@@ -34,6 +34,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .sparse_labels import labelled_slices
+
 TILE_CAP = {"cpu": 128, "gpu": 256}  # tile side (px) a device trains on in about a minute
 MIN_TILE = 64
 MARGIN_FRACTION = 0.25  # of the annotated box side, on each side
@@ -123,7 +125,7 @@ def z_range_for(labels: np.ndarray, annotated: np.ndarray, spacing: Sequence[flo
     (bowel above the bladder, the chest above the liver). With one drawn slice the gap is taken as half the
     structure's in-plane extent. Slices annotated as empty bound the range too."""
     ann = np.asarray(annotated, bool)
-    drawn = np.flatnonzero(ann & labels.reshape(labels.shape[0], -1).any(1))
+    drawn = np.flatnonzero(ann & labelled_slices(labels))
     if drawn.size == 0:
         return None
     if drawn.size > 1:
@@ -134,7 +136,7 @@ def z_range_for(labels: np.ndarray, annotated: np.ndarray, spacing: Sequence[flo
         extent_mm = max((ys[-1] - ys[0] + 1) * float(spacing[1]), (xs[-1] - xs[0] + 1) * float(spacing[2]))
         gap = 0.5 * extent_mm / float(spacing[0])
     lo, hi = int(np.ceil(drawn[0] - gap)), int(np.floor(drawn[-1] + gap)) + 1
-    empty = np.flatnonzero(ann & ~labels.reshape(labels.shape[0], -1).any(1))
+    empty = np.flatnonzero(ann & ~labelled_slices(labels))
     below, above = empty[empty < drawn[0]], empty[empty > drawn[-1]]
     if below.size:
         lo = max(lo, int(below.max()) + 1)
@@ -172,71 +174,18 @@ def choose_settings(image: np.ndarray, spacing: Sequence[float], modality: str, 
     """
     kind = device_kind(devices)
     h, w = int(image.shape[1]), int(image.shape[2])
-    sy, sx = float(spacing[1]), float(spacing[2])
-    px_mm = min(sy, sx)
     reasons: dict[str, str] = {}
     meta = model_meta or {}
-    keep_from_model = meta.get("kind") == "segmentation" and meta.get("auto")
-    cap = TILE_CAP[kind]
-
+    previous = meta["auto"] if meta.get("kind") == "segmentation" and meta.get("auto") else None
     box = annotated_box(labels, annotated)
-    if keep_from_model:
-        prev = meta["auto"]
-        size, spacing_mm = int(prev["image_size"]), float(prev["spacing_mm"])
-        side = int(round(size * spacing_mm / px_mm))
-        reasons["image_size"] = "kept from the model this one starts from"
-    else:
-        if box is None or max(h, w) <= cap:
-            side = max(h, w)
-            reasons["crop"] = ("the whole slice fits in one tile at native resolution" if max(h, w) <= cap
-                               else "no structure drawn yet: the whole slice")
-        else:
-            extent = max(box[1] - box[0], box[3] - box[2])
-            margin = max(MARGIN_FRACTION * extent, MARGIN_MM / px_mm)
-            side = int(min(max(h, w), math.ceil(extent + 2 * margin)))
-            reasons["crop"] = (f"the drawn structure spans {extent * px_mm:.0f} mm; crop {side * px_mm:.0f} mm "
-                               f"around it (margin {margin * px_mm:.0f} mm each side)")
-        size = int(image_size) if image_size else min(ceil32(max(side, MIN_TILE)), cap)
-        spacing_mm = side * px_mm / size
-        reasons["image_size"] = ("set by the user" if image_size else
-                                 f"native resolution ({px_mm:.2f} mm) fits in {size} px" if spacing_mm <= px_mm * 1.001
-                                 else f"{size} px is the largest tile that trains in about a minute on the {kind.upper()}; "
-                                      f"{spacing_mm:.2f} mm per pixel")
+    side, size, spacing_mm = _tile(box, (h, w), min(float(spacing[1]), float(spacing[2])), kind, image_size, previous, reasons)
     roi = None
     if box is not None and side < max(h, w):
         roi = square_roi(box, side, (h, w))
         if roi == [0, h, 0, w]:
             roi = None
-
-    if meta.get("normalization"):
-        from .normalize import resolve_normalization
-
-        norm = resolve_normalization(meta["normalization"], modality)
-        reasons["normalization"] = "kept from the model this one starts from (its features were learnt with it)"
-    elif (modality or "").upper() == "CT":
-        vals = image[np.asarray(annotated, bool)][labels[np.asarray(annotated, bool)] > 0] if box is not None else np.zeros(0)
-        win = ct_window(np.asarray(vals, np.float32))
-        norm = {"mode": "window", "window": win}
-        reasons["normalization"] = ("window centred on the drawn structure's Hounsfield units" if vals.size
-                                    else "no structure drawn yet: the full CT window")
-    else:
-        from .normalize import default_spec
-
-        norm = default_spec(modality)
-        reasons["normalization"] = "MR intensities are relative: each scan is scaled by its own percentiles"
-
-    if keep_from_model:
-        encoder = str(meta.get("encoder_name") or DEFAULT_ENCODER)
-        reasons["encoder"] = "kept from the model this one starts from"
-    elif meta.get("encoder_name") or meta.get("encoder"):
-        encoder = str(meta.get("encoder_name") or meta.get("encoder"))
-        reasons["encoder"] = "the pretrained encoder's"
-    elif kind == "cpu" and size > MIN_TILE:
-        encoder = COMPACT_ENCODER
-        reasons["encoder"] = f"compact U-Net: a {DEFAULT_ENCODER} at {size} px would take ~{estimated_seconds_per_step(DEFAULT_ENCODER, size) * DEFAULT_STEPS / 60:.0f} min on this CPU"
-    else:
-        encoder = DEFAULT_ENCODER
-        reasons["encoder"] = f"{DEFAULT_ENCODER} U-Net" + (" (GPU)" if kind == "gpu" else f" (a {size} px tile is cheap)")
+    norm = _normalization(image, modality, labels, annotated, box, meta, reasons)
+    encoder = _encoder(meta, previous is not None, kind, size, reasons)
     z_range = z_range_for(labels, annotated, spacing) if box is not None else None
     if z_range is not None:
         reasons["z_range"] = "the structure is continuous: predicted up to one gap between drawn slices beyond the outermost ones"
@@ -246,6 +195,70 @@ def choose_settings(image: np.ndarray, spacing: Sequence[float], modality: str, 
     reasons["steps"] = f"~{estimated_seconds_per_step(encoder, size, kind=kind) * steps:.0f} s of training on an unloaded {kind.upper()}"
     return AutoSettings(image_size=int(size), spacing_mm=round(float(spacing_mm), 4), roi=roi, z_range=z_range, normalization=norm,
                         encoder=encoder, steps=int(steps), keep_connected=box is not None, reasons=reasons)
+
+
+def _tile(box, hw: tuple[int, int], px_mm: float, kind: str, image_size: Optional[int], previous: Optional[dict],
+          reasons: dict[str, str]) -> tuple[int, int, float]:
+    """(crop side in pixels, tile size, mm per tile pixel): a previous model's resolution, else a crop around the drawing."""
+    h, w = hw
+    cap = TILE_CAP[kind]
+    if previous is not None:
+        size, spacing_mm = int(previous["image_size"]), float(previous["spacing_mm"])
+        reasons["image_size"] = "kept from the model this one starts from"
+        return int(round(size * spacing_mm / px_mm)), size, spacing_mm
+    if box is None or max(h, w) <= cap:
+        side = max(h, w)
+        reasons["crop"] = ("the whole slice fits in one tile at native resolution" if max(h, w) <= cap
+                           else "no structure drawn yet: the whole slice")
+    else:
+        extent = max(box[1] - box[0], box[3] - box[2])
+        margin = max(MARGIN_FRACTION * extent, MARGIN_MM / px_mm)
+        side = int(min(max(h, w), math.ceil(extent + 2 * margin)))
+        reasons["crop"] = (f"the drawn structure spans {extent * px_mm:.0f} mm; crop {side * px_mm:.0f} mm "
+                           f"around it (margin {margin * px_mm:.0f} mm each side)")
+    size = int(image_size) if image_size else min(ceil32(max(side, MIN_TILE)), cap)
+    spacing_mm = side * px_mm / size
+    reasons["image_size"] = ("set by the user" if image_size else
+                             f"native resolution ({px_mm:.2f} mm) fits in {size} px" if spacing_mm <= px_mm * 1.001
+                             else f"{size} px is the largest tile that trains in about a minute on the {kind.upper()}; "
+                                  f"{spacing_mm:.2f} mm per pixel")
+    return side, size, spacing_mm
+
+
+def _normalization(image: np.ndarray, modality: str, labels: np.ndarray, annotated: np.ndarray, box, meta: dict,
+                   reasons: dict[str, str]) -> dict:
+    """The model's own normalisation if it has one; for CT a window on the drawn structure's HU; else per-scan percentiles."""
+    if meta.get("normalization"):
+        from .normalize import resolve_normalization
+
+        reasons["normalization"] = "kept from the model this one starts from (its features were learnt with it)"
+        return resolve_normalization(meta["normalization"], modality)
+    if (modality or "").upper() == "CT":
+        vals = image[np.asarray(annotated, bool)][labels[np.asarray(annotated, bool)] > 0] if box is not None else np.zeros(0)
+        win = ct_window(np.asarray(vals, np.float32))
+        reasons["normalization"] = ("window centred on the drawn structure's Hounsfield units" if vals.size
+                                    else "no structure drawn yet: the full CT window")
+        return {"mode": "window", "window": win}
+    from .normalize import default_spec
+
+    reasons["normalization"] = "MR intensities are relative: each scan is scaled by its own percentiles"
+    return default_spec(modality)
+
+
+def _encoder(meta: dict, from_previous: bool, kind: str, size: int, reasons: dict[str, str]) -> str:
+    """The previous model's or the pretrained encoder; else a compact one where a resnet18 would be slow on a CPU."""
+    if from_previous:
+        reasons["encoder"] = "kept from the model this one starts from"
+        return str(meta.get("encoder_name") or DEFAULT_ENCODER)
+    if meta.get("encoder_name"):  # older spellings resolved by models/metadata.py
+        reasons["encoder"] = "the pretrained encoder's"
+        return str(meta["encoder_name"])
+    if kind == "cpu" and size > MIN_TILE:
+        reasons["encoder"] = (f"compact U-Net: a {DEFAULT_ENCODER} at {size} px would take "
+                              f"~{estimated_seconds_per_step(DEFAULT_ENCODER, size) * DEFAULT_STEPS / 60:.0f} min on this CPU")
+        return COMPACT_ENCODER
+    reasons["encoder"] = f"{DEFAULT_ENCODER} U-Net" + (" (GPU)" if kind == "gpu" else f" (a {size} px tile is cheap)")
+    return DEFAULT_ENCODER
 
 
 def slow_setting_warning(*, image_size: Optional[int], encoder: Optional[str], steps: Optional[int], devices: Optional[str],
@@ -293,23 +306,3 @@ def crop_volume(array: np.ndarray, roi: Optional[Sequence[int]]) -> np.ndarray:
         return array
     y0, y1, x0, x1 = (int(v) for v in roi)
     return array[..., y0:y1, x0:x1]
-
-
-def keep_connected(pred: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """`pred` (z, y, x labels) with only the 3-D foreground components that touch a foreground voxel of `seeds`
-    (the user's drawing); unchanged when no component touches one (nothing to anchor on)."""
-    from scipy import ndimage
-
-    fg = pred > 0
-    comp, n = ndimage.label(fg)
-    if n == 0:
-        return pred
-    hit = np.unique(comp[(np.asarray(seeds) > 0) & fg])
-    hit = hit[hit > 0]
-    if hit.size == 0:
-        return pred
-    keep = np.zeros(n + 1, bool)
-    keep[hit] = True
-    out = pred.copy()
-    out[~keep[comp]] = 0
-    return out

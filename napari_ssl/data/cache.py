@@ -10,15 +10,16 @@ re-read. Cache file names are hashes: nothing identifying a patient appears in t
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import NapariSSLError
+from ..io.atomic import atomic_write_bytes
 from .normalize import default_spec, normalize
 
 CACHE_VERSION = 1
@@ -78,15 +79,9 @@ def _fingerprint(path: str) -> list:
 
 
 def _atomic_save_npy(path: str, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def _prepare(vol, specs) -> PreparedVolume:
@@ -114,7 +109,8 @@ def load_prepared(paths: Sequence[str], specs: dict[str, dict[str, Any]], cache_
                     with open(manifest) as f:
                         items = json.load(f)
                     out.extend(
-                        PreparedVolume(np.load(os.path.join(entry, it["file"]), mmap_mode="r"), np.asarray(it["affine"]), it["modality"], it["group"], tuple(it["spacing"]))
+                        PreparedVolume(np.load(os.path.join(entry, it["file"]), mmap_mode="r"), np.asarray(it["affine"]), it["modality"],
+                                       it["group"], tuple(it["spacing"]))
                         for it in items
                     )
                     continue
@@ -135,9 +131,6 @@ def _write_entry(entry: str, prepared: list[PreparedVolume]) -> None:
             fname = f"{i:05d}.npy"
             _atomic_save_npy(os.path.join(entry, fname), np.ascontiguousarray(pv.array))
             items.append({"file": fname, "affine": pv.affine.tolist(), "modality": pv.modality, "group": pv.group, "spacing": list(pv.spacing)})
-        fd, tmp = tempfile.mkstemp(dir=entry, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(items, f)
-        os.replace(tmp, os.path.join(entry, "manifest.json"))  # written last: its presence means complete
+        atomic_write_bytes(os.path.join(entry, "manifest.json"), json.dumps(items).encode())  # written last: its presence means complete
     except OSError as exc:
         raise NapariSSLError(f"cannot write the volume cache in {entry}: {exc.strerror or exc}; pass another --cache-dir") from None

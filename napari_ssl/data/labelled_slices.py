@@ -62,7 +62,8 @@ def unfit_from_size(y: torch.Tensor, shape: tuple[int, int], mode: str = "biline
     h, w = shape
     side = max(h, w)
     if y.shape[-1] != side:
-        y = F.interpolate(y, size=(side, side), mode=mode, align_corners=False) if mode != "nearest" else F.interpolate(y, size=(side, side), mode="nearest")
+        y = (F.interpolate(y, size=(side, side), mode=mode, align_corners=False) if mode != "nearest"
+             else F.interpolate(y, size=(side, side), mode="nearest"))
     top, left = (side - h) // 2, (side - w) // 2
     return y[..., top:top + h, left:left + w]
 

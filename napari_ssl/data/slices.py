@@ -52,7 +52,22 @@ class SliceDataset(torch.utils.data.Dataset):
         self.margin = int(margin)
         self.distance = int(dist)
         need_plane = self.size // 2 if min_in_plane is None else int(min_in_plane)
-        need_depth = self.distance + 1
+        self._add_volumes(volumes, need_plane, self.distance + 1)
+        self.depths = np.asarray([v.shape[0] for v in self.volumes])
+        # partner candidates from other series of the same study
+        by_group: dict[str, list[int]] = {}
+        for j, g in enumerate(self.groups):
+            by_group.setdefault(g, []).append(j)
+        self.siblings = [[k for k in by_group[g] if k != j] for j, g in enumerate(self.groups)]
+        self.nonblank: list[np.ndarray] = []  # same-depth partners: the non-blank slices of each volume
+        if self.partner_kind == "same-depth":
+            if len(self.volumes) < 2:
+                raise NapariSSLError("--pairs position needs at least 2 volumes (positives come from different volumes)")
+            self.nonblank = [self.index[self.index[:, 0] == j, 1] for j in range(len(self.volumes))]
+
+    # --- building ---------------------------------------------------------------------------
+    def _add_volumes(self, volumes: Sequence[PreparedVolume], need_plane: int, need_depth: int) -> None:
+        """Keep the volumes big enough for a tile (padded to one with its margin) and index their non-blank slices."""
         self.volumes: list[np.ndarray] = []
         self.affines: list[np.ndarray] = []
         self.groups: list[str] = []
@@ -83,19 +98,7 @@ class SliceDataset(torch.utils.data.Dataset):
         if not index:
             raise NapariSSLError("every slice of the input volumes is blank (constant intensity); check --data")
         self.index = np.asarray(index, dtype=np.int64)
-        self.depths = np.asarray([v.shape[0] for v in self.volumes])
-        # partner candidates from other series of the same study
-        by_group: dict[str, list[int]] = {}
-        for j, g in enumerate(self.groups):
-            by_group.setdefault(g, []).append(j)
-        self.siblings = [[k for k in by_group[g] if k != j] for j, g in enumerate(self.groups)]
-        self.nonblank: list[np.ndarray] = []  # same-depth partners: the non-blank slices of each volume
-        if self.partner_kind == "same-depth":
-            if len(self.volumes) < 2:
-                raise NapariSSLError("--pairs position needs at least 2 volumes (positives come from different volumes)")
-            self.nonblank = [self.index[self.index[:, 0] == j, 1] for j in range(len(self.volumes))]
 
-    # --- building ---------------------------------------------------------------------------
     def _pad(self, array: np.ndarray) -> np.ndarray:
         d, h, w = array.shape
         need = self.size + 2 * self.margin

@@ -62,11 +62,16 @@ def as_label_array(labels: np.ndarray) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
+def labelled_slices(labels: np.ndarray) -> np.ndarray:
+    """(z,) bool: the slices (along axis 0) holding any label."""
+    lab = np.asarray(labels)
+    return lab.reshape(lab.shape[0], -1).any(axis=1)
+
+
 def annotated_slices(labels: np.ndarray, empty_slices: Iterable[int] = ()) -> np.ndarray:
     """Boolean mask over axis 0: slices holding a label, plus the listed annotated-empty slices."""
-    lab = np.asarray(labels)
-    mask = lab.reshape(lab.shape[0], -1).any(axis=1)
-    n = lab.shape[0]
+    mask = labelled_slices(labels)
+    n = mask.shape[0]
     for i in empty_slices:
         if not 0 <= int(i) < n:
             raise NapariSSLError(f"annotated-empty slice {i} is outside the volume (it has {n} slices, 0..{n - 1})")
@@ -77,7 +82,8 @@ def annotated_slices(labels: np.ndarray, empty_slices: Iterable[int] = ()) -> np
 def check_same_grid(image_shape, image_affine, labels_shape, labels_affine, name: str = "labels") -> None:
     """The label map must lie on exactly the image's voxel grid (shape and geometry)."""
     if tuple(image_shape) != tuple(labels_shape):
-        raise NapariSSLError(f"{name} shape {list(labels_shape)} does not match the image shape {list(image_shape)}; give the label map drawn on this image")
+        raise NapariSSLError(f"{name} shape {list(labels_shape)} does not match the image shape {list(image_shape)}; "
+                             "give the label map drawn on this image")
     a, b = np.asarray(image_affine, float), np.asarray(labels_affine, float)
     # tolerance scaled to the volume extent so that float rounding in headers is not an error
     extent = np.abs(a[:3, :3]).sum() + 1.0

@@ -31,7 +31,7 @@ def load_volumes(paths: str | os.PathLike | Iterable[str | os.PathLike], canonic
     With ``canonical`` (default) arrays are reordered to the canonical LPS-like order so the
     same scan looks the same whatever file it came from (see :mod:`napari_ssl.io.orientation`).
     """
-    from . import dicom
+    from .dicom.series import load_dicom_volumes
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -44,7 +44,7 @@ def load_volumes(paths: str | os.PathLike | Iterable[str | os.PathLike], canonic
             volumes.append(read_itk_volume(f))
         if os.path.isfile(p) and is_itk_image_path(p):
             continue
-        volumes.extend(dicom.load_dicom_volumes(p))
+        volumes.extend(load_dicom_volumes(p))
     if not volumes:
         raise NoImageFound(f"no image found under {', '.join(os.fspath(p) for p in paths)} (looked for DICOM series and {', '.join(ITK_SUFFIXES)})")
     if canonical:

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import NapariSSLError
-from .label_grid import labels_on_source_grid, native_affine, normalize_names, require_dicom_source  # noqa: F401 (re-exported)
+from .label_grid import labels_on_source_grid, native_affine
 from .volume import Volume
 
 
@@ -27,7 +27,7 @@ def load_source(source: Volume | str | os.PathLike) -> Volume:
     return load_volume(os.fspath(source), canonical=False)
 
 
-def load_labels(
+def labels_with_affine(
     labels: Volume | np.ndarray | str | os.PathLike, labels_affine: Optional[np.ndarray] = None, source: Optional[Volume] = None,
     rois: Optional[Sequence[str] | str] = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -38,14 +38,15 @@ def load_labels(
     if isinstance(labels, (str, os.PathLike)):
         path = os.fspath(labels)
         from .nifti import is_itk_image_path, read_itk_volume
-        from .seg_read import is_segmentation_file, read_single_on_source
+        from .seg.on_source import read_single_on_source
+        from .seg.read import is_segmentation_file
 
         if not os.path.isfile(path):
             raise NapariSSLError(f"no such labels file: {path}")
-        from .rtstruct import is_rtstruct_file
+        from .dicom.rtstruct import is_rtstruct_file
 
         if source is not None and is_rtstruct_file(path):
-            from .rtstruct import read_rtstruct_labels
+            from .dicom.rtstruct import read_rtstruct_labels
 
             vol, _names, _colors = read_rtstruct_labels(path, source=source, rois=rois, canonical=False)
             return vol.array, source.affine
@@ -65,11 +66,11 @@ def rtstruct_names(labels: Any, rois: Optional[Sequence[str] | str] = None) -> O
     """{label value: ROI name} when `labels` is an RTSTRUCT path (the SEG's segment names), else None."""
     if not isinstance(labels, (str, os.PathLike)):
         return None
-    from .rtstruct import _pick, is_rtstruct_file, read_structure_set
+    from .dicom.rtstruct import is_rtstruct_file, pick_rois, read_structure_set
 
     if not os.path.isfile(os.fspath(labels)) or not is_rtstruct_file(labels):
         return None
-    return {v: r.name for v, r in enumerate(_pick(read_structure_set(labels), rois), start=1)}
+    return {v: r.name for v, r in enumerate(pick_rois(read_structure_set(labels), rois), start=1)}
 
 
 def export_nifti(labels, source: Volume | str | os.PathLike, out_path: str | os.PathLike, labels_affine: Optional[np.ndarray] = None,
@@ -84,7 +85,7 @@ def export_nifti(labels, source: Volume | str | os.PathLike, out_path: str | os.
     if not os.path.isdir(folder):
         raise NapariSSLError(f"output folder does not exist: {folder}")
     src = load_source(source)
-    arr, aff = load_labels(labels, labels_affine, src, rois=rois)
+    arr, aff = labels_with_affine(labels, labels_affine, src, rois=rois)
     native = labels_on_source_grid(arr, src, aff)
     write_itk_volume(np.ascontiguousarray(native), native_affine(src), out_path)
     return out_path
@@ -112,10 +113,10 @@ def export_labels(
     if stow_url and not is_seg:
         raise NapariSSLError("only a DICOM-SEG can be stored on a PACS: give an output path ending in .dcm")
     if is_seg:
-        from .seg_write import write_segmentation
+        from .seg.write import write_segmentation
 
         src = load_source(source)
-        arr, aff = load_labels(labels, labels_affine, src, rois=rois)
+        arr, aff = labels_with_affine(labels, labels_affine, src, rois=rois)
         if names is None:
             names = rtstruct_names(labels, rois)
         res = write_segmentation(arr, src, out_path, labels_affine=aff, names=names, labelmap=labelmap, model=model, **seg_kwargs)
@@ -133,7 +134,7 @@ def export_labels(
         if res.warnings:
             summary["warnings"] = list(res.warnings)
         if stow_url:
-            from .dicomweb import store_instances
+            from .pacs import store_instances
 
             store_instances(stow_url, [res.dataset])
             summary["stored_to"] = stow_url

@@ -24,7 +24,8 @@ def read_itk_volume(path: str) -> Volume:
         first = str(exc).strip().splitlines()
         raise NapariSSLError(f"cannot read {os.path.basename(path)}: {first[-1] if first else 'unreadable image'}") from None
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise NapariSSLError(f"{os.path.basename(path)} has {img.GetNumberOfComponentsPerPixel()} components per voxel; only scalar images are supported")
+        raise NapariSSLError(f"{os.path.basename(path)} has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
+                             "only scalar images are supported")
     if img.GetDimension() == 2:
         img = sitk.JoinSeries(img)
     elif img.GetDimension() == 4:
@@ -47,10 +48,7 @@ def write_itk_volume(array: np.ndarray, affine: np.ndarray, path: str, vector: b
     path = str(path)
     base = os.path.basename(path)
     suffix = next((s for s in SUFFIXES if base.lower().endswith(s)), os.path.splitext(base)[1])
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{base}.partial{suffix}")
-    try:
+    from .atomic import atomic_path
+
+    with atomic_path(path, suffix=suffix) as tmp:
         sitk.WriteImage(img, tmp, useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -6,44 +6,33 @@ leaves a half-written model folder.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-import time
 from typing import Any
 
 import torch
 
 from ..errors import NapariSSLError
 from ..io.atomic import atomic_write_bytes
+from .metadata import ModelMeta, read_model_meta, write_model_meta
 
-FORMAT_VERSION = 1
 
-
-def save_weights(folder: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any], name: str = "encoder") -> None:
+def save_weights(folder: str, state_dict: dict[str, torch.Tensor], meta: ModelMeta | dict[str, Any], name: str = "encoder") -> None:
     """Write ``folder/NAME.safetensors`` and ``folder/model.json`` (each file atomically)."""
     from safetensors.torch import save
 
     os.makedirs(folder, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    meta = dict(meta)
-    meta.setdefault("format_version", FORMAT_VERSION)
-    meta.setdefault("weights_file", f"{name}.safetensors")
-    meta.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    meta = meta if isinstance(meta, ModelMeta) else ModelMeta.from_dict(meta)
+    meta.weights_file = meta.weights_file or f"{name}.safetensors"
     atomic_write_bytes(os.path.join(folder, f"{name}.safetensors"), save(tensors))
-    atomic_write_bytes(os.path.join(folder, "model.json"), json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+    write_model_meta(folder, meta)
 
 
 def read_meta(folder: str) -> dict[str, Any]:
-    path = os.path.join(folder, "model.json")
-    if not os.path.isfile(path):
-        raise NapariSSLError(f"{folder} is not a napari-ssl model folder (no model.json)")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise NapariSSLError(f"{path} is not valid JSON: {exc}") from None
+    """model.json as a plain dict, older spellings resolved (napari_ssl.models.metadata)."""
+    return read_model_meta(folder).to_dict()
 
 
 def load_weights(folder_or_file: str, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -52,7 +41,8 @@ def load_weights(folder_or_file: str, name: str | None = None) -> tuple[dict[str
 
     if os.path.isfile(folder_or_file):
         if not folder_or_file.endswith(".safetensors"):
-            raise NapariSSLError(f"{folder_or_file}: weights must be a .safetensors file or a napari-ssl model folder (pickled checkpoints are not loaded)")
+            raise NapariSSLError(f"{folder_or_file}: weights must be a .safetensors file or a napari-ssl model folder "
+                                 "(pickled checkpoints are not loaded)")
         return load_file(folder_or_file), {}
     meta = read_meta(folder_or_file)
     fname = f"{name}.safetensors" if name else meta.get("weights_file", "encoder.safetensors")

@@ -143,7 +143,8 @@ class Inpainting(PretextMethod):
         opt_g.zero_grad(set_to_none=True)
         backward(loss)
         opt_g.step()
-        return {"loss": loss.detach(), "reconstruction": rec.detach(), "hole_error": hole.detach(), "adversarial": g_adv.detach(), "discriminator": d_loss.detach()}
+        return {"loss": loss.detach(), "reconstruction": rec.detach(), "hole_error": hole.detach(), "adversarial": g_adv.detach(),
+                "discriminator": d_loss.detach()}
 
     def configure_optimizers(self, lr, weight_decay, total_steps):
         gen = adamw(self.unet.parameters(), lr=lr, weight_decay=weight_decay)

@@ -28,7 +28,8 @@ GATHER_DISTRIBUTED = torch.distributed.is_available()
 
 COMMON_OPTIONS: dict[str, Any] = {"pairs": "augment", **AugmentSpec().as_dict()}
 COMMON_HELP: dict[str, str] = {
-    "pairs": "augment: two augmentations of one slice; micle: the slice and another slice of the same patient/study; position: slices at the same relative depth of two volumes",
+    "pairs": "augment: two augmentations of one slice; micle: the slice and another slice of the same patient/study; "
+             "position: slices at the same relative depth of two volumes",
     "crop_scale_min": "smallest area fraction of the random resized crop",
     "crop_scale_max": "largest area fraction of the random resized crop",
     "crop_ratio": "crop aspect ratio drawn in [1/r, r]",
@@ -115,7 +116,8 @@ class JointEmbeddingMethod(PretextMethod):
     def momentum_at(self, step: int, total_steps: int) -> float:
         from lightly.utils.scheduler import cosine_schedule
 
-        return cosine_schedule(min(step, max(total_steps, 1)), max(total_steps, 1), float(self.opts["momentum_start"]), float(self.opts["momentum_end"]))
+        return cosine_schedule(min(step, max(total_steps, 1)), max(total_steps, 1),
+                               float(self.opts["momentum_start"]), float(self.opts["momentum_end"]))
 
     @torch.no_grad()
     def on_train_step_end(self, step: int, total_steps: int) -> None:

@@ -54,9 +54,11 @@ class RelativePosition(PretextMethod):
         self.num_classes = 10 if self.through_plane else 8
         self.cell, self.patch, self.base, self.jit = grid_geometry(self.image_size, float(self.opts["gap"]), float(self.opts["jitter"]))
         if self.patch < 8:
-            raise NapariSSLError(f"relative-position patches would be {self.patch} px; use --image-size {self.min_image_size(self.in_channels, self.opts)} or more")
+            raise NapariSSLError(f"relative-position patches would be {self.patch} px; "
+                                 f"use --image-size {self.min_image_size(self.in_channels, self.opts)} or more")
         f, h = self.feature_dim, int(self.opts["hidden"])
-        self.head = torch.nn.Sequential(torch.nn.Linear(2 * f, h), torch.nn.BatchNorm1d(h), torch.nn.ReLU(inplace=True), torch.nn.Linear(h, self.num_classes))
+        self.head = torch.nn.Sequential(torch.nn.Linear(2 * f, h), torch.nn.BatchNorm1d(h), torch.nn.ReLU(inplace=True),
+                                        torch.nn.Linear(h, self.num_classes))
 
     @classmethod
     def min_image_size(cls, in_channels, options):

@@ -32,7 +32,8 @@ class RotationPrediction(PretextMethod):
         super().__init__(encoder_name, in_channels, image_size, **options)
         f, hdim = self.feature_dim, int(self.opts["hidden"])
         if hdim > 0:
-            self.head = torch.nn.Sequential(torch.nn.Linear(f, hdim), torch.nn.BatchNorm1d(hdim), torch.nn.ReLU(inplace=True), torch.nn.Linear(hdim, 4))
+            self.head = torch.nn.Sequential(torch.nn.Linear(f, hdim), torch.nn.BatchNorm1d(hdim), torch.nn.ReLU(inplace=True),
+                                            torch.nn.Linear(hdim, 4))
         else:
             self.head = torch.nn.Linear(f, 4)
 

@@ -35,7 +35,8 @@ class VICRegLoss(torch.nn.Module):
     """The VICReg loss, term for term as ``lightly.loss.VICRegLoss`` (gathers across DDP ranks for the
     variance and covariance terms likewise), but the three terms are computed once and returned for logging."""
 
-    def __init__(self, lambda_param: float = 25.0, mu_param: float = 25.0, nu_param: float = 1.0, gather_distributed: bool = False, eps: float = 1e-4):
+    def __init__(self, lambda_param: float = 25.0, mu_param: float = 25.0, nu_param: float = 1.0, gather_distributed: bool = False,
+                 eps: float = 1e-4):
         super().__init__()
         self.lambda_param, self.mu_param, self.nu_param = float(lambda_param), float(mu_param), float(nu_param)
         self.gather_distributed, self.eps = bool(gather_distributed), float(eps)
@@ -44,7 +45,8 @@ class VICRegLoss(torch.nn.Module):
         if z_a.shape != z_b.shape or z_a.ndim != 2 or z_a.shape[0] < 2:
             raise ValueError(f"VICReg needs two (N, D) embeddings with N > 1, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
         inv = F.mse_loss(z_a, z_b)
-        if self.gather_distributed and torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        if (self.gather_distributed and torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1):
             from lightly.utils.dist import gather
 
             z_a, z_b = torch.cat(gather(z_a), dim=0), torch.cat(gather(z_b), dim=0)

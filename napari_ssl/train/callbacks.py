@@ -198,3 +198,13 @@ class PretrainCallback(pl.Callback):
     def recent_loss(self, n: int = 10) -> Optional[float]:
         vals = [v["loss"] for _, _, v in self.rows[-n:] if "loss" in v]
         return float(np.mean(vals)) if vals else None
+
+
+class OnTrainEnd(pl.Callback):
+    """Calls ``fn(trainer, pl_module)`` when training ends (every rank: the final save is collective)."""
+
+    def __init__(self, fn: Callable[[pl.Trainer, Any], None]):
+        self.fn = fn
+
+    def on_train_end(self, trainer, pl_module):
+        self.fn(trainer, pl_module)

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from ..data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume
 from ..data.normalize import default_spec, normalize, resolve_normalization  # noqa: F401 (resolve_normalization: re-exported)
-from ..data.sparse_labels import annotated_slices, as_label_array, check_class_names, check_same_grid
+from ..data.sparse_labels import annotated_slices, check_class_names
+from ..data.training_labels import load_labels, load_labels_and_names  # noqa: F401 (load_labels: re-exported)
 from ..errors import NapariSSLError
 from ..io import load_image  # noqa: F401 (re-exported: callers load images through fine-tuning's module)
-from ..io.volume import Volume
+from ..models.metadata import SEGMENTATION, ModelMeta, now_text
+from .initial_model import build_initial_model
 from .loop import train_unet
 
 log = logging.getLogger(__name__)
@@ -68,141 +69,6 @@ class FinetuneConfig:
     unlabelled: list = field(default_factory=list)  # paths or Volumes without labels (semi-supervised only)
     semi_options: Optional[dict] = None  # SemiSupervisedConfig overrides
     auto: bool = True  # crop, tile size, CT window and encoder chosen from the scan and the drawing (train/auto_config.py)
-
-
-# ----------------------------------------------------------------------------- inputs
-
-def load_labels(item: Any, image: Volume, name: str = "labels") -> np.ndarray:
-    """Integer label map on `image`'s grid; shape and geometry must match the image."""
-    return load_labels_and_names(item, image, name)[0]
-
-
-def load_labels_and_names(item: Any, image: Volume, name: str = "labels", rois: Optional[list] = None) -> tuple[np.ndarray, dict[int, str]]:
-    """(label map on `image`'s grid, {label value: name}). Accepts an array, a NIfTI/NRRD/MHA label map
-    (no names), a DICOM-SEG (segment labels as names; placed on the image's grid, which it must share:
-    same voxel size and orientation, whole-voxel offset, e.g. a SEG that stores only the labelled slices)
-    or an RTSTRUCT of the image's series (ROI names as names; `rois` picks ROIs and their order)."""
-    if isinstance(item, np.ndarray):
-        if item.shape != image.shape:
-            raise NapariSSLError(f"{name} shape {list(item.shape)} does not match the image shape {list(image.shape)}; give the label map drawn on this image")
-        return as_label_array(item), {}
-    path = os.fspath(item) if not isinstance(item, Volume) else None
-    if path is not None and os.path.isfile(path):
-        from ..io.seg_read import is_segmentation_file
-
-        if is_segmentation_file(path):
-            return _labels_from_seg(path, image, name)
-        from ..io.rtstruct import is_rtstruct_file, read_rtstruct_labels
-
-        if is_rtstruct_file(path):
-            try:
-                vol, names, _colors = read_rtstruct_labels(path, source=image, rois=rois, canonical=False)
-            except NapariSSLError as exc:
-                raise NapariSSLError(f"{name}: {exc}") from None
-            return as_label_array(vol.array), names
-    lab = load_image(item)
-    check_same_grid(image.shape, image.affine, lab.shape, lab.affine, name=name)
-    return as_label_array(lab.array), {}
-
-
-def _labels_from_seg(path: str, image: Volume, name: str) -> tuple[np.ndarray, dict[int, str]]:
-    from ..io.seg_read import read_single_on_source
-
-    try:   # on the image's full grid (cropped SEGs too); another series, overlaps, another grid: one line
-        arr, names = read_single_on_source(path, image)
-    except NapariSSLError as exc:
-        raise NapariSSLError(f"{name}: {exc}") from None
-    return as_label_array(arr), {int(k): str(v) for k, v in names.items()}
-
-
-# ----------------------------------------------------------------------------- model set-up
-
-def _load_pretrained_encoder(path: str) -> tuple[dict, dict]:
-    from ..models.checkpoint import load_weights
-
-    if not os.path.exists(path):
-        raise NapariSSLError(f"--encoder-weights: no such file or folder: {path}")
-    if os.path.isdir(path):
-        from ..models.checkpoint import read_meta
-
-        meta = read_meta(path)
-        if os.path.isfile(os.path.join(path, "encoder.safetensors")):
-            sd, meta = load_weights(path, name="encoder")
-        elif os.path.isfile(os.path.join(path, "model.safetensors")) and meta.get("kind") == "segmentation":
-            full, meta = load_weights(path, name="model")
-            sd = {k[len("encoder."):]: v for k, v in full.items() if k.startswith("encoder.")}
-        else:
-            sd, meta = load_weights(path)
-        return sd, meta
-    return load_weights(path)
-
-
-def _strict_load(module: torch.nn.Module, sd: dict, what: str, source: str) -> None:
-    try:
-        module.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise NapariSSLError(f"{source}: {what} weights do not fit this model ({first[:160]}); check the encoder name and channels") from None
-
-
-def build_initial_model(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn.Module, dict]:
-    """The U-Net to train and a description of where its weights came from."""
-    from ..models.checkpoint import load_weights, read_meta
-    from ..models.unet import adapt_in_channels, build_unet
-
-    if config.encoder_weights and config.init_model:
-        raise NapariSSLError("give either --encoder-weights (pretrained encoder) or --init-model (previous fine-tuned model), not both")
-    source: dict[str, Any] = {"init": "random"}
-    if config.init_model:
-        meta = read_meta(config.init_model)
-        if meta.get("kind") != "segmentation":
-            raise NapariSSLError(f"--init-model {config.init_model} is not a fine-tuned segmentation model (use --encoder-weights for a pretrained encoder)")
-        enc, ch = meta["encoder_name"], int(meta["in_channels"])
-        if config.encoder and config.encoder != enc:
-            raise NapariSSLError(f"--init-model uses encoder {enc}, not {config.encoder}; drop --encoder or pick a matching model")
-        if config.in_channels and int(config.in_channels) != ch:
-            raise NapariSSLError(f"--init-model takes {ch} input channel(s), not {config.in_channels}")
-        if int(meta["num_classes"]) != num_classes:
-            raise NapariSSLError(f"--init-model predicts {int(meta['num_classes']) - 1} class(es) but the labels have {num_classes - 1}; give matching --classes")
-        unet = build_unet(enc, in_channels=ch, classes=num_classes)
-        sd, _ = load_weights(config.init_model, name="model")
-        _strict_load(unet, sd, "model", "--init-model")
-        source = {"init": "model", "model": os.path.basename(os.path.abspath(config.init_model)), "pretrained": meta.get("pretrained")}
-        return unet, {**source, "_meta": meta, "_encoder": enc, "_in_channels": ch}
-    enc_meta: dict = {}
-    sd = None
-    if config.encoder_weights:
-        sd, enc_meta = _load_pretrained_encoder(config.encoder_weights)
-        pre_enc = enc_meta.get("encoder_name") or enc_meta.get("encoder")
-        if config.encoder and pre_enc and config.encoder != pre_enc:
-            raise NapariSSLError(f"--encoder-weights hold a {pre_enc} encoder, not {config.encoder}; drop --encoder or pick matching weights")
-    enc = config.encoder or enc_meta.get("encoder_name") or enc_meta.get("encoder") or "resnet18"
-    ch = int(config.in_channels or enc_meta.get("in_channels") or 1)
-    unet = build_unet(enc, in_channels=ch, classes=num_classes)
-    if sd is not None:
-        sd_ch = next((v.shape[1] for k, v in sd.items() if k.endswith("conv1.weight") and v.ndim == 4), ch)
-        if config.in_channels and enc_meta.get("in_channels") and int(enc_meta["in_channels"]) != ch and sd_ch == int(enc_meta["in_channels"]) and sd_ch != 3:
-            raise NapariSSLError(f"--encoder-weights were pretrained on {enc_meta['in_channels']} channel(s), not {ch}; use --in-channels {enc_meta['in_channels']}")
-        sd = adapt_in_channels(sd, ch)
-        _strict_load(unet.encoder, sd, "encoder", "--encoder-weights")
-        source = {"init": "pretrained-encoder", "weights": os.path.basename(os.path.abspath(config.encoder_weights)),
-                  "method": enc_meta.get("method"), "steps": enc_meta.get("steps"), "created": enc_meta.get("created") or enc_meta.get("saved_at")}
-        if config.transfer_decoder:
-            source["decoder"] = _transfer_decoder(unet, config.encoder_weights)
-    return unet, {**source, "_meta": enc_meta, "_encoder": enc, "_in_channels": ch}
-
-
-def _transfer_decoder(unet: torch.nn.Module, pretrain_dir: str) -> str:
-    """Copy the pretrained U-Net's decoder (methods that train the whole U-Net) into `unet`."""
-    from safetensors.torch import load_file
-
-    path = os.path.join(pretrain_dir, "unet.safetensors") if os.path.isdir(pretrain_dir) else ""
-    if not os.path.isfile(path):
-        raise NapariSSLError(f"--transfer-decoder: {pretrain_dir} holds no unet.safetensors (only methods that train the whole U-Net save a decoder)")
-    full = load_file(path)
-    dec = {k[len("decoder."):]: v for k, v in full.items() if k.startswith("decoder.")}
-    _strict_load(unet.decoder, dec, "decoder", "--transfer-decoder")
-    return "transferred"
 
 
 # ----------------------------------------------------------------------------- data
@@ -293,92 +159,152 @@ def annotated_dice(unet: torch.nn.Module, dataset: LabelledSliceDataset, num_cla
 
 def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=None) -> str:
     """Fine-tune, save model.safetensors + model.json into config.out, return the folder."""
-    from ..models.checkpoint import atomic_output_dir, save_weights
-
     emit = events or (lambda e: None)
     try:
-        if config.loss not in ("dice-ce", "jaccard"):
-            raise NapariSSLError(f"unknown loss {config.loss!r}; choose dice-ce or jaccard")
-        if config.image_size and int(config.image_size) % 32:
-            raise NapariSSLError(f"--image-size must be a multiple of 32 (the U-Net downsamples 5 times); got {config.image_size}")
-        # the pretrained / previous model decides normalisation, size and channels unless overridden
-        pre_meta: dict = {}
-        if config.init_model:
-            from ..models.checkpoint import read_meta
+        return _finetune(config, emit, stop_event)
+    except NapariSSLError as exc:
+        emit({"type": "error", "message": str(exc)})
+        raise
+    except Exception as exc:  # report, then let the caller see the traceback
+        emit({"type": "error", "message": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+        raise
 
-            pre_meta = read_meta(config.init_model)
-        elif config.encoder_weights and os.path.isdir(config.encoder_weights):
-            from ..models.checkpoint import read_meta
 
-            pre_meta = read_meta(config.encoder_weights)
-        if config.init_model and not config.classes and pre_meta.get("class_names"):
-            config.classes = list(pre_meta["class_names"])
-        emit({"type": "status", "message": "Preparing the annotated slices"})
-        auto: dict = {}
-        chooser = None
-        if config.auto and not (config.init_model and not pre_meta.get("auto")):
-            def chooser(i, img, lab, mask):
-                from ..data.auto_config import choose_settings, roi_for, z_range_for
+def _check_options(config: FinetuneConfig) -> None:
+    if config.loss not in ("dice-ce", "jaccard"):
+        raise NapariSSLError(f"unknown loss {config.loss!r}; choose dice-ce or jaccard")
+    _check_image_size(config.image_size)
 
-                if "settings" not in auto:
-                    auto["settings"] = choose_settings(img.array, img.spacing, img.modality, lab, mask, devices=config.devices,
-                                                       model_meta=pre_meta, image_size=config.image_size)
-                    auto["rois"], auto["z_ranges"] = [auto["settings"].roi], [auto["settings"].z_range]
-                else:
-                    auto["rois"].append(roi_for(lab, mask, img.spacing, auto["settings"]))
-                    auto["z_ranges"].append(z_range_for(lab, mask, img.spacing))
-                return auto["settings"], auto["rois"][-1]
-        data = prepare_data(config, pre_meta.get("normalization"), chooser)
-        settings = auto.get("settings")
-        if settings is not None:
-            if not (config.encoder or config.encoder_weights or config.init_model):
-                config.encoder = settings.encoder
-        num_classes = len(data.class_names) + 1
-        emit({"type": "status", "message": "Building the model (the first training steps follow)"})
-        torch.manual_seed(int(config.seed))  # the decoder (and a random encoder) start the same under one seed
-        unet, source = build_initial_model(config, num_classes)
-        meta_src = source.pop("_meta", {})
-        encoder_name, in_channels = source.pop("_encoder"), int(source.pop("_in_channels"))
-        image_size = int(config.image_size or (settings.image_size if settings else 0) or meta_src.get("image_size") or 64)
-        if image_size % 32:
-            raise NapariSSLError(f"--image-size must be a multiple of 32 (the U-Net downsamples 5 times); got {image_size}")
-        dataset = LabelledSliceDataset(data.volumes, image_size, in_channels, AugmentConfig() if config.augment else None)
-        steps = resolve_steps(config, len(dataset))
-        if settings is not None:
-            settings.steps, settings.encoder, settings.image_size = steps, encoder_name, image_size
-            emit({"type": "status", "message": "settings: " + settings.summary()})
-        train_kw = dict(batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
-                        loss=config.loss, encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
-                        freeze_encoder_bn=config.freeze_encoder_bn,
-                        devices=config.devices, precision=config.precision, num_workers=config.num_workers,
-                        emit=emit, stop_event=stop_event, preview_every_s=config.preview_every_s)
-        semi_meta = None
-        if config.semi_supervised:
-            from .semi_supervised import load_unlabelled, semi_supervised_config, train_semi_supervised
 
-            semi_cfg = semi_supervised_config(config.semi_options)
-            unlabelled = load_unlabelled(config.unlabelled or [], lambda modality: dict(config.normalization) if config.normalization
-                                         else resolve_normalization(pre_meta.get("normalization"), modality))
-            unet, info = train_semi_supervised(unet, data.volumes, image_size=image_size, in_channels=in_channels, steps=steps, cfg=semi_cfg,
-                                               unlabelled=unlabelled, augment=config.augment, seed=config.seed, **train_kw)
-            semi_meta = {**semi_cfg.as_meta(), "unlabelled_volumes": len(unlabelled), "pseudo_slices_per_phase": info["pseudo_slices"]}
+def _check_image_size(size: Optional[int]) -> None:
+    if size and int(size) % 32:
+        raise NapariSSLError(f"--image-size must be a multiple of 32 (the U-Net downsamples 5 times); got {size}")
+
+
+def _starting_meta(config: FinetuneConfig) -> dict:
+    """model.json of the previous model or the pretraining folder: it decides normalisation, size and channels unless overridden."""
+    from ..models.checkpoint import read_meta
+
+    if config.init_model:
+        return read_meta(config.init_model)
+    if config.encoder_weights and os.path.isdir(config.encoder_weights):
+        return read_meta(config.encoder_weights)
+    return {}
+
+
+class _AutoChooser:
+    """prepare_data's `choose`: settings from the first scan and its drawing, crops for every scan (train/auto_config.py)."""
+
+    def __init__(self, config: FinetuneConfig, model_meta: dict):
+        self.config, self.model_meta = config, model_meta
+        self.settings = None
+        self.rois: list = []
+        self.z_ranges: list = []
+
+    def __call__(self, i, img, lab, mask):
+        from ..data.auto_config import choose_settings, roi_for, z_range_for
+
+        if self.settings is None:
+            self.settings = choose_settings(img.array, img.spacing, img.modality, lab, mask, devices=self.config.devices,
+                                            model_meta=self.model_meta, image_size=self.config.image_size)
+            self.rois, self.z_ranges = [self.settings.roi], [self.settings.z_range]
         else:
-            if config.unlabelled:
-                raise NapariSSLError("--unlabelled volumes are used by the semi-supervised recipe; drop --no-semi-supervised or --unlabelled")
-            unet, info = train_unet(unet, dataset, steps=steps, seed=config.seed, **train_kw)
-        unet = unet.cpu()
-        emit({"type": "status", "message": "Saving the model"})
-        dice = annotated_dice(unet, dataset, num_classes)
-        meta = {
-            "kind": "segmentation",
+            self.rois.append(roi_for(lab, mask, img.spacing, self.settings))
+            self.z_ranges.append(z_range_for(lab, mask, img.spacing))
+        return self.settings, self.rois[-1]
+
+
+@dataclass
+class _Model:
+    """The network about to train, as build_initial_model set it up."""
+    unet: torch.nn.Module
+    source: dict            # where its weights came from (model.json "source")
+    encoder_name: str
+    in_channels: int
+    image_size: int
+
+
+def _finetune(config: FinetuneConfig, emit: Callable[[dict], None], stop_event) -> str:
+    from ..models.checkpoint import atomic_output_dir, save_weights
+
+    _check_options(config)
+    pre_meta = _starting_meta(config)
+    if config.init_model and not config.classes and pre_meta.get("class_names"):
+        config.classes = list(pre_meta["class_names"])
+    emit({"type": "status", "message": "Preparing the annotated slices"})
+    auto = _AutoChooser(config, pre_meta) if config.auto and not (config.init_model and not pre_meta.get("auto")) else None
+    data = prepare_data(config, pre_meta.get("normalization"), auto)
+    settings = auto.settings if auto is not None else None
+    if settings is not None and not (config.encoder or config.encoder_weights or config.init_model):
+        config.encoder = settings.encoder
+    num_classes = len(data.class_names) + 1
+    emit({"type": "status", "message": "Building the model (the first training steps follow)"})
+    model = _build_model(config, num_classes, settings)
+    dataset = LabelledSliceDataset(data.volumes, model.image_size, model.in_channels, AugmentConfig() if config.augment else None)
+    steps = resolve_steps(config, len(dataset))
+    if settings is not None:
+        settings.steps, settings.encoder, settings.image_size = steps, model.encoder_name, model.image_size
+        emit({"type": "status", "message": "settings: " + settings.summary()})
+    unet, info, semi_meta = _train(config, model, data, dataset, steps, pre_meta, emit, stop_event)
+    unet = unet.cpu()
+    emit({"type": "status", "message": "Saving the model"})
+    meta = _model_meta(config, model, data, info, steps, semi_meta, annotated_dice(unet, dataset, num_classes))
+    if settings is not None:  # what was chosen from the data, and why (crops: voxel boxes, nothing identifying)
+        meta.extra["auto"] = {**settings.as_meta(), "encoder": model.encoder_name, "image_size": model.image_size, "rois": auto.rois,
+                              "z_ranges": auto.z_ranges}
+    if config.init_model:
+        meta.extra["pretrained"] = pre_meta.get("pretrained")
+    with atomic_output_dir(config.out) as tmp:
+        save_weights(tmp, unet.state_dict(), meta, name="model")
+    emit({"type": "checkpoint", "path": os.path.abspath(config.out)})
+    emit({"type": "done", "out": os.path.abspath(config.out), "stopped": info["stopped"]})
+    return os.path.abspath(config.out)
+
+
+def _build_model(config: FinetuneConfig, num_classes: int, settings) -> _Model:
+    torch.manual_seed(int(config.seed))  # the decoder (and a random encoder) start the same under one seed
+    unet, source = build_initial_model(config, num_classes)
+    meta_src = source.pop("_meta", {})
+    encoder_name, in_channels = source.pop("_encoder"), int(source.pop("_in_channels"))
+    image_size = int(config.image_size or (settings.image_size if settings else 0) or meta_src.get("image_size") or 64)
+    _check_image_size(image_size)
+    return _Model(unet, source, encoder_name, in_channels, image_size)
+
+
+def _train(config: FinetuneConfig, model: _Model, data: PreparedData, dataset: LabelledSliceDataset, steps: int, pre_meta: dict,
+           emit: Callable[[dict], None], stop_event) -> tuple[torch.nn.Module, dict, Optional[dict]]:
+    """(trained unet, loop info, the semi-supervised recipe's model.json entry or None)."""
+    train_kw = dict(batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+                    loss=config.loss, encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
+                    freeze_encoder_bn=config.freeze_encoder_bn,
+                    devices=config.devices, precision=config.precision, num_workers=config.num_workers,
+                    emit=emit, stop_event=stop_event, preview_every_s=config.preview_every_s)
+    if not config.semi_supervised:
+        if config.unlabelled:
+            raise NapariSSLError("--unlabelled volumes are used by the semi-supervised recipe; drop --no-semi-supervised or --unlabelled")
+        unet, info = train_unet(model.unet, dataset, steps=steps, seed=config.seed, **train_kw)
+        return unet, info, None
+    from .semi_supervised import load_unlabelled, semi_supervised_config, train_semi_supervised
+
+    semi_cfg = semi_supervised_config(config.semi_options)
+    unlabelled = load_unlabelled(config.unlabelled or [], lambda modality: dict(config.normalization) if config.normalization
+                                 else resolve_normalization(pre_meta.get("normalization"), modality))
+    unet, info = train_semi_supervised(model.unet, data.volumes, image_size=model.image_size, in_channels=model.in_channels, steps=steps,
+                                       cfg=semi_cfg, unlabelled=unlabelled, augment=config.augment, seed=config.seed, **train_kw)
+    return unet, info, {**semi_cfg.as_meta(), "unlabelled_volumes": len(unlabelled), "pseudo_slices_per_phase": info["pseudo_slices"]}
+
+
+def _model_meta(config: FinetuneConfig, model: _Model, data: PreparedData, info: dict, steps: int, semi_meta: Optional[dict],
+                dice: list[float]) -> ModelMeta:
+    """model.json of the fine-tuned model: volume and slice indices only, never file names or patient identifiers."""
+    source = model.source
+    return ModelMeta(
+        kind=SEGMENTATION, encoder_name=model.encoder_name, in_channels=model.in_channels, image_size=model.image_size,
+        num_classes=len(data.class_names) + 1, class_names=data.class_names,
+        normalization={(data.modality or "default"): data.normalization}, created=now_text(),
+        extra={
             "architecture": "smp.Unet",
-            "encoder_name": encoder_name,
-            "in_channels": in_channels,
-            "image_size": image_size,
-            "num_classes": num_classes,
-            "class_names": data.class_names,
             "classes": {str(i + 1): n for i, n in enumerate(data.class_names)},
-            "normalization": {(data.modality or "default"): data.normalization},
             "training_slices": [{"volume": i, "shape": data.shapes[i], "slices": v.annotated_indices,
                                  "empty_slices": [z for z in v.annotated_indices if not v.labels[z].any()]} for i, v in enumerate(data.volumes)],
             "source": source,
@@ -389,20 +315,4 @@ def run_finetuning(config: FinetuneConfig, events: EventSink = None, stop_event=
                          "augment": config.augment, "seed": config.seed, "stopped": info["stopped"],
                          "semi_supervised": semi_meta},
             "metrics": {"final_loss": info["final_loss"], "train_dice": dict(zip(data.class_names, dice))},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        if settings is not None:  # what was chosen from the data, and why (crops: voxel boxes, nothing identifying)
-            meta["auto"] = {**settings.as_meta(), "encoder": encoder_name, "image_size": image_size, "rois": auto["rois"], "z_ranges": auto["z_ranges"]}
-        if config.init_model:
-            meta["pretrained"] = pre_meta.get("pretrained")
-        with atomic_output_dir(config.out) as tmp:
-            save_weights(tmp, unet.state_dict(), meta, name="model")
-        emit({"type": "checkpoint", "path": os.path.abspath(config.out)})
-        emit({"type": "done", "out": os.path.abspath(config.out), "stopped": info["stopped"]})
-        return os.path.abspath(config.out)
-    except NapariSSLError as exc:
-        emit({"type": "error", "message": str(exc)})
-        raise
-    except Exception as exc:  # report, then let the caller see the traceback
-        emit({"type": "error", "message": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
-        raise
+        })

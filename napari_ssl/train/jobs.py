@@ -13,6 +13,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..settings import THREADS_ENV
+from .devices import job_devices
+from .events import Exported, Finished, Prediction, Status, Trained, as_dict, as_event, typed_sink
+
 EventSink = Callable[[dict], None]
 
 
@@ -24,29 +28,8 @@ def _as(cls, config: Any):
     return cls(**dict(config))
 
 
-def _device_for(config: Any, kind: str) -> Any:
-    """Turn the widget's device choice into what the engine expects, in this (child) process.
-
-    The widgets offer "cpu" and one "cuda:<index>" per GPU. Lightning's ``devices=N`` counts GPUs rather
-    than naming one, so a chosen GPU is made the only visible one (CUDA_VISIBLE_DEVICES, set before
-    torch initialises CUDA in this process) and the engine is asked for one GPU.
-    """
-    if not isinstance(config, dict):
-        return config
-    dev = str(config.get("devices") or config.get("device") or "")
-    if dev.startswith("cuda:") and dev[5:].isdigit():
-        os.environ["CUDA_VISIBLE_DEVICES"] = dev[5:]
-        new = {"pretrain": "gpu:1", "finetune": "1", "predict": "cuda"}[kind]
-    elif dev == "mps":
-        new = {"pretrain": "mps", "finetune": "1", "predict": "mps"}[kind]
-    else:
-        return config
-    key = "device" if kind == "predict" else "devices"
-    return {**config, key: new}
-
-
 def _limit_threads(config: Any) -> None:
-    n = (config.get("threads") if isinstance(config, dict) else None) or os.environ.get("NAPARI_SSL_THREADS")
+    n = (config.get("threads") if isinstance(config, dict) else None) or os.environ.get(THREADS_ENV)
     if n:
         import torch
 
@@ -55,7 +38,7 @@ def _limit_threads(config: Any) -> None:
 
 def pretrain_job(config: Any, events: EventSink, stop_event) -> str:
     """Self-supervised pretraining (napari_ssl.train.pretrain.run_pretraining)."""
-    config = _device_for(config, "pretrain")
+    config = job_devices(config, "pretrain")
     from .pretrain import PretrainConfig, run_pretraining
 
     _limit_threads(config)
@@ -65,7 +48,7 @@ def pretrain_job(config: Any, events: EventSink, stop_event) -> str:
 
 def finetune_job(config: Any, events: EventSink, stop_event) -> str:
     """Fine-tuning on sparse annotations (napari_ssl.train.finetune.run_finetuning)."""
-    config = _device_for(config, "finetune")
+    config = job_devices(config, "finetune")
     from .finetune import FinetuneConfig, run_finetuning
 
     _limit_threads(config)
@@ -74,9 +57,10 @@ def finetune_job(config: Any, events: EventSink, stop_event) -> str:
 
 
 def _save_npy(path: str, array: np.ndarray) -> str:
-    tmp = path + ".partial.npy"
-    np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(tmp, path)
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
     return path
 
 
@@ -85,11 +69,12 @@ def _predict_progress(events: EventSink):
     from ..progress_text import Eta, step_text
 
     eta = Eta()
+    emit = typed_sink(events)
 
     def progress(done: int, total: int) -> None:
         left = eta.update(done, total)
-        events({"type": "status", "message": step_text("Predicting the whole image", done, total, left, unit="slice"),
-                "phase": "predict", "done": int(done), "total": int(total), "seconds_left": left})
+        emit(Status(step_text("Predicting the whole image", done, total, left, unit="slice"),
+                    phase="predict", done=int(done), total=int(total), seconds_left=left))
 
     return progress
 
@@ -103,14 +88,15 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
     ``device``. Emits ``{"type": "prediction", "labels": path, "uncertainty": path (uint8, x uncertainty_scale = 0..1),
     "slice_uncertainty": [...], "suggestions": [{"rank", "slice", "uncertainty"}, ...]}`` before done.
     """
-    config = _device_for(config, "predict")
+    config = job_devices(config, "predict")
     from ..active.predict import predict_volume, slice_scores
     from ..active.suggest import suggest_slices
     from ..io import load_image
 
     _limit_threads(config)
+    emit = typed_sink(events)
     os.makedirs(config["out"], exist_ok=True)
-    events({"type": "status", "message": "Predicting the whole image: loading the model"})
+    emit(Status("Predicting the whole image: loading the model"))
     volume = load_image(config["image"])
     device = config.get("device")
     annotated = config.get("annotated_slices")
@@ -122,17 +108,16 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
                           keep_connected=bool(config.get("keep_connected", False)),
                           fill_between=bool(config.get("fill_between", False)), progress=_predict_progress(events),
                           roi=config.get("roi"), z_range=config.get("z_range"), seeds=config.get("seeds"))
-    events({"type": "status", "message": "Predicting the whole image: ranking the slices to annotate next"})
+    emit(Status("Predicting the whole image: ranking the slices to annotate next"))
     suggestions = suggest_slices(slice_scores(pred, config.get("score")), annotated=annotated, n=int(config.get("n", 5)))
     labels_path = _save_npy(os.path.join(config["out"], "prediction.npy"), pred.labels)
     # uint8 (0..255 for normalised entropy 0..1): a quarter of float32's size to write, read and show (a full CT: 78 MB, not 310)
     unc_u8 = np.clip(np.rint(pred.uncertainty * 255.0), 0, 255).astype(np.uint8)
     unc_path = _save_npy(os.path.join(config["out"], "uncertainty.npy"), unc_u8)
-    events({"type": "prediction", "labels": labels_path, "uncertainty": unc_path, "uncertainty_scale": 1.0 / 255.0,
-            "model": config["model"],
-            "class_names": list(pred.class_names),
-            "slice_uncertainty": [float(v) for v in pred.slice_uncertainty],
-            "suggestions": [{k: (v.item() if hasattr(v, "item") else v) for k, v in s.items()} for s in suggestions]})
+    emit(Prediction(labels=labels_path, uncertainty=unc_path, uncertainty_scale=1.0 / 255.0, model=config["model"],
+                    class_names=list(pred.class_names),
+                    slice_uncertainty=[float(v) for v in pred.slice_uncertainty],
+                    suggestions=[{k: (v.item() if hasattr(v, "item") else v) for k, v in s.items()} for s in suggestions]))
     return config["out"]
 
 
@@ -203,8 +188,10 @@ def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
     config: ``finetune`` (FinetuneConfig or its fields) and ``predict`` (predict_job's config without
     ``model``). The fine-tuning's own "done" becomes a "trained" event, so the job ends once, after prediction.
     """
+    emit = typed_sink(events)
+
     def relay(ev: dict) -> None:
-        events({**ev, "type": "trained"} if ev.get("type") == "done" else ev)
+        emit(Trained.from_dict(as_dict(ev)) if isinstance(as_event(ev), Finished) else ev)
 
     config = load_offloaded(config)
 
@@ -215,7 +202,7 @@ def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
         pred_cfg["threads"] = config["threads"]
     predict_job(pred_cfg, events, None)  # predict even after Stop: the saved model is worth seeing
     stopped = bool(stop_event is not None and stop_event.is_set())
-    events({"type": "done", "out": model_dir, "stopped": stopped})
+    emit(Finished(out=model_dir, stopped=stopped))
     return model_dir
 
 
@@ -235,14 +222,15 @@ def export_job(config: dict, events: EventSink, stop_event) -> str:
     """Write labels as DICOM-SEG or NIfTI and optionally send to a PACS (napari_ssl.io.export.export_labels)."""
     from ..io.export import export_labels
 
-    events({"type": "status", "message": f"writing {os.path.basename(os.fspath(config['out_path']))}"})
+    emit = typed_sink(events)
+    emit(Status(f"writing {os.path.basename(os.fspath(config['out_path']))}"))
     config = dict(config)
     deid = config.pop("deidentify", None)  # {"sources", "out", "key_file"}: a de-identified copy with the SEG
     summary = export_labels(**config)
     if deid:
-        from ..io.deid import deidentify
+        from ..io.dicom.deid import deidentify
 
-        events({"type": "status", "message": "writing the de-identified copy"})
+        emit(Status("writing the de-identified copy"))
         summary["deidentified"] = deidentify(list(deid["sources"]) + [summary["path"]], deid["out"], key_file=deid.get("key_file"))
-    events({"type": "exported", "summary": summary})
+    emit(Exported(summary))
     return summary.get("path") or os.fspath(config["out_path"])

@@ -7,22 +7,11 @@ then a cosine decay, stepped once per batch.
 """
 from __future__ import annotations
 
-import math
-
 import pytorch_lightning as pl
 import torch
 
 from ..pretext.base import PretextMethod
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.01):
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    return f
+from .schedules import per_step, warmup_cosine
 
 
 class PretrainModule(pl.LightningModule):
@@ -46,8 +35,8 @@ class PretrainModule(pl.LightningModule):
         self.num_optimizers = len(opts)
         if not self.schedule:
             return opts
-        scheds = [torch.optim.lr_scheduler.LambdaLR(o, warmup_cosine(self.total_steps, self.warmup_steps)) for o in opts]
-        return opts, [{"scheduler": s, "interval": "step"} for s in scheds]
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, warmup_cosine(self.total_steps, self.warmup_steps, floor=0.01)) for o in opts]
+        return opts, [per_step(s) for s in scheds]
 
     def training_step(self, batch, batch_idx):
         opts = self.optimizers()

@@ -2,7 +2,6 @@
 over annotated-slice batches, with the event contract (started / loss / progress / preview) and Stop."""
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Callable, Optional
 
@@ -10,6 +9,8 @@ import numpy as np
 import torch
 
 from ..data.labelled_slices import LabelledSliceDataset
+from .devices import lightning_devices
+from .lightning_quiet import quiet_lightning
 
 
 def make_loader(dataset: LabelledSliceDataset, batch_size: int, steps: int, seed: int, num_workers: int = 0):
@@ -21,16 +22,15 @@ def make_loader(dataset: LabelledSliceDataset, batch_size: int, steps: int, seed
 
 
 class _EventCallback:
-    """Lightning callback turning training into contract events; honours stop_event; optional step hook."""
+    """Lightning callback turning training into contract events; honours stop_event."""
 
     def __new__(cls, *a, **k):  # subclass pl.Callback lazily (keep import cost inside run)
         import pytorch_lightning as pl
 
         class _Impl(pl.Callback):
-            def __init__(self, emit, stop_event, total, preview_every_s, hook, hook_steps):
+            def __init__(self, emit, stop_event, total, preview_every_s):
                 self.emit, self.stop_event, self.total = emit, stop_event, total
                 self.preview_every_s, self.last_preview = preview_every_s, 0.0
-                self.hook, self.hook_steps = hook, set(hook_steps or [])
                 self.stopped = False
 
             def on_train_start(self, trainer, module):
@@ -60,11 +60,6 @@ class _EventCallback:
                     mid = img.shape[1] // 2
                     self.emit({"type": "preview", "step": step, "images": {"image": img[0, mid].detach().cpu().numpy().astype(np.float32),
                                                                            "prediction": pred.cpu().numpy().astype(np.float32)}})
-                if self.hook is not None and step in self.hook_steps:
-                    modes = [(m, m.training) for m in module.unet.modules()]
-                    self.hook(step, module.unet)
-                    for m, mode in modes:
-                        m.training = mode
                 if self.stop_event is not None and self.stop_event.is_set():
                     self.stopped = True
                     trainer.should_stop = True
@@ -74,10 +69,13 @@ class _EventCallback:
 
 def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: int, batch_size: int = 8, lr: float = 1e-3,
                weight_decay: float = 1e-4, loss: str = "dice-ce", encoder_lr_scale: float = 1.0, freeze_encoder_steps: int = 0,
-               freeze_encoder_bn: bool = False, head_warmup_steps: int = 0, class_balance: float = 0.0, seed: int = 0, devices: str = "auto", precision: str = "32", num_workers: int = 0, emit: Callable[[dict], None] = lambda e: None,
-               stop_event=None, preview_every_s: float = 0.0, hook: Optional[Callable[[int, torch.nn.Module], None]] = None,
-               hook_steps: Optional[list[int]] = None, module_factory: Optional[Callable[..., Any]] = None) -> tuple[torch.nn.Module, dict]:
-    """Train `unet` in place with a Lightning Trainer for `steps` optimiser steps; returns (unet, info)."""
+               freeze_encoder_bn: bool = False, seed: int = 0, devices: str = "auto", precision: str = "32", num_workers: int = 0,
+               emit: Callable[[dict], None] = lambda e: None, stop_event=None, preview_every_s: float = 0.0,
+               module_factory: Optional[Callable[..., Any]] = None) -> tuple[torch.nn.Module, dict]:
+    """Train `unet` in place with a Lightning Trainer for `steps` optimiser steps; returns (unet, info).
+
+    `module_factory`: the LightningModule class (default SegmentationModule), or a partial of it carrying
+    options the loop does not set (the label-efficiency benchmark's head-only warm-up and class weights)."""
     import pytorch_lightning as pl
 
     from .malloc_tuning import keep_freed_memory
@@ -86,33 +84,16 @@ def train_unet(unet: torch.nn.Module, dataset: LabelledSliceDataset, *, steps: i
 
     from .seg_module import SegmentationModule
 
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # no banner per run (the benchmark runs hundreds)
+    quiet_lightning()
     pl.seed_everything(int(seed), workers=True, verbose=False)
-    weights = None
-    if class_balance > 0:
-        from .seg_module import balanced_class_weights
-
-        n_cls = int(unet.segmentation_head[0].out_channels)
-        weights = balanced_class_weights(dataset.targets, n_cls, class_balance)
     module = (module_factory or SegmentationModule)(unet, loss=loss, lr=lr, weight_decay=weight_decay, total_steps=steps,
-                                encoder_lr_scale=encoder_lr_scale, freeze_encoder_steps=freeze_encoder_steps, freeze_encoder_bn=freeze_encoder_bn,
-                                head_warmup_steps=head_warmup_steps, class_weights=weights)
+                                encoder_lr_scale=encoder_lr_scale, freeze_encoder_steps=freeze_encoder_steps, freeze_encoder_bn=freeze_encoder_bn)
     loader = make_loader(dataset, batch_size, steps, seed, num_workers)
-    cb = _EventCallback(emit, stop_event, steps, preview_every_s, hook, hook_steps)
-    accelerator, dev = ("cpu", 1) if devices in ("cpu",) else ("auto", "auto" if devices == "auto" else _parse_devices(devices))
+    cb = _EventCallback(emit, stop_event, steps, preview_every_s)
+    accelerator, dev = lightning_devices(devices)
     trainer = pl.Trainer(max_steps=steps, max_epochs=1, accelerator=accelerator, devices=dev, precision=precision,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[cb], deterministic=False, num_sanity_val_steps=0, use_distributed_sampler=False)
     trainer.fit(module, train_dataloaders=loader)
     unet.eval()
     return unet, {"steps": int(trainer.global_step), "final_loss": module.last_loss, "stopped": bool(cb.stopped)}
-
-
-def _parse_devices(devices: str):
-    s = str(devices)
-    if s.isdigit():
-        return int(s)
-    if "," in s:
-        return [int(v) for v in s.split(",") if v]
-    return s

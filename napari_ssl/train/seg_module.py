@@ -11,11 +11,12 @@ segmentation head trains first; made one-class plateaus worse) and ``class_weigh
 """
 from __future__ import annotations
 
-import math
-
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+
+from ..models.optim import adamw
+from .schedules import per_step, warmup_cosine
 
 LOSSES = ("dice-ce", "jaccard")
 
@@ -135,17 +136,7 @@ class SegmentationModule(pl.LightningModule):
         enc_ids = {id(p) for p in enc}
         rest = [p for p in self.unet.parameters() if id(p) not in enc_ids]
         groups = [{"params": enc, "lr": self.lr * self.encoder_lr_scale}, {"params": rest, "lr": self.lr}]
-        try:
-            opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=True)
-        except (RuntimeError, TypeError):
-            opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
-        warm, total = self.warmup_steps, self.total_steps
-
-        def schedule(step: int) -> float:  # linear warm-up, then cosine to 5 %
-            if step < warm:
-                return (step + 1) / (warm + 1)
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = adamw(groups, lr=self.lr, weight_decay=self.weight_decay)
+        # linear warm-up over warmup_steps + 1, then cosine to 5 %
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.total_steps, self.warmup_steps, floor=0.05, ramp_offset=1))
+        return {"optimizer": opt, "lr_scheduler": per_step(sched)}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QSize, QTimer
-from qtpy.QtWidgets import QComboBox, QDockWidget, QWidget
+from qtpy.QtWidgets import QComboBox, QDockWidget, QFormLayout, QSpinBox, QWidget
 
 from ...io.nifti import is_itk_image_path
 
@@ -71,6 +71,36 @@ def compact_combo(combo: QComboBox, chars: int = 18) -> QComboBox:
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(chars)
     return combo
+
+
+def device_combo() -> QComboBox:
+    """A compact combo box of :func:`device_choices` (the value is the device string)."""
+    combo = compact_combo(QComboBox())
+    for label, value in device_choices():
+        combo.addItem(label, value)
+    return combo
+
+
+def spin_box(lo: int, hi: int, value: int, step: int = 1, special: str | None = None) -> QSpinBox:
+    """An integer spin box; `special` is the text shown for the lowest value (e.g. "auto")."""
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setValue(value)
+    if special:
+        box.setSpecialValueText(special)
+    return box
+
+
+def form_layout(*rows) -> QFormLayout:
+    """A form of rows: (label, widget or layout), or a lone widget spanning the row."""
+    form = QFormLayout()
+    for row in rows:
+        if isinstance(row, tuple):
+            form.addRow(*row)
+        else:
+            form.addRow(row)
+    return form
 
 
 class DockWidgetBase(QWidget):

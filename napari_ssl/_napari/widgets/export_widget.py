@@ -1,6 +1,6 @@
 """Export dock widget: a Labels layer as DICOM-SEG (referencing its DICOM source series) or NIfTI (in the
 source's geometry), to a file or, when a PACS is configured, to the PACS; optionally also a de-identified
-copy of the source series with the SEG (napari_ssl.io.deid).
+copy of the source series with the SEG (napari_ssl.io.dicom.deid).
 
 The writing is napari_ssl.io.export.export_labels, run in a child process so a large series never
 freezes the viewer. Segment names are editable; the SNOMED CT category and type follow the name
@@ -12,58 +12,59 @@ import os
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel,
-                            QLineEdit, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ...io.volume import Volume
-from ..job_runner import QtJob
-from .common import DockWidgetBase, LayerCombo, compact_combo, image_layers, labels_layers, layer_volume, report_error, safe_name
+from ...train.events import Exported, Failed, Finished
+from .common import LayerCombo, compact_combo, form_layout, image_layers, labels_layers, layer_volume, safe_name
+from .job_dock import JobDockWidget
+from .layer_meta import segment_names, source_layer_name
 from .runs_list import ssl_home
 
 FORMATS = ("DICOM-SEG", "NIfTI")
 
 
 def structure_choices() -> list[str]:
-    """Meanings of the coded structures export knows (the SNOMED CT table of napari_ssl.io.seg_codes)."""
-    from ...io import seg_codes
+    """Meanings of the coded structures export knows (the SNOMED CT table of napari_ssl.io.seg.codes)."""
+    from ...io.seg import codes as seg_codes
 
     return sorted({meaning for _keys, _value, meaning, _cat in seg_codes._TABLE})
 
 
 def codes_for(name: str) -> tuple[str, str]:
     """(category meaning, type meaning) that export will write for a segment called `name`."""
-    from ...io.seg_codes import lookup
+    from ...io.seg.codes import lookup
 
     cat, typ = lookup(name or "")
     return cat[2], typ[2]
 
 
 def pacs_url() -> str | None:
-    """The configured DICOMweb URL, if any ($NAPARI_SSL_PACS_URL, or the PACS module's own config)."""
-    env = os.environ.get("NAPARI_SSL_PACS_URL")
-    if env:
-        return env
-    try:
-        from ...io import dicomweb
+    """The configured DICOMweb URL, if any ($NAPARI_SSL_PACS_URL)."""
+    from ...settings import PACS_URL_ENV
 
-        for fn in ("configured_url", "default_url", "pacs_url"):
-            f = getattr(dicomweb, fn, None)
-            if callable(f):
-                url = f()
-                if url:
-                    return str(url)
-    except Exception:
-        pass
-    return None
+    return os.environ.get(PACS_URL_ENV) or None
 
 
-class ExportWidget(DockWidgetBase):
+class ExportWidget(JobDockWidget):
+    EVENT_HANDLERS = {Exported: "_on_exported"}
+
     def __init__(self, napari_viewer, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.job: QtJob | None = None
-        self.last_result: dict | None = None
-
+        super().__init__(napari_viewer, parent)
+        self.last_summary: dict | None = None
         self.labels_combo = LayerCombo(napari_viewer, labels_layers)
         self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
         self.source_combo = LayerCombo(napari_viewer, image_layers)
@@ -73,13 +74,33 @@ class ExportWidget(DockWidgetBase):
         self.format.currentIndexChanged.connect(self._on_format)
         self.labelmap = QCheckBox("LABELMAP encoding")
         self.labelmap.setToolTip("DICOM-SEG as one LABELMAP frame per slice instead of one BINARY frame per segment and slice")
-        self.segments = QTableWidget(0, 4)
-        self.segments.setHorizontalHeaderLabels(["Value", "Name", "Structure", "Category / type"])
-        self.segments.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
-        self.segments.horizontalHeader().setSectionResizeMode(3, QHeaderView.Stretch)
-        self.segments.verticalHeader().setVisible(False)
-        self.segments.setMinimumHeight(90)
-        self.segments.itemChanged.connect(self._on_segment_edited)
+        self.segments = self._segments_table()
+        self.export_button = QPushButton("Export")
+        self.export_button.clicked.connect(self.export)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(self._form())
+        seg_help = QLabel("Segments (names editable; the code follows the name or the chosen structure):")
+        seg_help.setWordWrap(True)
+        lay.addWidget(seg_help)
+        lay.addWidget(self.segments)
+        lay.addWidget(self.export_button)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        napari_viewer.layers.events.inserted.connect(self._on_labels_changed)
+        self._on_labels_changed()
+
+    def _segments_table(self) -> QTableWidget:
+        table = QTableWidget(0, 4)
+        table.setHorizontalHeaderLabels(["Value", "Name", "Structure", "Category / type"])
+        table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
+        table.horizontalHeader().setSectionResizeMode(3, QHeaderView.Stretch)
+        table.verticalHeader().setVisible(False)
+        table.setMinimumHeight(90)
+        table.itemChanged.connect(self._on_segment_edited)
+        return table
+
+    def _form(self):
         self.path = QLineEdit()
         browse = QPushButton("...")
         browse.setMaximumWidth(30)
@@ -97,34 +118,9 @@ class ExportWidget(DockWidgetBase):
         self.deid_out.setPlaceholderText("new folder (default: <output>_deid)")
         self.deid_key = QLineEdit(os.environ.get("NAPARI_SSL_DEID_KEY_FILE", ""))
         self.deid_key.setPlaceholderText("key file (or $NAPARI_SSL_DEID_KEY)")
-        self.export_button = QPushButton("Export")
-        self.export_button.clicked.connect(self.export)
-        self.status = QLabel("Ready.")
-        self.status.setWordWrap(True)
-
-        form = QFormLayout()
-        form.addRow("Labels", self.labels_combo)
-        form.addRow("Source image", self.source_combo)
-        form.addRow("Format", self.format)
-        form.addRow("", self.labelmap)
-        form.addRow("Output file", prow)
-        form.addRow(self.to_pacs)
-        form.addRow("PACS", self.pacs)
-        form.addRow(self.deid)
-        form.addRow("De-identified to", self.deid_out)
-        form.addRow("Key file", self.deid_key)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        seg_help = QLabel("Segments (names editable; the code follows the name or the chosen structure):")
-        seg_help.setWordWrap(True)
-        lay.addWidget(seg_help)
-        lay.addWidget(self.segments)
-        lay.addWidget(self.export_button)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
-        for ev in (napari_viewer.layers.events.inserted,):
-            ev.connect(self._on_labels_changed)
-        self._on_labels_changed()
+        return form_layout(("Labels", self.labels_combo), ("Source image", self.source_combo), ("Format", self.format),
+                           ("", self.labelmap), ("Output file", prow), self.to_pacs, ("PACS", self.pacs), self.deid,
+                           ("De-identified to", self.deid_out), ("Key file", self.deid_key))
 
     # --- state
     def labels_layer(self):
@@ -150,12 +146,10 @@ class ExportWidget(DockWidgetBase):
             self.segments.setRowCount(0)
             self._update_state()
             return
-        info = (lab.metadata or {}).get("napari_ssl") or {}
-        ann = info.get("annotation") or {}
-        src_name = ann.get("image_layer") or info.get("prediction_of")
+        src_name = source_layer_name(lab)
         if src_name:
             self.source_combo.select(src_name)
-        names = {int(k): str(v) for k, v in (info.get("segment_names") or {}).items()}
+        names = segment_names(lab)
         values = sorted(int(v) for v in np.unique(np.asarray(lab.data)) if v != 0)
         values = sorted(set(values) | set(names)) or [1]
         self.segments.blockSignals(True)
@@ -225,7 +219,7 @@ class ExportWidget(DockWidgetBase):
         self.to_pacs.setEnabled(seg and bool(self.pacs.text().strip()))
         if not seg:
             self.to_pacs.setChecked(False)
-        self.export_button.setEnabled(self.labels_layer() is not None and not (self.job and self.job.running))
+        self.export_button.setEnabled(self.labels_layer() is not None and not self.running)
         if seg and vol is not None and not dicom:
             self.status.setText("DICOM-SEG needs a DICOM source series: this image is not DICOM (choose NIfTI, or a DICOM image).")
         elif self.status.text().startswith("DICOM-SEG needs"):
@@ -277,39 +271,30 @@ class ExportWidget(DockWidgetBase):
         return cfg
 
     def export(self) -> None:
-        if self.job is not None and self.job.running:
-            return
-        try:
-            config = self.build_config()
-        except Exception as exc:  # noqa: BLE001
-            self._error(str(exc))
+        config = self.new_job_config()
+        if config is None:
             return
         self.last_result = None
-        self.job = QtJob("napari_ssl.train.jobs:export_job", config, label=f"Export {self.format.currentText()}",
-                         viewer=self.viewer, parent=self)
-        self.job.event.connect(self._on_event)
-        self.job.finished.connect(self._on_finished)
-        self.job.start()
+        self.start_job("napari_ssl.train.jobs:export_job", config, label=f"Export {self.format.currentText()}")
         self.export_button.setEnabled(False)
         self.status.setText(f"Writing {config['out_path']} ...")
 
-    def _on_event(self, ev: dict) -> None:
-        if ev.get("type") == "exported":
-            self.last_summary = ev.get("summary")
+    def _on_exported(self, ev: Exported) -> None:
+        self.last_summary = ev.summary
 
-    def _on_finished(self, ev: dict) -> None:
+    def _on_finished(self, ev: Finished | Failed) -> None:
         self.last_result = ev
         self.export_button.setEnabled(True)
-        if ev.get("type") == "done":
-            summary = getattr(self, "last_summary", None) or {}
+        if isinstance(ev, Finished):
+            summary = self.last_summary or {}
             extra = f", sent to {summary['stored_to']}" if summary.get("stored_to") else ""
             if summary.get("deidentified"):
                 extra += f", de-identified copy in {summary['deidentified']['out']}"
-            self.status.setText(f"Exported {summary.get('format', '')} to {ev.get('out')}{extra}")
+            self.status.setText(f"Exported {summary.get('format', '')} to {ev.out}{extra}")
             try:
                 from napari.utils.notifications import show_info
 
-                show_info(f"napari-ssl: exported {ev.get('out')}{extra}")
+                show_info(f"napari-ssl: exported {ev.out}{extra}")
                 from napari.utils.notifications import show_warning
 
                 for w in summary.get("warnings", []):   # e.g. a series with a gap: frames on their own images
@@ -317,7 +302,4 @@ class ExportWidget(DockWidgetBase):
             except Exception:
                 pass
         else:
-            self._error(ev.get("message", "export failed"))
-
-    def _error(self, message: str) -> None:
-        report_error(self.status, message)
+            self._error(ev.message or "export failed")

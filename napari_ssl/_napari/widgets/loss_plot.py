@@ -43,6 +43,11 @@ class LossPlot(QWidget):
             self._pending = True
             QTimer.singleShot(self.min_repaint_ms, self._repaint)
 
+    def add_loss(self, ev) -> None:
+        """A job's Loss event (napari_ssl.train.events): its "loss" value, at its step."""
+        if "loss" in (ev.values or {}):
+            self.add_point(ev.step if ev.step is not None else len(self.values), ev.values["loss"])
+
     def _repaint(self) -> None:
         self._pending = False
         self.update()

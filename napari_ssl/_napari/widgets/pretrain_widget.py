@@ -12,11 +12,24 @@ import os
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                            QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from ..job_runner import QtJob
-from .common import DockWidgetBase, compact_combo, device_choices, image_layers, layer_as_path, report_error, safe_name, timestamp
+from ...train.events import Checkpoint, Failed, Finished, Loss, Preview, Progress, Status
+from .common import compact_combo, device_combo, form_layout, image_layers, layer_as_path, safe_name, spin_box, timestamp
+from .job_dock import JobDockWidget
 from .loss_plot import LossPlot
 from .runs_list import RunsList, list_runs, runs_dir
 
@@ -76,89 +89,21 @@ def encoder_choices() -> tuple[str, ...]:
     return tuple(ENCODERS)
 
 
-class PretrainWidget(DockWidgetBase):
+class PretrainWidget(JobDockWidget):
+    EVENT_HANDLERS = {Loss: "_on_loss", Progress: "_on_progress", Preview: "_on_preview", Checkpoint: "_on_checkpoint",
+                      Status: "_on_status"}
+
     def __init__(self, napari_viewer, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.job: QtJob | None = None
-        self.last_result: dict | None = None
+        super().__init__(napari_viewer, parent)
         self.out_dir: str | None = None
         self.preview_layers: dict[str, object] = {}
         self.preview_every_s = 5.0
         self.threads: int | None = None  # torch threads in the child (None: torch's default)
 
-        # --- data
-        self.data_list = QListWidget()
-        self.data_list.setMinimumHeight(70)
-        add_folder = QPushButton("Add folder...")
-        add_folder.clicked.connect(self._browse_folder)
-        remove = QPushButton("Remove folder")
-        remove.clicked.connect(self._remove_selected_folder)
-        data_box = QGroupBox("Data (checked image layers and folders)")
-        dl = QVBoxLayout(data_box)
-        dl.addWidget(self.data_list)
-        row = QHBoxLayout()
-        row.addWidget(add_folder)
-        row.addWidget(remove)
-        dl.addLayout(row)
-
-        # --- settings
-        self.method = compact_combo(QComboBox())
-        self.method_help = QLabel()
-        self.method_help.setWordWrap(True)
-        self.method_help.setStyleSheet("font-style: italic;")
-        for name, summary in method_choices():
-            self.method.addItem(name)
-            self.method.setItemData(self.method.count() - 1, summary, Qt.ToolTipRole)
-        self.method.currentIndexChanged.connect(self._on_method)
-        self.encoder = compact_combo(QComboBox())
-        self.encoder.addItems(encoder_choices())
-        self.kinds = method_kinds()
-        self.pairs = compact_combo(QComboBox())
-        for value, tip in PAIR_CHOICES:
-            self.pairs.addItem(value, value)
-            self.pairs.setItemData(self.pairs.count() - 1, tip, Qt.ToolTipRole)
-        self.pairs.setToolTip("Positive pairs of the joint-embedding methods")
-        self.init_from = compact_combo(RunCombo())
-        self.init_from.setToolTip("Continue from an earlier run's encoder (hierarchical pretraining)")
-        self.image_size = QSpinBox()
-        self.image_size.setRange(32, 1024)
-        self.image_size.setSingleStep(32)
-        self.image_size.setValue(128)
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 100000)
-        self.epochs.setValue(10)
-        self.steps = QSpinBox()
-        self.steps.setRange(0, 10_000_000)
-        self.steps.setSpecialValueText("by epochs")
-        self.batch_size = QSpinBox()
-        self.batch_size.setRange(1, 4096)
-        self.batch_size.setValue(32)
-        self.device = compact_combo(QComboBox())
-        for label, value in device_choices():
-            self.device.addItem(label, value)
-        self.run_name = QLineEdit()
-        self.run_name.setPlaceholderText("default: METHOD-DATE")
-        self.show_previews = QCheckBox("Show previews as layers")
-        self.show_previews.setChecked(True)
-        form = QFormLayout()
-        form.addRow("Method", self.method)
-        form.addRow("", self.method_help)
-        form.addRow("Positives", self.pairs)
-        form.addRow("Encoder", self.encoder)
-        form.addRow("Start from", self.init_from)
-        form.addRow("Image size", self.image_size)
-        form.addRow("Epochs", self.epochs)
-        form.addRow("Steps", self.steps)
-        form.addRow("Batch size", self.batch_size)
-        form.addRow("Device", self.device)
-        form.addRow("Run name", self.run_name)
-        form.addRow("", self.show_previews)
-
+        data_box = self._data_box()
+        form = self._settings_form()
         self.start_button = QPushButton("Start")
         self.start_button.clicked.connect(self._start_or_stop)
-        self.status = QLabel("Ready.")
-        self.status.setWordWrap(True)
         self.plot = LossPlot("loss")
         self.runs = RunsList(kind="pretrain")
         runs_box = QGroupBox("Pretraining runs")
@@ -177,6 +122,55 @@ class PretrainWidget(DockWidgetBase):
             ev.connect(self._refresh_layers)
         self._refresh_layers()
         self._on_method()
+
+    def _data_box(self) -> QGroupBox:
+        self.data_list = QListWidget()
+        self.data_list.setMinimumHeight(70)
+        add_folder = QPushButton("Add folder...")
+        add_folder.clicked.connect(self._browse_folder)
+        remove = QPushButton("Remove folder")
+        remove.clicked.connect(self._remove_selected_folder)
+        data_box = QGroupBox("Data (checked image layers and folders)")
+        dl = QVBoxLayout(data_box)
+        dl.addWidget(self.data_list)
+        row = QHBoxLayout()
+        row.addWidget(add_folder)
+        row.addWidget(remove)
+        dl.addLayout(row)
+        return data_box
+
+    def _settings_form(self):
+        self.method = compact_combo(QComboBox())
+        self.method_help = QLabel()
+        self.method_help.setWordWrap(True)
+        self.method_help.setStyleSheet("font-style: italic;")
+        for name, summary in method_choices():
+            self.method.addItem(name)
+            self.method.setItemData(self.method.count() - 1, summary, Qt.ToolTipRole)
+        self.method.currentIndexChanged.connect(self._on_method)
+        self.encoder = compact_combo(QComboBox())
+        self.encoder.addItems(encoder_choices())
+        self.kinds = method_kinds()
+        self.pairs = compact_combo(QComboBox())
+        for value, tip in PAIR_CHOICES:
+            self.pairs.addItem(value, value)
+            self.pairs.setItemData(self.pairs.count() - 1, tip, Qt.ToolTipRole)
+        self.pairs.setToolTip("Positive pairs of the joint-embedding methods")
+        self.init_from = compact_combo(RunCombo())
+        self.init_from.setToolTip("Continue from an earlier run's encoder (hierarchical pretraining)")
+        self.image_size = spin_box(32, 1024, 128, step=32)
+        self.epochs = spin_box(1, 100000, 10)
+        self.steps = spin_box(0, 10_000_000, 0, special="by epochs")
+        self.batch_size = spin_box(1, 4096, 32)
+        self.device = device_combo()
+        self.run_name = QLineEdit()
+        self.run_name.setPlaceholderText("default: METHOD-DATE")
+        self.show_previews = QCheckBox("Show previews as layers")
+        self.show_previews.setChecked(True)
+        return form_layout(("Method", self.method), ("", self.method_help), ("Positives", self.pairs), ("Encoder", self.encoder),
+                           ("Start from", self.init_from), ("Image size", self.image_size), ("Epochs", self.epochs),
+                           ("Steps", self.steps), ("Batch size", self.batch_size), ("Device", self.device),
+                           ("Run name", self.run_name), ("", self.show_previews))
 
     # --- data list
     def _refresh_layers(self, *args) -> None:
@@ -232,10 +226,6 @@ class PretrainWidget(DockWidgetBase):
         self.pairs.setEnabled(self.kinds.get(self.method.currentText()) == "joint-embedding")
 
     # --- job
-    @property
-    def running(self) -> bool:
-        return self.job is not None and self.job.running
-
     def _start_or_stop(self) -> None:
         if self.running:
             self.stop()
@@ -269,66 +259,53 @@ class PretrainWidget(DockWidgetBase):
         return cfg
 
     def start(self) -> None:
-        if self.running:
-            return
-        try:
-            config = self.build_config()
-        except Exception as exc:  # noqa: BLE001 - show, never raise into Qt
-            self._show_error(str(exc))
+        config = self.new_job_config()
+        if config is None:
             return
         self.out_dir = config["out"]
         self.last_result = None
         self.plot.clear()
-        self.job = QtJob("napari_ssl.train.jobs:pretrain_job", config, label=f"Pretraining ({config['method']})",
-                         viewer=self.viewer, parent=self)
-        self.job.event.connect(self._on_event)
-        self.job.finished.connect(self._on_finished)
-        self.job.start()
+        self.start_job("napari_ssl.train.jobs:pretrain_job", config, label=f"Pretraining ({config['method']})")
         self.start_button.setText("Stop")
         self.status.setText(f"Starting {config['method']} on {len(config['data'])} input(s) -> {config['out']}")
 
     def stop(self) -> None:
         if self.running:
-            self.job.request_stop()
-            self.start_button.setEnabled(False)
-            self.start_button.setText("Stopping...")
+            self.stop_job(self.start_button)
             self.status.setText("Stopping: saving the last weights...")
 
-    def _on_event(self, ev: dict) -> None:
-        t = ev.get("type")
-        if t == "loss":
-            values = ev.get("values") or {}
-            if "loss" in values:
-                self.plot.add_point(ev.get("step", len(self.plot.values)), values["loss"])
-        elif t == "progress":
-            total = ev.get("total_steps")
-            if not (self.job is not None and self.job.runner.stop_requested):
-                from ...progress_text import step_text
+    def _on_loss(self, ev: Loss) -> None:
+        self.plot.add_loss(ev)
 
-                self.status.setText(step_text("Pretraining the encoder", int(ev.get("step") or 0), total, self.job.seconds_left) +
-                                    (f" (epoch {int(ev['epoch']) + 1})" if ev.get("epoch") is not None else ""))
-        elif t == "preview" and self.show_previews.isChecked():
-            self.show_preview_images(ev.get("images") or {})
-        elif t == "checkpoint":
-            self.status.setText(f"Saved weights: {ev.get('path')}")
-        elif t == "status":
-            self.status.setText(str(ev.get("message")))
+    def _on_progress(self, ev: Progress) -> None:
+        if not self.stop_requested:
+            from ...progress_text import step_text
 
-    def _on_finished(self, ev: dict) -> None:
+            self.status.setText(step_text("Pretraining the encoder", int(ev.step or 0), ev.total_steps, self.job.seconds_left) +
+                                (f" (epoch {int(ev.epoch) + 1})" if ev.epoch is not None else ""))
+
+    def _on_preview(self, ev: Preview) -> None:
+        if self.show_previews.isChecked():
+            self.show_preview_images(ev.images or {})
+
+    def _on_checkpoint(self, ev: Checkpoint) -> None:
+        self.status.setText(f"Saved weights: {ev.path}")
+
+    def _on_status(self, ev: Status) -> None:
+        self.status.setText(str(ev.message))
+
+    def _on_finished(self, ev: Finished | Failed) -> None:
         self.last_result = ev
         self.start_button.setEnabled(True)
         self.start_button.setText("Start")
-        if ev.get("type") == "done":
-            how = "stopped, last weights saved" if ev.get("stopped") else "finished"
-            self.status.setText(f"Pretraining {how}: {ev.get('out')}")
+        if isinstance(ev, Finished):
+            how = "stopped, last weights saved" if ev.stopped else "finished"
+            self.status.setText(f"Pretraining {how}: {ev.out}")
             self.runs.refresh()
-            if ev.get("out"):
-                self.runs.select_path(ev["out"])
+            if ev.out:
+                self.runs.select_path(ev.out)
         else:
-            self._show_error(ev.get("message", "the job failed"))
-
-    def _show_error(self, message: str) -> None:
-        report_error(self.status, message)
+            self._error(ev.message or "the job failed")
 
     # --- previews as layers, reused
     def show_preview_images(self, images: dict) -> None:
@@ -377,9 +354,3 @@ class PretrainWidget(DockWidgetBase):
             return 0.0, 0.0, 128.0
         height = float(ext[1, 0] - ext[0, 0]) or 128.0
         return float(ext[1, 1] + 0.05 * height), float(ext[0, 0]), height
-
-    # --- teardown
-    def closeEvent(self, event) -> None:  # noqa: N802
-        if self.job is not None and self.job.running:
-            self.job.stop_and_wait(grace_s=15.0)
-        super().closeEvent(event)

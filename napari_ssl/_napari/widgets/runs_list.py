@@ -5,25 +5,25 @@ under the runs folder: ``$NAPARI_SSL_HOME/runs``, default ``~/.napari-ssl/runs``
 """
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QPushButton, QTreeWidget, QTreeWidgetItem,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+
+from ... import settings
+from ...errors import NapariSSLError
+from ...models.metadata import read_model_meta
 
 
 def ssl_home() -> Path:
-    env = os.environ.get("NAPARI_SSL_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".napari-ssl"
+    return settings.home()
 
 
 def runs_dir() -> Path:
-    return ssl_home() / "runs"
+    return settings.runs_dir()
 
 
 @dataclass
@@ -40,25 +40,6 @@ class RunInfo:
     @property
     def label(self) -> str:
         return f"{self.name} ({self.method}, {self.date})"
-
-
-def _kind(meta: dict) -> str:
-    k = str(meta.get("kind") or meta.get("type") or "").lower()
-    if k:
-        return "model" if k in ("finetune", "fine-tune", "model", "segmentation") else "pretrain"
-    if meta.get("classes") or meta.get("weights_file") == "model.safetensors":
-        return "model"
-    return "pretrain"
-
-
-def _date(meta: dict, folder: str) -> str:
-    for key in ("created", "created_at", "saved_at", "finished_at"):
-        v = meta.get(key)
-        if isinstance(v, (int, float)):
-            return time.strftime("%Y-%m-%d %H:%M", time.localtime(v))
-        if isinstance(v, str) and v:
-            return v.replace("T", " ")[:16]
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(os.path.join(folder, "model.json"))))
 
 
 def describe_data(data: Any) -> str:
@@ -101,16 +82,15 @@ def list_runs(folders: list[str | os.PathLike] | None = None, kind: str | None =
                 continue
             seen.add(real)
             try:
-                meta = json.loads((folder / "model.json").read_text())
-            except (OSError, ValueError):
+                meta = read_model_meta(folder)
+            except (OSError, NapariSSLError):
                 continue
+            run_kind = "model" if meta.is_segmentation else "pretrain"
             info = RunInfo(
-                path=str(folder), name=folder.name, kind=_kind(meta),
-                method=str(meta.get("method") or ("fine-tune" if _kind(meta) == "model" else "?")),
-                encoder=str(meta.get("encoder_name") or meta.get("encoder") or ""),
-                date=_date(meta, str(folder)),
-                data=describe_data(meta.get("data") or meta.get("data_summary") or meta.get("training_data")),
-                meta=meta)
+                path=str(folder), name=folder.name, kind=run_kind,
+                method=str(meta.method or ("fine-tune" if run_kind == "model" else "?")),
+                encoder=meta.encoder_name, date=meta.created.replace("T", " ")[:16],
+                data=describe_data(meta.data), meta=meta.to_dict())
             if kind is None or info.kind == kind:
                 found.append(info)
     found.sort(key=lambda r: r.date, reverse=True)

@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .dicom_discovery import Header, is_enhanced, value
+from .discovery import Header, is_enhanced
+from .pydicom_fast import value
 
 
 @dataclass

@@ -15,8 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from .dicom_discovery import value
-from .dicom_frames import Frame
+from .frames import Frame
+from .pydicom_fast import value
 
 NATIVE_SYNTAXES = {
     "1.2.840.10008.1.2": "<",      # implicit VR little endian

@@ -1,14 +1,8 @@
 """DICOM series -> Volume: discovery, grouping, geometry and pixels.
 
 ``load_dicom_volumes(path)`` takes one file, a series folder or a tree of patients /
-studies / series. The work is split over small modules:
-
-* :mod:`.dicom_discovery` finds files and reads headers only (pixel data left on disk);
-* :mod:`.dicom_frames` turns each file into 2-D frame records (Enhanced objects: one per frame);
-* :mod:`.dicom_geometry` splits a series into regular stacks and orders them along the normal;
-* :mod:`.dicom_pixels` decodes the pixels into one preallocated array and applies the rescale.
-
-``plan_dicom_series`` stops before the pixels (used by ``napari-ssl info``).
+studies / series (the steps: see :mod:`napari_ssl.io.dicom`). ``plan_dicom_series`` stops
+before the pixels (used by ``napari-ssl info``).
 """
 from __future__ import annotations
 
@@ -20,12 +14,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import NoImageFound
-from .dicom_discovery import Header, Scan, is_enhanced, scan_path, value
-from .dicom_frames import Frame, frames_of
-from .dicom_geometry import Stack, build_stack, split_stacks
-from .dicom_pixels import float_target, read_raw, rescale, rescale_into, stored_dtype, widening_buffer
-from .volume import Volume
+from ...errors import NoImageFound
+from ..volume import Volume
+from .discovery import Header, Scan, is_enhanced, scan_path
+from .frames import Frame, frames_of
+from .geometry import Stack, build_stack, split_stacks
+from .pixels import float_target, read_raw, rescale, rescale_into, stored_dtype, widening_buffer
+from .pydicom_fast import value
 
 log = logging.getLogger(__name__)
 
@@ -162,19 +157,7 @@ def read_plan(plan: SeriesPlan, workers: Optional[int] = None, errors: Optional[
     """Decode the pixels of a planned stack into a Volume (None if no slice could be decoded)."""
     stack = plan.stack
     warnings = list(plan.warnings)
-    frames = stack.frames
-    stored = stored_dtype(frames[0].header.ds)
-    slopes = np.array([f.slope for f in frames])
-    intercepts = np.array([f.intercept for f in frames])
-    target = float_target(stored, slopes, intercepts)
-    widened = None
-    if target is not None and target.itemsize > stored.itemsize and target.itemsize % stored.itemsize == 0:
-        # a float result (non-integer rescale): read into the tail of the float volume and convert
-        # in place, instead of a stored-dtype volume plus its float copy
-        widened, raw = widening_buffer((len(frames), frames[0].rows, frames[0].cols), stored, target)
-        raw, failed, messages = read_raw(frames, workers=workers, out=raw)
-    else:
-        raw, failed, messages = read_raw(frames, workers=workers)
+    raw, widened, failed, messages = _read_stored(stack.frames, workers)
     if failed:
         for m in messages:
             log.warning("%s", m)
@@ -187,13 +170,32 @@ def read_plan(plan: SeriesPlan, workers: Optional[int] = None, errors: Optional[
         widened = None
         stack = build_stack(keep)  # geometry again, with the gap the failed slices leave
         warnings = [w for w in warnings if w not in plan.stack.warnings] + [m + "; left out" for m in messages] + stack.warnings
-    frames = stack.frames
-    slopes = np.array([f.slope for f in frames])
-    intercepts = np.array([f.intercept for f in frames])
+    slopes = np.array([f.slope for f in stack.frames])
+    intercepts = np.array([f.intercept for f in stack.frames])
     if widened is not None:
         array = rescale_into(widened, raw, slopes, intercepts)
     else:
         array = rescale(raw, slopes, intercepts)
+    return _volume(plan, stack, array, warnings)
+
+
+def _read_stored(frames: list[Frame], workers: Optional[int]) -> tuple[np.ndarray, Optional[np.ndarray], list[int], list[str]]:
+    """(stored values, the float volume they were read into the tail of or None, failed slices, messages)."""
+    stored = stored_dtype(frames[0].header.ds)
+    target = float_target(stored, np.array([f.slope for f in frames]), np.array([f.intercept for f in frames]))
+    if target is not None and target.itemsize > stored.itemsize and target.itemsize % stored.itemsize == 0:
+        # a float result (non-integer rescale): read into the tail of the float volume and convert
+        # in place, instead of a stored-dtype volume plus its float copy
+        widened, raw = widening_buffer((len(frames), frames[0].rows, frames[0].cols), stored, target)
+        raw, failed, messages = read_raw(frames, workers=workers, out=raw)
+        return raw, widened, failed, messages
+    raw, failed, messages = read_raw(frames, workers=workers)
+    return raw, None, failed, messages
+
+
+def _volume(plan: SeriesPlan, stack: Stack, array: np.ndarray, warnings: list[str]) -> Volume:
+    """The Volume of a decoded stack; the source headers lose their pixel data elements."""
+    frames = stack.frames
     ds0 = frames[0].header.ds
     enhanced = is_enhanced(ds0) or int(ds0.get("NumberOfFrames", 1) or 1) > 1
     unique: dict[int, Header] = {}
@@ -246,7 +248,7 @@ def load_dicom_series(files: list[str], series_instance_uid: str) -> Optional[Vo
 
     Used to find the source series of a DICOM-SEG beside it without loading everything else there.
     """
-    from .dicom_discovery import read_header
+    from .discovery import read_header
 
     scan = Scan()
     for f in files:

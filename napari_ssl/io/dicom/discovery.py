@@ -12,7 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-from .nifti import is_itk_image_path
+from ..nifti import is_itk_image_path
+from .pydicom_fast import value
 
 PIXEL_DATA = 0x7FE00010
 FLOAT_PIXEL_DATA = 0x7FE00008
@@ -43,56 +44,6 @@ ENHANCED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.13.1.3", # Breast tomosynthesis
     "1.2.840.10008.5.1.4.1.1.6.2",    # Enhanced US volume
 }
-
-
-_FAST_STRING_VRS = {"UI", "CS", "DS", "IS", "AS", "DA", "TM"}
-_FAST_BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FD": "d", "FL": "f"}
-_TAGS: dict[str, tuple[int, str]] = {}
-
-
-def _tag_vr(keyword: str) -> tuple[int, str]:
-    hit = _TAGS.get(keyword)
-    if hit is None:
-        from pydicom.datadict import dictionary_VR, tag_for_keyword
-
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise KeyError(keyword)
-        hit = _TAGS[keyword] = (int(tag), dictionary_VR(tag))
-    return hit
-
-
-def value(ds: Any, keyword: str, default: Any = None) -> Any:
-    """``ds.get(keyword)`` without pydicom's per-element conversion machinery, for the hot
-    attributes of the header scan (numbers, UIDs, code strings). Multi-valued numbers come back
-    as lists of float/int, single ones as float/int, strings as str; anything else (text with a
-    character set, sequences) goes through pydicom."""
-    tag, dict_vr = _tag_vr(keyword)
-    elem = ds._dict.get(tag)
-    if elem is None:
-        return default
-    raw = getattr(elem, "is_raw", False) and getattr(elem, "value", None)
-    if not raw or getattr(elem, "is_undefined_length", False):
-        return ds.get(keyword, default)
-    vr = elem.VR or dict_vr
-    data: bytes = elem.value
-    if vr in _FAST_STRING_VRS:
-        text = data.decode("latin-1").strip("\x00 ")
-        if vr in ("DS", "IS"):
-            try:
-                nums = [float(p) if vr == "DS" else int(float(p)) for p in text.split("\\") if p.strip()]
-            except ValueError:
-                return ds.get(keyword, default)
-            return default if not nums else nums[0] if len(nums) == 1 else nums
-        return text
-    code = _FAST_BINARY.get(vr)
-    if code is not None:
-        size = struct.calcsize(code)
-        if len(data) % size:
-            return ds.get(keyword, default)
-        vals = struct.unpack(("<" if elem.is_little_endian else ">") + code * (len(data) // size), data)
-        return default if not vals else vals[0] if len(vals) == 1 else list(vals)
-    return ds.get(keyword, default)
 
 
 @dataclass

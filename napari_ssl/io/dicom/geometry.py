@@ -14,10 +14,9 @@ from typing import Optional
 
 import numpy as np
 
-from .dicom_frames import Frame
-# Tolerances (rounding noise vs real differences): documented in .geometry_tolerance
-from .geometry_tolerance import (DRIFT_TOL_MM, DRIFT_TOL_REL, GAP_FACTOR, ORIENTATION_TOL, SAME_POSITION_MM, UNEVEN_REL,
-                                 consensus_orientation)
+# Tolerances (rounding noise vs real differences): documented in napari_ssl.io.geometry_tolerance
+from ..geometry_tolerance import DRIFT_TOL_MM, DRIFT_TOL_REL, GAP_FACTOR, ORIENTATION_TOL, SAME_POSITION_MM, UNEVEN_REL, consensus_orientation
+from .frames import Frame
 
 SPLIT_KEYS = ("stack", "echo", "temporal", "diffusion_b", "trigger", "acquisition")
 DEFAULT_IOP = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
@@ -162,28 +161,7 @@ def build_stack(frames: list[Frame]) -> Stack:
             warnings.append(f"single slice: slice step {step:g} mm taken from {source}" if source
                             else "single slice: slice step of 1 mm assumed")
         else:
-            diffs = np.diff(proj)
-            typical = float(np.median(diffs))
-            gaps = np.nonzero(diffs > GAP_FACTOR * typical)[0]
-            if len(gaps):
-                missing = int(sum(round(diffs[i] / typical) - 1 for i in gaps))
-                where = ", ".join(f"{proj[i]:.2f}..{proj[i + 1]:.2f} mm" for i in gaps[:3])
-                warnings.append(f"missing slice(s): about {missing} slice(s) absent in the positions ({where}); "
-                                f"expected a step of {typical:.3g} mm")
-                step = typical
-            else:
-                step = float(proj[-1] - proj[0]) / (n - 1)
-                dev = float(np.max(np.abs(diffs - step)))
-                if dev > UNEVEN_REL * step + 1e-4:
-                    warnings.append(f"uneven slice spacing: steps from {diffs.min():.4g} to {diffs.max():.4g} mm; "
-                                    f"the mean {step:.4g} mm is used")
-            # In-plane drift of the positions (gantry tilt): the affine cannot show it.
-            expected = origin[None, :] + (proj - proj[0])[:, None] * normal[None, :]
-            pos = np.array([f.position for f in frames])
-            drift = float(np.max(np.linalg.norm(pos - expected, axis=1)))
-            if drift > max(DRIFT_TOL_REL * abs(step), DRIFT_TOL_MM):
-                warnings.append(f"slice positions drift {drift:.3g} mm off the slice normal (gantry tilt?); "
-                                f"the volume is shown unsheared")
+            step = _step_from_positions(frames, proj, normal, warnings)
     ps = frames[0].pixel_spacing
     affine = np.eye(4)
     affine[:3, 0] = normal * step
@@ -191,3 +169,32 @@ def build_stack(frames: list[Frame]) -> Stack:
     affine[:3, 2] = row_dir * ps[1]
     affine[:3, 3] = origin
     return Stack(frames=frames, affine=affine, warnings=warnings)
+
+
+def _step_from_positions(frames: list[Frame], proj: np.ndarray, normal: np.ndarray, warnings: list[str]) -> float:
+    """The slice step of frames ordered along the normal (`proj`: their positions on it), with a warning for
+    missing slices, uneven spacing or in-plane drift (gantry tilt), which the affine cannot show."""
+    n = len(frames)
+    origin = frames[0].position
+    diffs = np.diff(proj)
+    typical = float(np.median(diffs))
+    gaps = np.nonzero(diffs > GAP_FACTOR * typical)[0]
+    if len(gaps):
+        missing = int(sum(round(diffs[i] / typical) - 1 for i in gaps))
+        where = ", ".join(f"{proj[i]:.2f}..{proj[i + 1]:.2f} mm" for i in gaps[:3])
+        warnings.append(f"missing slice(s): about {missing} slice(s) absent in the positions ({where}); "
+                        f"expected a step of {typical:.3g} mm")
+        step = typical
+    else:
+        step = float(proj[-1] - proj[0]) / (n - 1)
+        dev = float(np.max(np.abs(diffs - step)))
+        if dev > UNEVEN_REL * step + 1e-4:
+            warnings.append(f"uneven slice spacing: steps from {diffs.min():.4g} to {diffs.max():.4g} mm; "
+                            f"the mean {step:.4g} mm is used")
+    expected = origin[None, :] + (proj - proj[0])[:, None] * normal[None, :]
+    pos = np.array([f.position for f in frames])
+    drift = float(np.max(np.linalg.norm(pos - expected, axis=1)))
+    if drift > max(DRIFT_TOL_REL * abs(step), DRIFT_TOL_MM):
+        warnings.append(f"slice positions drift {drift:.3g} mm off the slice normal (gantry tilt?); "
+                        f"the volume is shown unsheared")
+    return step

@@ -150,10 +150,11 @@ def install() -> bool:
     expected layout, or its loader works otherwise, highdicom is left to parse it itself. Returns
     whether the lazy map is the one in use.
     """
+    import highdicom
+
     try:
-        import highdicom
         from highdicom import _standard_utils as su
-    except ImportError:
+    except ImportError:   # a private module: highdicom reorganised, let it load its table itself
         return False
     fn = getattr(su, "get_module_attribute_map", None)
     if fn is None or not hasattr(fn, "cache_info") or not hasattr(fn, "cache_clear"):

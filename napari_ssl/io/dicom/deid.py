@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from typing import Any, Optional, Sequence
 
-from ..errors import NapariSSLError
+from ...errors import NapariSSLError
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,6 @@ def _dummy(elem) -> Any:
 def deidentify_dataset(ds, anonymizer, randomizer, table) -> list[str]:
     """De-identify `ds` in place (see module doc); returns notes (e.g. burned-in annotation).
     `randomizer`: a dicognito Randomizer with the anonymizer's seed (a UID left in another VR maps alike)."""
-    import pydicom
-
     _edition, exact, masked = table
     before: dict[int, tuple[Any, Any]] = {}
 
@@ -130,42 +128,54 @@ def deidentify_dataset(ds, anonymizer, randomizer, table) -> list[str]:
 
     def apply(parent, elem):
         action = action_for(elem.tag, exact, masked)
-        if action is None:
-            return
-        seen = before.get(id(elem))
-        changed = seen is None or _copy_value(elem) != seen[1]
-        empty = elem.value is None or (not isinstance(elem.value, (int, float)) and len(elem.value) == 0)
-        is_seq = elem.VR == "SQ"
-        if action == "X":
+        if action is not None and _apply_action(elem, action, before.get(id(elem)), randomizer):
             to_delete.append((parent, elem.tag))
-        elif is_seq:
-            if action in ("X/Z/U*", "D", "U"):
-                return  # references / content: kept, their UIDs and names replaced inside
-            if action in ("Z", "Z/D"):
-                elem.value = pydicom.Sequence([])
-            else:  # X/Z, X/D, X/Z/D: removed (an empty sequence is invalid where the sequence is optional)
-                to_delete.append((parent, elem.tag))
-        elif changed or empty:
-            return  # replaced by a pseudonym / shifted date, or nothing there
-        elif action == "U":
-            elem.value = "2." + str(10**39 + randomizer.to_int(str(elem.value)))  # dicognito's own UID formula
-        elif "D" in action:  # D, Z/D, X/D, X/Z/D: a dummy is valid whatever the attribute's type
-            elem.value = _dummy(elem)
-        else:  # Z, X/Z, X/Z/U*: emptied (valid for type 2 and 3)
-            elem.value = None if elem.VR in ("US", "SS", "UL", "SL", "FL", "FD", "UV", "SV") else ""
 
     ds.walk(apply)
     for parent, tag in to_delete:
         if tag in parent:
             del parent[tag]
     ds.remove_private_tags()
+    return _mark_deidentified(ds)
+
+
+def _apply_action(elem, action: str, seen: Optional[tuple[Any, Any]], randomizer) -> bool:
+    """The table's `action` on an element dicognito may have changed already (`seen`: it and its value before);
+    True when the element is to be removed."""
+    import pydicom
+
+    changed = seen is None or _copy_value(elem) != seen[1]
+    empty = elem.value is None or (not isinstance(elem.value, (int, float)) and len(elem.value) == 0)
+    if action == "X":
+        return True
+    if elem.VR == "SQ":
+        if action in ("X/Z/U*", "D", "U"):
+            return False  # references / content: kept, their UIDs and names replaced inside
+        if action in ("Z", "Z/D"):
+            elem.value = pydicom.Sequence([])
+            return False
+        return True  # X/Z, X/D, X/Z/D: removed (an empty sequence is invalid where the sequence is optional)
+    if changed or empty:
+        return False  # replaced by a pseudonym / shifted date, or nothing there
+    if action == "U":
+        elem.value = "2." + str(10**39 + randomizer.to_int(str(elem.value)))  # dicognito's own UID formula
+    elif "D" in action:  # D, Z/D, X/D, X/Z/D: a dummy is valid whatever the attribute's type
+        elem.value = _dummy(elem)
+    else:  # Z, X/Z, X/Z/U*: emptied (valid for type 2 and 3)
+        elem.value = None if elem.VR in ("US", "SS", "UL", "SL", "FL", "FD", "UV", "SV") else ""
+    return False
+
+
+def _mark_deidentified(ds) -> list[str]:
+    """PatientIdentityRemoved (NO with burned-in annotation) and the de-identification method; returns notes."""
+    import pydicom
+    from pydicom.sr.codedict import codes
+
     notes = []
     burned = str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES"
     ds.PatientIdentityRemoved = "NO" if burned else "YES"
     if burned:
         notes.append("burned-in annotation")
-    from pydicom.sr.codedict import codes
-
     ds.LongitudinalTemporalInformationModified = "MODIFIED"
     ds.DeidentificationMethod = ["PS3.15 Basic Application Confidentiality Profile",
                                  "Retain Longitudinal Temporal Info Modified Dates",
@@ -191,7 +201,7 @@ def _copy_value(elem) -> Any:
 
 # --- a folder ---------------------------------------------------------------------------------
 def _dicom_files(paths: Sequence[str]) -> tuple[list[str], int]:
-    from .dicom_discovery import iter_files
+    from .discovery import iter_files
 
     files, skipped = [], 0
     for p in paths:
@@ -216,8 +226,8 @@ def deidentify(sources: Sequence[str], out_dir: str, key: Optional[str] = None, 
     """Write a de-identified copy of every DICOM file under `sources` into the new folder `out_dir`
     (``NN_MODALITY/NNNNN.dcm``: no original file names, which may carry identity). Returns a summary
     without identifiers. Raises NapariSSLError (nothing written) for bad input."""
-    import pydicom
     from dicognito.anonymizer import Anonymizer
+    from dicognito.randomizer import Randomizer
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
@@ -228,9 +238,42 @@ def deidentify(sources: Sequence[str], out_dir: str, key: Optional[str] = None, 
     files, skipped = _dicom_files([os.fspath(s) for s in sources])
     if not files:
         raise NapariSSLError(f"no DICOM file under {', '.join(map(str, sources))}")
+    headers = _checked_headers(files, allow_burned_in)   # before anything is written
 
-    # headers first: refuse mixed patients and burned-in text before anything is written
-    from .dicom_discovery import is_truncated, read_header
+    key_text, key_source = load_key(key, key_file)
+    seed = key_text if key_text else os.urandom(20).hex()
+    table = basic_profile_table()
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-deid-")
+    try:
+        n_series, modalities, notes = _write_copies(files, headers, tmp, Anonymizer(seed=seed), Randomizer(seed), table)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked above)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not key_text:
+        log.warning("no de-identification key ($%s or a key file): pseudonyms are random and will differ next run", KEY_ENV)
+    if notes:
+        log.warning("%d file(s) with burned-in annotation written, marked PatientIdentityRemoved NO", len(notes))
+    return {
+        "out": out_dir,
+        "files": len(files),
+        "series": n_series,
+        "modalities": modalities,
+        "skipped_non_dicom": skipped,
+        "profile": "PS3.15 Basic Application Level Confidentiality Profile (113100) + Retain Longitudinal Temporal "
+                   "Information with Modified Dates (113107); private attributes removed",
+        "table": f"PS3.15 Table E.1-1, edition {table[0]} (dicom-anonymizer)",
+        "key": key_source,
+        "burned_in_written": len(notes),
+    }
+
+
+def _checked_headers(files: list[str], allow_burned_in: bool) -> list:
+    """The headers of `files`; one-line errors for unreadable or truncated files, several patients, or
+    burned-in annotation (unless allowed)."""
+    from .discovery import is_truncated, read_header
 
     headers = []
     for f in files:
@@ -251,54 +294,31 @@ def deidentify(sources: Sequence[str], out_dir: str, key: Optional[str] = None, 
     if burned and not allow_burned_in:
         raise NapariSSLError(f"{len(burned)} image(s) declare BurnedInAnnotation YES (text in the pixels that this tool cannot remove); "
                              "nothing written (allow_burned_in / --allow-burned-in writes them, not marked as de-identified)")
+    return headers
 
-    key_text, key_source = load_key(key, key_file)
-    from dicognito.randomizer import Randomizer
 
-    seed = key_text if key_text else os.urandom(20).hex()
-    anonymizer, randomizer = Anonymizer(seed=seed), Randomizer(seed)
-    table = basic_profile_table()
-    # series folders in a stable order: by the series' first file
+def _write_copies(files: list[str], headers: list, folder: str, anonymizer, randomizer, table) -> tuple[int, dict[str, int], list[str]]:
+    """Each file de-identified into ``folder/NN_MODALITY/NNNNN.dcm`` (series folders in the order of their
+    first file); (number of series, files per modality, notes)."""
+    import pydicom
+
     series_index: dict[str, int] = {}
     counters: dict[int, int] = {}
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-deid-")
     modalities: dict[str, int] = {}
     notes: list[str] = []
-    try:
-        for f, h in zip(files, headers):
-            suid = str(h.get("SeriesInstanceUID", "") or f"no-series:{os.path.dirname(f)}")
-            si = series_index.setdefault(suid, len(series_index) + 1)
-            counters[si] = counters.get(si, 0) + 1
-            try:
-                ds = pydicom.dcmread(f)
-                _ = ds.get("PixelData")  # read it all now: a truncated file fails here, not half-written
-            except Exception as exc:
-                raise NapariSSLError(f"{os.path.basename(f)} cannot be read completely ({type(exc).__name__}); nothing written") from None
-            modality = "".join(ch for ch in str(ds.get("Modality", "OT") or "OT") if ch.isalnum())[:8] or "OT"
-            notes += deidentify_dataset(ds, anonymizer, randomizer, table)
-            folder = os.path.join(tmp, f"{si:02d}_{modality}")
-            os.makedirs(folder, exist_ok=True)
-            ds.save_as(os.path.join(folder, f"{counters[si]:05d}.dcm"), enforce_file_format=True)
-            modalities[modality] = modalities.get(modality, 0) + 1
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked above)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not key_text:
-        log.warning("no de-identification key ($%s or a key file): pseudonyms are random and will differ next run", KEY_ENV)
-    if notes:
-        log.warning("%d file(s) with burned-in annotation written, marked PatientIdentityRemoved NO", len(notes))
-    return {
-        "out": out_dir,
-        "files": len(files),
-        "series": len(series_index),
-        "modalities": modalities,
-        "skipped_non_dicom": skipped,
-        "profile": "PS3.15 Basic Application Level Confidentiality Profile (113100) + Retain Longitudinal Temporal "
-                   "Information with Modified Dates (113107); private attributes removed",
-        "table": f"PS3.15 Table E.1-1, edition {table[0]} (dicom-anonymizer)",
-        "key": key_source,
-        "burned_in_written": len(notes),
-    }
+    for f, h in zip(files, headers):
+        suid = str(h.get("SeriesInstanceUID", "") or f"no-series:{os.path.dirname(f)}")
+        si = series_index.setdefault(suid, len(series_index) + 1)
+        counters[si] = counters.get(si, 0) + 1
+        try:
+            ds = pydicom.dcmread(f)
+            _ = ds.get("PixelData")  # read it all now: a truncated file fails here, not half-written
+        except Exception as exc:
+            raise NapariSSLError(f"{os.path.basename(f)} cannot be read completely ({type(exc).__name__}); nothing written") from None
+        modality = "".join(ch for ch in str(ds.get("Modality", "OT") or "OT") if ch.isalnum())[:8] or "OT"
+        notes += deidentify_dataset(ds, anonymizer, randomizer, table)
+        sub = os.path.join(folder, f"{si:02d}_{modality}")
+        os.makedirs(sub, exist_ok=True)
+        ds.save_as(os.path.join(sub, f"{counters[si]:05d}.dcm"), enforce_file_format=True)
+        modalities[modality] = modalities.get(modality, 0) + 1
+    return len(series_index), modalities, notes

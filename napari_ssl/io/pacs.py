@@ -20,12 +20,12 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 from urllib.parse import urlparse
 
 from ..errors import NapariSSLError
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def _check_url(url: str) -> str:
         raise NapariSSLError(f"{url!r} is not a DICOMweb URL; give e.g. https://pacs.example.org/dicom-web")
     if p.username or p.password:
         raise NapariSSLError(
-            f"do not put credentials in the URL (they end up in shell history); put them in {config_path()} or the {ENV_USER}/{ENV_PASSWORD} environment variables"
+            f"do not put credentials in the URL (they end up in shell history); put them in {config_path()} "
+            f"or the {ENV_USER}/{ENV_PASSWORD} environment variables"
         )
     return url.rstrip("/")
 
@@ -92,7 +93,8 @@ def load_settings(url: str) -> PacsSettings:
             s.ca_bundle = e.get("ca_bundle")
             s.timeout = float(e.get("timeout", DEFAULT_TIMEOUT))
             if e.get("verify") is False and not _is_loopback(url):
-                raise NapariSSLError(f"{path}: \"verify\": false is not allowed for {urlparse(url).hostname}; give the server's CA as \"ca_bundle\" instead")
+                raise NapariSSLError(f"{path}: \"verify\": false is not allowed for {urlparse(url).hostname}; "
+                                     "give the server's CA as \"ca_bundle\" instead")
             s.source = path
             if (s.password or s.token) and os.name == "posix" and os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH):
                 log.warning("%s holds PACS credentials and is readable by other users; run: chmod 600 %s", path, path)
@@ -210,7 +212,8 @@ def search_studies(url: str, filters: Optional[dict[str, str]] = None, limit: Op
     return [_simplify(r, STUDY_FIELDS) for r in res]
 
 
-def search_series(url: str, study_instance_uid: Optional[str] = None, filters: Optional[dict[str, str]] = None, limit: Optional[int] = None) -> list[dict[str, Any]]:
+def search_series(url: str, study_instance_uid: Optional[str] = None, filters: Optional[dict[str, str]] = None,
+                  limit: Optional[int] = None) -> list[dict[str, Any]]:
     """QIDO-RS series (of one study, or all) matching `filters`."""
     c = client(url)
     res = _call(c, "search series", c.search_for_series, study_instance_uid=study_instance_uid, search_filters=filters or None, limit=limit,
@@ -227,15 +230,8 @@ def find_study_of_series(url: str, series_instance_uid: str) -> str:
 
 def _write_atomic(ds, folder: str) -> str:
     path = os.path.join(folder, f"{ds.SOPInstanceUID}.dcm")  # UIDs, never patient data, in file names
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".dcm")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".dcm") as tmp:
         ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -1,151 +1,24 @@
-"""Reading DICOM-SEG files into labels Volumes (geometry from the SEG itself).
+"""A DICOM-SEG placed on its source series' full grid, and finding that series beside the SEG.
 
-The SEG carries its own per-frame positions, so no source files are needed. BINARY,
-FRACTIONAL (thresholded at 0.5) and LABELMAP segmentations are read the same way.
-
-Overlapping segments cannot share one label map. They are split greedily, in segment
-number order, into groups whose segments do not overlap (the grouping dcmqi uses); one
-labels Volume is returned per group, each with a warning saying so. Label values are
-always the SEG's segment numbers, so names stay attached to the same values in every group.
+A SEG cropped to the structure (fewer rows/columns or slices than the images, as 3D Slicer and dcmqi write
+them) opens with the source's shape, voxel-exact: each frame on the single-frame image it references when
+it can (exact also on a series with a gap or a gantry tilt), else by geometry (:func:`place_on_grid`).
 """
 from __future__ import annotations
 
-import logging
 import os
 import warnings as _warnings
 from typing import Optional
 
 import numpy as np
 
-from ..errors import NapariSSLError
-from .geometry_tolerance import GRID_SHIFT_VOXELS, VOXEL_SIZE_REL
-from .orientation import axis_mapping, canonicalize, reorient_array, reoriented_affine
-from .volume import Volume
-
-log = logging.getLogger(__name__)
-
-SEG_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
-    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
-}
-
-
-def is_segmentation_file(path: str) -> bool:
-    """True if `path` is a DICOM file of a Segmentation SOP class (reads the header only)."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    except Exception:
-        return False
-    return str(ds.get("SOPClassUID", "")) in SEG_SOP_CLASSES
-
-
-def _segment_masks(seg) -> tuple[np.ndarray, list[int], np.ndarray]:
-    """Stacked boolean masks (z, y, x, n), their segment numbers, and the volume affine."""
-    numbers = [int(n) for n in seg.segment_numbers if int(n) != 0]  # LABELMAP may describe 0 = background
-    if not numbers:
-        raise NapariSSLError("the SEG describes no segments")
-    try:
-        with _warnings.catch_warnings():
-            _warnings.simplefilter("ignore")
-            vol = seg.get_volume(segment_numbers=numbers, combine_segments=False, rescale_fractional=True, allow_missing_positions=True)
-    except (RuntimeError, ValueError) as exc:
-        raise NapariSSLError(f"the SEG's frames do not form a regular 3-D grid ({exc}); it cannot be shown as a labels volume") from None
-    arr = np.asarray(vol.array)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.dtype.kind == "f":  # FRACTIONAL, rescaled to 0..1
-        masks = arr >= 0.5
-    else:
-        masks = arr > 0
-    return masks, numbers, np.asarray(vol.affine, dtype=float)
-
-
-def _non_overlapping_groups(masks: np.ndarray) -> list[list[int]]:
-    """Greedy grouping of channel indices so that no two channels in a group share a voxel."""
-    groups: list[tuple[list[int], np.ndarray]] = []
-    for i in range(masks.shape[-1]):
-        m = masks[..., i]
-        for members, union in groups:
-            if not np.any(union & m):
-                members.append(i)
-                union |= m
-                break
-        else:
-            groups.append(([i], m.copy()))
-    return [members for members, _ in groups]
-
-
-def _open_seg(path: str):
-    import highdicom as hd
-
-    from .hd_tables import install
-
-    if not os.path.isfile(path):
-        raise NapariSSLError(f"no such file: {path}")
-    install()   # highdicom's attribute table parsed per module (0.2-0.4 s less on the first SEG of a process)
-    try:
-        with _warnings.catch_warnings():
-            _warnings.simplefilter("ignore")
-            return hd.seg.segread(path)
-    except Exception as exc:  # pydicom/highdicom raise many types for non-SEG input
-        raise NapariSSLError(f"{os.path.basename(path)} is not a readable DICOM-SEG ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-
-def read_segmentation(path: str | os.PathLike, canonical: bool = True) -> list[tuple[Volume, dict[int, str]]]:
-    """Labels Volumes and ``{label value: segment name}`` from a DICOM-SEG file.
-
-    Usually one item; several when segments overlap (see module docstring). The Volume's
-    UIDs are those of the SEG's referenced source series, so it lines up with that series.
-    With ``canonical`` the array is reordered like :func:`napari_ssl.io.load_volume` does.
-    """
-    path = os.fspath(path)
-    seg = _open_seg(path)
-    masks, numbers, affine = _segment_masks(seg)
-    return _label_volumes(seg, path, masks, numbers, affine, canonical)
-
-
-def _label_volumes(seg, path: str, masks: np.ndarray, numbers: list[int], affine: np.ndarray,
-                   canonical: bool) -> list[tuple[Volume, dict[int, str]]]:
-    names = {n: str(seg.get_segment_description(n).segment_label or f"Segment {n}") for n in numbers}
-    groups = _non_overlapping_groups(masks)
-    max_label = max(numbers)
-    dtype = np.uint8 if max_label < 256 else np.uint16
-
-    ref_series = None
-    if "ReferencedSeriesSequence" in seg and len(seg.ReferencedSeriesSequence):
-        ref_series = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
-    out: list[tuple[Volume, dict[int, str]]] = []
-    for gi, members in enumerate(groups):
-        labels = np.zeros(masks.shape[:3], dtype=dtype)
-        for i in members:
-            labels[masks[..., i]] = numbers[i]
-        warn = []
-        if len(groups) > 1:
-            warn.append(
-                f"segments overlap: split into {len(groups)} non-overlapping label maps; this is group {gi + 1} "
-                f"(segments {', '.join(str(numbers[i]) for i in members)})"
-            )
-        vol = Volume(
-            array=labels,
-            affine=affine,
-            modality="SEG",
-            path=path,
-            study_instance_uid=str(seg.StudyInstanceUID),
-            series_instance_uid=ref_series,
-            frame_of_reference_uid=str(seg.get("FrameOfReferenceUID", "")) or None,
-            series_description=str(seg.get("SeriesDescription", "")),
-            num_files=1,
-            warnings=warn,
-            native_affine=affine.copy(),
-        )
-        if canonical:
-            vol = canonicalize(vol)
-        out.append((vol, {numbers[i]: names[numbers[i]] for i in members}))
-    for w in out[0][0].warnings[:1]:
-        log.warning("%s: %s", os.path.basename(path), w.split(";")[0])
-    return out
+from ...errors import NapariSSLError
+from ..dicom.pydicom_fast import value
+from ..geometry_tolerance import GRID_SHIFT_VOXELS, POSITION_TOL_MM, POSITION_TOL_REL, VOXEL_SIZE_REL, same_orientation
+from ..label_grid import native_affine
+from ..orientation import axis_mapping, reorient_array, reoriented_affine
+from ..volume import Volume
+from .read import _label_volumes, _open_seg, _segment_masks
 
 
 def _item(seq_owner, keyword: str):
@@ -159,27 +32,33 @@ def _masks_by_reference(seg, source: Volume) -> Optional[tuple[np.ndarray, list[
     frames). Exact whatever the series' slice positions (gaps, uneven steps, tilt). None when this
     does not apply: a multi-frame source, a frame without a reference into `source`, or a frame
     whose plane is not its image's plane (then the caller places the SEG by geometry)."""
-    from .dicom_discovery import value
-    from .geometry_tolerance import POSITION_TOL_MM, POSITION_TOL_REL, same_orientation
-
     dss = source.source_datasets
-    native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
-    n_slices = len(dss)
+    native = native_affine(source)
     shape = tuple(int(source.array.shape[i]) for i in axis_mapping(source.affine, native)[0])
-    if n_slices < 1 or n_slices != shape[0] or any(int(value(ds, "NumberOfFrames", 1) or 1) > 1 for ds in dss):
+    if len(dss) < 1 or len(dss) != shape[0] or any(int(value(ds, "NumberOfFrames", 1) or 1) > 1 for ds in dss):
         return None
     if "PerFrameFunctionalGroupsSequence" not in seg:
         return None
-    index = {str(value(ds, "SOPInstanceUID", "")): i for i, ds in enumerate(dss)}
-    shared = _item(seg, "SharedFunctionalGroupsSequence")
-    ori = _item(shared, "PlaneOrientationSequence")
-    measures = _item(shared, "PixelMeasuresSequence")
     seg_type = str(seg.SegmentationType)
     numbers = [int(n) for n in seg.segment_numbers if int(n) != 0]
     if not numbers:
         raise NapariSSLError("the SEG describes no segments")
+    placements = _frame_placements(seg, dss, shape, native)
+    if placements is None:
+        return None
+    return _paint_frames(seg, seg_type, placements, numbers, shape)
+
+
+def _frame_placements(seg, dss: list, shape: tuple, native: np.ndarray) -> Optional[list[tuple[int, int, int, int, Optional[int]]]]:
+    """(frame index, slice, row offset, column offset, segment number) of every frame, or None when a
+    frame does not lie on the source image it references."""
+    index = {str(value(ds, "SOPInstanceUID", "")): i for i, ds in enumerate(dss)}
+    shared = _item(seg, "SharedFunctionalGroupsSequence")
+    ori = _item(shared, "PlaneOrientationSequence")
+    measures = _item(shared, "PixelMeasuresSequence")
     shared_segment = _item(shared, "SegmentIdentificationSequence")
     rows, cols = int(seg.Rows), int(seg.Columns)
+    normal_tol = max(POSITION_TOL_MM, POSITION_TOL_REL * float(np.linalg.norm(native[:3, 0])))
     placements = []
     for k, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
         src = _item(_item(frame, "DerivationImageSequence"), "SourceImageSequence")
@@ -190,28 +69,43 @@ def _masks_by_reference(seg, source: Volume) -> Optional[tuple[np.ndarray, list[
         f_meas = _item(frame, "PixelMeasuresSequence") or measures
         if z is None or pos is None or f_ori is None or f_meas is None:
             return None
-        ds = dss[z]
-        iop, ipp, ps = (value(ds, kw) for kw in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"))
-        if iop is None or ipp is None or ps is None or not same_orientation(f_ori.ImageOrientationPatient, iop):
+        offset = _in_plane_offset(dss[z], pos, f_ori, f_meas, normal_tol)
+        if offset is None:
             return None
-        seg_ps = [float(v) for v in f_meas.PixelSpacing]
-        if not np.allclose(seg_ps, [float(v) for v in ps], rtol=VOXEL_SIZE_REL):
-            return None
-        iop = np.asarray(iop, float)
-        d = np.asarray([float(v) for v in pos.ImagePositionPatient]) - np.asarray(ipp, float)
-        normal = np.cross(iop[:3], iop[3:])
-        if abs(float(d @ normal)) > max(POSITION_TOL_MM, POSITION_TOL_REL * float(np.linalg.norm(native[:3, 0]))):
-            return None   # not on its image's plane
-        r = float(d @ iop[3:]) / float(ps[0])
-        c = float(d @ iop[:3]) / float(ps[1])
-        r0, c0 = int(round(r)), int(round(c))
-        if abs(r - r0) > GRID_SHIFT_VOXELS or abs(c - c0) > GRID_SHIFT_VOXELS:
-            return None
+        r0, c0 = offset
         if r0 < 0 or c0 < 0 or r0 + rows > shape[1] or c0 + cols > shape[2]:
             raise NapariSSLError("the SEG's frames reach outside the images they reference")
         seg_item = _item(frame, "SegmentIdentificationSequence") or shared_segment
         number = int(seg_item.ReferencedSegmentNumber) if seg_item is not None else None
         placements.append((k, z, r0, c0, number))
+    return placements
+
+
+def _in_plane_offset(ds, pos, f_ori, f_meas, normal_tol: float) -> Optional[tuple[int, int]]:
+    """(rows, columns) a SEG frame at `pos` is shifted from the image `ds` by, when it lies on that image's
+    plane, with its orientation and pixel spacing, by whole pixels; else None."""
+    iop, ipp, ps = (value(ds, kw) for kw in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"))
+    if iop is None or ipp is None or ps is None or not same_orientation(f_ori.ImageOrientationPatient, iop):
+        return None
+    seg_ps = [float(v) for v in f_meas.PixelSpacing]
+    if not np.allclose(seg_ps, [float(v) for v in ps], rtol=VOXEL_SIZE_REL):
+        return None
+    iop = np.asarray(iop, float)
+    d = np.asarray([float(v) for v in pos.ImagePositionPatient]) - np.asarray(ipp, float)
+    normal = np.cross(iop[:3], iop[3:])
+    if abs(float(d @ normal)) > normal_tol:
+        return None   # not on its image's plane
+    r = float(d @ iop[3:]) / float(ps[0])
+    c = float(d @ iop[:3]) / float(ps[1])
+    r0, c0 = int(round(r)), int(round(c))
+    if abs(r - r0) > GRID_SHIFT_VOXELS or abs(c - c0) > GRID_SHIFT_VOXELS:
+        return None
+    return r0, c0
+
+
+def _paint_frames(seg, seg_type: str, placements: list, numbers: list[int], shape: tuple) -> Optional[tuple[np.ndarray, list[int]]]:
+    """The frames painted where :func:`_frame_placements` put them: masks (z, y, x, n) and their segment numbers."""
+    rows, cols = int(seg.Rows), int(seg.Columns)
     masks = np.zeros((len(numbers),) + shape, dtype=bool)   # segment first: each segment's mask contiguous
     slot = {n: i for i, n in enumerate(numbers)}
     with _warnings.catch_warnings():
@@ -232,14 +126,6 @@ def _masks_by_reference(seg, source: Volume) -> Optional[tuple[np.ndarray, list[
         else:
             return None
     return np.moveaxis(masks, 0, -1), numbers   # (z, y, x, n) as _segment_masks gives, a view
-
-
-def read_single_label_map(path: str | os.PathLike, canonical: bool = True) -> tuple[Volume, dict[int, str]]:
-    """:func:`read_segmentation` for callers that need ONE label map: overlapping segments are an error."""
-    groups = read_segmentation(path, canonical=canonical)
-    if len(groups) > 1:
-        raise NapariSSLError(f"{os.path.basename(os.fspath(path))} has overlapping segments, which one label map cannot hold")
-    return groups[0]
 
 
 # Where to look for a SEG's source series when only the SEG file is opened: its folder, the
@@ -286,8 +172,8 @@ def _nearby_files(path: str) -> list[str]:
 def find_source_series(seg_path: str | os.PathLike) -> Optional[Volume]:
     """The series a SEG references, when its files lie in the SEG's folder, a folder inside it or
     a folder beside it (headers only are read for the search); None when not found."""
-    from .dicom import load_dicom_series
-    from .dicom_discovery import looks_like_dicom
+    from ..dicom.discovery import looks_like_dicom
+    from ..dicom.series import load_dicom_series
 
     seg_path = os.fspath(seg_path)
     uid = referenced_series_uid(seg_path)
@@ -334,7 +220,7 @@ def read_on_source(path: str | os.PathLike, source: Volume) -> list[tuple[Volume
     by_reference = _masks_by_reference(seg, source)
     if by_reference is not None:
         # each frame on the image it references: exact also on a series with a gap or a tilt
-        native = np.asarray(source.native_affine if source.native_affine is not None else source.affine, float)
+        native = native_affine(source)
         masks, numbers = by_reference
         groups = [(np.ascontiguousarray(reorient_array(vol.array, native, source.affine)), names, vol.warnings)
                   for vol, names in _label_volumes(seg, path, masks, numbers, native, canonical=False)]

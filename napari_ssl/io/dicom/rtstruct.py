@@ -2,7 +2,7 @@
 
 An RTSTRUCT holds, per ROI, closed planar polygons in patient coordinates (mm, LPS), one or more per
 image plane. They are placed on the referenced series' voxel grid through the series' affine (patient
-position -> continuous voxel index) and filled with ``skimage.draw.polygon`` (a voxel belongs to the ROI
+position -> continuous voxel index) and filled by :func:`.polygon_fill.fill_polygons` (a voxel belongs to the ROI
 when its centre lies inside the polygon). Several polygons of one ROI on one plane combine by the
 even-odd rule, so a contour inside another is a hole (what treatment planning systems write).
 
@@ -24,8 +24,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import NapariSSLError
-from .volume import Volume
+from ...errors import NapariSSLError
+from ..volume import Volume
+from .polygon_fill import fill_polygons
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def check_reference(ss: StructureSet, source: Volume) -> None:
 
 
 def _plans_under(folders: Sequence[str]) -> list:
-    from .dicom import plan_dicom_series
+    from .series import plan_dicom_series
 
     plans = []
     for folder in folders:
@@ -166,7 +167,7 @@ def _matching(ss: StructureSet, plans: list) -> list:
 def find_referenced_series(ss: StructureSet, search: Sequence[str | os.PathLike] = ()) -> Volume:
     """The image series the RTSTRUCT references, found (headers first, then one series' pixels) under
     `search` (default: the RTSTRUCT's own folder tree, else its parent's). Native storage order."""
-    from .dicom import read_plan
+    from .series import read_plan
 
     base = os.path.basename(ss.path)
     folders = [os.fspath(s) for s in search]
@@ -198,53 +199,6 @@ def find_referenced_series(ss: StructureSet, search: Sequence[str | os.PathLike]
 
 
 # --- rasterisation ------------------------------------------------------------------------------
-def fill_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Boolean (rows, cols) mask of the pixels whose centre lies inside the polygons (even-odd rule, so
-    a polygon inside another is a hole). `polygons`: (N, 2) arrays of continuous (row, col) indices.
-
-    A scanline fill: on each row centre the crossings of every edge (half-open in the row direction,
-    so a vertex on a row counts once) are sorted and paired. Unlike skimage.draw.polygon (a point-in-polygon
-    test of every pixel against every vertex) it costs O(edges x rows), ~100x less for long contours.
-    """
-    rows_n, cols_n = shape
-    rs, xs = [], []
-    for poly in polygons:
-        r0, c0 = poly[:, 0], poly[:, 1]
-        r1, c1 = np.roll(r0, -1), np.roll(c0, -1)
-        lo, hi = np.minimum(r0, r1), np.maximum(r0, r1)
-        k0 = np.maximum(np.ceil(lo), 0).astype(int)            # first row centre with lo <= k
-        k1 = np.minimum(np.ceil(hi), rows_n).astype(int)        # rows k < hi (half-open)
-        n = np.maximum(k1 - k0, 0)
-        if not n.any():
-            continue
-        edge = np.repeat(np.arange(len(r0)), n)
-        k = np.repeat(k0, n) + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
-        t = (k - r0[edge]) / (r1[edge] - r0[edge])
-        rs.append(k)
-        xs.append(c0[edge] + t * (c1[edge] - c0[edge]))
-    out = np.zeros(shape, dtype=bool)
-    if not rs:
-        return out
-    r, x = np.concatenate(rs), np.concatenate(xs)
-    order = np.lexsort((x, r))
-    r, x = r[order], x[order]
-    # every row holds an even number of crossings (closed polygons); pair them in order
-    a_r, a_x, b_x = r[0::2], x[0::2], x[1::2]
-    start = np.clip(np.ceil(a_x), 0, cols_n).astype(int)    # pixel centres j with a <= j < b
-    stop = np.clip(np.ceil(b_x), 0, cols_n).astype(int)
-    keep = stop > start
-    if not keep.any():
-        return out
-    a_r, start, stop = a_r[keep], start[keep], stop[keep]
-    # run starts +1, run ends -1, summed along each row; only over the runs' bounding box
-    r0, c0 = int(a_r.min()), int(start.min())
-    diff = np.zeros((int(a_r.max()) + 1 - r0, int(stop.max()) + 1 - c0), dtype=np.int32)
-    np.add.at(diff, (a_r - r0, start - c0), 1)
-    np.add.at(diff, (a_r - r0, stop - c0), -1)
-    out[r0:r0 + diff.shape[0], c0:c0 + diff.shape[1] - 1] = np.cumsum(diff[:, :-1], axis=1) > 0
-    return out
-
-
 def _roi_planes(roi: ROI, affine: np.ndarray, shape: tuple[int, int, int], warnings: list[str]) -> dict[tuple[int, int], np.ndarray]:
     """One ROI on the grid (shape, affine): {(plane axis, index): 2-D mask of that plane}; contours must be
     parallel to a plane of the grid and lie on one of its planes."""
@@ -264,7 +218,8 @@ def _roi_planes(roi: ROI, affine: np.ndarray, shape: tuple[int, int, int], warni
             raise NapariSSLError(f"ROI {roi.name!r}: a contour lies outside the image (slice {plane:.1f}; the series has 0..{shape[axis] - 1}); "
                                  "corrupt RTSTRUCT or another series")
         if abs(plane - k) > PLANE_TOLERANCE:
-            raise NapariSSLError(f"ROI {roi.name!r}: a contour lies between two slices (at {plane:.2f}); this RTSTRUCT was not drawn on this series' grid")
+            raise NapariSSLError(f"ROI {roi.name!r}: a contour lies between two slices (at {plane:.2f}); "
+                                 "this RTSTRUCT was not drawn on this series' grid")
         a, b = [ax for ax in range(3) if ax != axis]
         lo, hi = idx[:, [a, b]].min(axis=0), idx[:, [a, b]].max(axis=0)
         if np.any(hi < -0.5) or lo[0] > shape[a] - 0.5 or lo[1] > shape[b] - 0.5:
@@ -288,7 +243,7 @@ def paint(target: np.ndarray, planes: dict[tuple[int, int], np.ndarray], value) 
         target[tuple(sl)][m] = value
 
 
-def _pick(ss: StructureSet, rois: Optional[Sequence[str]]) -> list[ROI]:
+def pick_rois(ss: StructureSet, rois: Optional[Sequence[str]]) -> list[ROI]:
     if rois is None:
         return list(ss.rois)
     if isinstance(rois, str):
@@ -305,7 +260,7 @@ def _pick(ss: StructureSet, rois: Optional[Sequence[str]]) -> list[ROI]:
 
 def roi_planes(ss: StructureSet, grid: Volume, rois: Optional[Sequence[str]] = None) -> tuple[list[ROI], list[dict], list[str]]:
     """(picked ROIs, per ROI {(axis, index): 2-D plane mask} on `grid`'s array, warnings)."""
-    picked = _pick(ss, rois)
+    picked = pick_rois(ss, rois)
     warnings: list[str] = []
     planes = [_roi_planes(r, grid.affine, grid.shape, warnings) for r in picked]
     skipped = [f"{r.name} {r.skipped}" for r in picked if r.skipped]
@@ -315,17 +270,6 @@ def roi_planes(ss: StructureSet, grid: Volume, rois: Optional[Sequence[str]] = N
         if not any(m.any() for m in p.values()):
             warnings.append(f"ROI {r.name!r} has no contour on this series (empty)")
     return picked, planes, warnings
-
-
-def roi_masks(ss: StructureSet, grid: Volume, rois: Optional[Sequence[str]] = None) -> tuple[list[ROI], list[np.ndarray], list[str]]:
-    """(picked ROIs, one boolean mask per ROI on `grid`'s array, warnings)."""
-    picked, planes, warnings = roi_planes(ss, grid, rois)
-    masks = []
-    for p in planes:
-        m = np.zeros(grid.shape, dtype=bool)
-        paint(m, p, True)
-        masks.append(m)
-    return picked, masks, warnings
 
 
 def overlapping_pairs(rois: Sequence[ROI], planes: Sequence[dict]) -> list[tuple[str, str, int]]:
@@ -389,7 +333,7 @@ def read_rtstruct_labels(path: str | os.PathLike, source: Volume | str | os.Path
     The labels Volume carries the series' geometry and identity (UIDs, source datasets) like the image does,
     so it exports as a DICOM-SEG on that series. With ``canonical`` the array is in the canonical order.
     """
-    from .orientation import canonicalize
+    from ..orientation import canonicalize
 
     ss = read_structure_set(path)
     src = resolve_source(ss, source)
