@@ -1,12 +1,15 @@
 """The Qt side of a child-process job: poll its event queue from the event loop, show progress in
 napari's activity dock, and hand events to widgets as Qt signals.
 
-Nothing here blocks the event loop: a QTimer drains at most a bounded number of events per tick.
+Nothing here blocks the event loop: a QTimer drains at most a bounded number of events per tick, the
+child is started from a helper thread and joined, once finished, from another (JobRunner's
+``start(background=True)`` and ``reap_in_thread``).
 Closing napari (the window's close, or the app quitting) stops running jobs, which save their last
 weights, and makes sure no child process is left behind.
 """
 from __future__ import annotations
 
+import time
 import warnings
 import weakref
 from typing import Any, Callable
@@ -16,7 +19,7 @@ from qtpy.QtWidgets import QApplication
 
 from ..train.events import Failed, Finished, JobEvent, Progress, Started, as_event
 from ..train.events import Status as StatusEvent  # (napari has a Status of its own: task_status)
-from ..train.runner import JobRunner
+from ..train.runner import JobRunner, warm_up_helpers
 
 _JOBS: "weakref.WeakSet[QtJob]" = weakref.WeakSet()
 _HOOKED_QUIT = False
@@ -39,7 +42,8 @@ def default_nice() -> int:
     return max(0, env_int(JOB_NICE_ENV, 10))
 
 
-SPINNER_SPEED_PERCENT = 5
+SPINNER_SPEED_PERCENT = 1
+PROGRESS_EVERY_S = 1.0  # napari's activity-dock progress is redrawn at most this often (each redraw repaints the window)
 
 
 def calm_activity_spinner(speed_percent: int = SPINNER_SPEED_PERCENT) -> int:
@@ -48,7 +52,8 @@ def calm_activity_spinner(speed_percent: int = SPINNER_SPEED_PERCENT) -> int:
     The spinner is a 90-frame 256x256 GIF played at 33 frames/s and rescaled to 18x18 for every frame;
     each frame repaints the window. Measured with benchmarks/bench_ui_latency.py, that animation alone
     made the event loop answer tens of milliseconds late on a loaded machine with software OpenGL.
-    At 5 % speed it still turns, at ~1.7 frames/s. Only the spinner of napari's activity button
+    At 1 % speed it still turns, a frame every ~3 s (at 5 %, 1.7 frames/s, each frame was one of the 50-80 ms
+    repaints of the whole window that bench_ui_latency.py --scenario ct counted on a loaded machine). Only the spinner of napari's activity button
     (the QMovie of loading.gif) is touched, through public Qt API.
     """
     from qtpy.QtWidgets import QLabel
@@ -80,13 +85,14 @@ class QtJob(QObject):
         super().__init__(parent)
         self.label = label
         self.runner = JobRunner(target, config, label=label, stop_grace_s=stop_grace_s,
-                                nice=default_nice() if nice is None else int(nice))
+                                nice=default_nice() if nice is None else int(nice), reap_in_thread=True)
         self._viewer = weakref.ref(viewer) if viewer is not None else None
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self._tick)
         self._progress = None
         self._last_step = 0
+        self._progress_shown_at = 0.0
         from ..progress_text import Eta
 
         self._eta = Eta()
@@ -97,14 +103,15 @@ class QtJob(QObject):
     # -- lifecycle
     def start(self) -> "QtJob":
         global _HOOKED_QUIT
-        self.runner.start()
+        self.runner.start(background=True)  # spawning the child blocks for a while: not in the event loop
         _JOBS.add(self)
         app = QApplication.instance()
         if app is not None and not _HOOKED_QUIT:
             app.aboutToQuit.connect(_stop_all_on_quit)
             _HOOKED_QUIT = True
-        self._open_progress()
-        self._register_with_window()
+        # each its own event-loop turn after the click's (napari's activity dock builds a progress bar widget)
+        QTimer.singleShot(0, self._open_progress)
+        QTimer.singleShot(0, self._register_with_window)
         self._timer.start()
         return self
 
@@ -161,6 +168,8 @@ class QtJob(QObject):
 
     # -- napari activity dock
     def _open_progress(self) -> None:
+        if getattr(self, "_finished_sent", False):
+            return
         try:
             from napari.utils import cancelable_progress
 
@@ -181,6 +190,10 @@ class QtJob(QObject):
             p.total = int(total)
         if isinstance(ev, Progress) and ev.step is not None:
             step = int(ev.step)
+            now = time.monotonic()
+            if now - self._progress_shown_at < PROGRESS_EVERY_S and not (total and step >= int(total)):
+                return  # shown at the next event after PROGRESS_EVERY_S (the count catches up then)
+            self._progress_shown_at = now
             if step > self._last_step:
                 p.update(step - self._last_step)
                 self._last_step = step
@@ -205,6 +218,8 @@ class QtJob(QObject):
     def _register_with_window(self) -> None:
         # napari's task registry is private (it warns that it may go away); without it, quitting the app
         # (aboutToQuit), this process exiting (atexit) and the child's parent watch still stop the job.
+        if getattr(self, "_finished_sent", False):
+            return
         viewer = self._viewer() if self._viewer else None
         window = getattr(viewer, "window", None)
         try:
@@ -235,3 +250,6 @@ class QtJob(QObject):
         except Exception:
             pass
         self._task_id = None
+
+
+warm_up_helpers()  # the thread that starts and joins job children exists before the first Train / Start click

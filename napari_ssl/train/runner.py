@@ -10,6 +10,11 @@ exactly one terminal event, ``{"type": "done", ...}`` or ``{"type": "error", "me
 child dies without sending one (segfault, out-of-memory kill, SIGKILL), :meth:`poll` makes one from
 its exit code.
 
+Nothing that can block for long has to run in the caller's thread (for the viewer: its event loop):
+``start(background=True)`` starts the child from a helper thread (spawning it, the queue's semaphore and
+multiprocessing's resource tracker cost hundreds of milliseconds on a loaded machine), and with
+``reap_in_thread=True`` the finished child is joined (and if it lingers, terminated) from another one.
+
 Stopping: :meth:`request_stop` sets the stop event (the job stops at its next step and saves its last
 weights); if the child is still alive after a grace period it is terminated, then killed.
 
@@ -20,155 +25,35 @@ few seconds to save, and exits.
 from __future__ import annotations
 
 import atexit
-import importlib
 import multiprocessing as mp
 import os
 import queue as queue_mod
-import signal
-import sys
 import threading
 import time
-import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any, Callable
 
-TERMINAL = ("done", "error")
+from .runner_child import (TERMINAL, _child_main, _main_not_reimported, _one_line,  # noqa: F401 (re-exported)
+                           describe_exit, resolve_target, target_path)
+
 _CTX = mp.get_context("spawn")
 _LIVE: "set[JobRunner]" = set()  # started and not finished: stopped cleanly when this process exits
+_HELPERS: ThreadPoolExecutor | None = None
 
 
-def resolve_target(target: str | Callable) -> Callable:
-    """``"package.module:function"`` (or a dotted path) -> the function."""
-    if callable(target):
-        return target
-    mod, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
-    return getattr(importlib.import_module(mod), attr)
+def helpers() -> ThreadPoolExecutor:
+    """The threads that start and join children. A pool, so its threads outlive one job: on a loaded
+    machine, starting a thread (Thread.start waits until it runs) took up to 0.2 s of the caller's time."""
+    global _HELPERS
+    if _HELPERS is None:
+        _HELPERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="napari-ssl-job-helper")
+    return _HELPERS
 
 
-def target_path(target: str | Callable) -> str:
-    if isinstance(target, str):
-        return target
-    return f"{target.__module__}:{target.__qualname__}"
-
-
-def describe_exit(exitcode: int | None, label: str = "the job") -> str:
-    """A readable sentence for a child that ended without reporting done or error."""
-    if exitcode is None:
-        return f"{label} stopped responding"
-    if exitcode < 0:
-        sig = -exitcode
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        if sig == signal.SIGKILL:
-            return (f"{label} was killed ({name}); this is usually the system running out of memory: "
-                    "try a smaller batch size, image size or encoder")
-        if sig == signal.SIGSEGV:
-            return f"{label} crashed (segmentation fault, {name}); the viewer is unaffected"
-        if sig == signal.SIGTERM:
-            return f"{label} was terminated ({name})"
-        return f"{label} died from {name}"
-    if exitcode == 0:
-        return f"{label} ended without reporting a result"
-    return f"{label} exited with code {exitcode} without reporting an error"
-
-
-def _one_line(exc: BaseException) -> str:
-    from ..errors import NapariSSLError
-
-    if isinstance(exc, NapariSSLError):
-        msg = str(exc)
-    elif isinstance(exc, MemoryError):
-        msg = "out of memory: try a smaller batch size, image size or encoder"
-    elif type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
-        msg = "GPU out of memory: try a smaller batch size, image size or encoder, or the CPU"
-    else:
-        msg = f"{type(exc).__name__}: {exc}"
-    return " ".join(msg.split()) or type(exc).__name__
-
-
-# ----------------------------------------------------------------------------- child side
-def _watch_parent(parent_pid: int, conn, stop_event, exit_after_s: float) -> None:
-    """Exit when the parent goes away: its pipe end closes, or we are re-parented."""
-    while True:
-        gone = os.getppid() != parent_pid
-        if not gone:
-            try:
-                if conn.poll(0.5):
-                    conn.recv()  # the parent never sends; EOF means it closed or died
-            except (EOFError, OSError):
-                gone = True
-        if gone:
-            stop_event.set()
-            deadline = time.monotonic() + exit_after_s
-            while time.monotonic() < deadline:
-                time.sleep(0.1)
-            os._exit(3)
-
-
-def _child_main(target: str, config: Any, q, stop_event, parent_pid: int, conn, exit_after_s: float, nice: int) -> None:
-    if nice:
-        try:
-            os.nice(nice)
-        except OSError:
-            pass
-    threading.Thread(target=_watch_parent, args=(parent_pid, conn, stop_event, exit_after_s),
-                     name="napari-ssl-parent-watch", daemon=True).start()
-    state = {"terminal": False}
-
-    def events(ev: dict) -> None:
-        if ev.get("type") in TERMINAL:
-            if state["terminal"]:
-                return
-            state["terminal"] = True
-        q.put(ev)
-
-    try:
-        fn = resolve_target(target)
-        result = fn(config, events, stop_event)
-        if not state["terminal"]:
-            events({"type": "done", "out": result if isinstance(result, (str, type(None))) else str(result),
-                    "stopped": bool(stop_event.is_set())})
-    except BaseException as exc:  # noqa: BLE001 - everything becomes an error event
-        events({"type": "error", "message": _one_line(exc), "traceback": traceback.format_exc()})
-    finally:
-        q.close()
-        q.join_thread()  # flush what we sent (the parent is alive, or the watcher exits us)
-
-
-# ----------------------------------------------------------------------------- parent side
-class _main_not_reimported:
-    """While starting the child: keep spawn from re-running the parent's ``__main__`` script.
-
-    The job is named by import path, so the child never needs the parent's main module. Without
-    this, a user's script that opens napari at top level (no ``if __name__ == "__main__":`` guard)
-    would be re-executed in the child, opening a second viewer there and failing to start the job.
-    A job defined in ``__main__`` itself keeps the default behaviour (it needs the module).
-    """
-
-    def __init__(self, target: str):
-        self.active = not target.startswith("__main__:")
-        self.saved: dict = {}
-
-    def __enter__(self):
-        main = sys.modules.get("__main__")
-        if not self.active or main is None:
-            return self
-        for attr in ("__file__", "__spec__"):
-            if attr in vars(main):
-                self.saved[attr] = vars(main)[attr]
-        if "__file__" in self.saved:
-            del main.__file__
-        if self.saved.get("__spec__") is not None:
-            main.__spec__ = None
-        return self
-
-    def __exit__(self, *exc):
-        main = sys.modules.get("__main__")
-        if main is not None:
-            for attr, value in self.saved.items():
-                setattr(main, attr, value)
-        return False
+def warm_up_helpers() -> None:
+    """Start a helper thread now (e.g. when the viewer's widgets load), not at the first job's start."""
+    helpers().submit(int)
 
 
 class JobRunner:
@@ -176,7 +61,7 @@ class JobRunner:
 
     def __init__(self, target: str | Callable, config: Any, *, label: str = "the job",
                  stop_grace_s: float = 30.0, kill_after_s: float = 5.0, nice: int = 0,
-                 orphan_exit_after_s: float = 10.0):
+                 orphan_exit_after_s: float = 10.0, reap_in_thread: bool = False):
         self.target = target_path(target)
         self.config = config
         self.label = label
@@ -192,29 +77,73 @@ class JobRunner:
         self._conn = None
         self._stop_requested_at: float | None = None
         self._terminated_at: float | None = None
+        self.reap_in_thread = reap_in_thread
+        self._started = False
+        self._lock = threading.Lock()  # request_stop vs a launch in progress
+        self._launcher: Future | None = None
+        self._launch_error: BaseException | None = None
+        self._reaper: Future | None = None
 
     # -- lifecycle
-    def start(self) -> "JobRunner":
-        if self.process is not None:
+    def start(self, background: bool = False) -> "JobRunner":
+        """Start the child; with `background`, from a helper thread (:meth:`poll` reports a failure to start)."""
+        if self._started:
             raise RuntimeError("a JobRunner runs once; make a new one")
-        self._q = _CTX.Queue()
-        self._stop = _CTX.Event()
-        reader, writer = _CTX.Pipe(duplex=False)  # the child reads; only we hold the write end
-        self.process = _CTX.Process(
-            target=_child_main, name=f"napari-ssl:{self.target.rsplit(':', 1)[-1]}",
-            args=(self.target, self.config, self._q, self._stop, os.getpid(), reader,
-                  self.orphan_exit_after_s, self.nice),
-            daemon=False)  # a daemon child could not spawn DataLoader workers
-        with _main_not_reimported(self.target):
-            self.process.start()
+        self._started = True
         _LIVE.add(self)
-        reader.close()
-        self._conn = writer
-        self._pid = self.process.pid
+        if background:
+            self._launcher = helpers().submit(self._launch, catch=True)
+        else:
+            try:
+                self._launch()
+            except BaseException:
+                _LIVE.discard(self)
+                raise
         return self
+
+    def _launch(self, catch: bool = False) -> None:
+        try:
+            q = _CTX.Queue()
+            stop = _CTX.Event()
+            with self._lock:
+                self._stop = stop
+                if self._stop_requested_at is not None:
+                    stop.set()
+            reader, writer = _CTX.Pipe(duplex=False)  # the child reads; only we hold the write end
+            process = _CTX.Process(
+                target=_child_main, name=f"napari-ssl:{self.target.rsplit(':', 1)[-1]}",
+                args=(self.target, self.config, q, stop, os.getpid(), reader,
+                      self.orphan_exit_after_s, self.nice),
+                daemon=False)  # a daemon child could not spawn DataLoader workers
+            with _main_not_reimported(self.target):
+                process.start()
+            reader.close()
+            # We only read the queue. Without our copy of its write end, a message cut short by a child killed
+            # while sending it ends in EOF (an error event) instead of a read that waits forever in the event loop.
+            try:
+                q._writer.close()
+            except Exception:  # noqa: BLE001 - multiprocessing internals: without it, the old behaviour
+                pass
+            self._q, self._conn, self._pid = q, writer, process.pid
+            self.process = process  # last: poll() reads the child's queue once this is set
+        except BaseException as exc:  # noqa: BLE001
+            if not catch:
+                raise
+            self._launch_error = exc
+
+    def _join_launcher(self, timeout: float | None = 60.0) -> None:
+        if self._launcher is not None:
+            wait_futures([self._launcher], timeout)
+
+    @property
+    def starting(self) -> bool:
+        """Started in the background and the child not launched yet."""
+        return self._launcher is not None and not self._launcher.done()
 
     @property
     def pid(self) -> int | None:
+        """The child's process id (waits for a background start to finish)."""
+        self._join_launcher()
         return getattr(self, "_pid", None)
 
     def is_alive(self) -> bool:
@@ -223,13 +152,15 @@ class JobRunner:
     @property
     def running(self) -> bool:
         """Started and no terminal event delivered yet."""
-        return self.process is not None and not self.finished
+        return self._started and not self.finished
 
     def request_stop(self) -> None:
         """Ask the job to stop at its next step and save; poll() enforces the grace period."""
-        if self._stop is not None and self._stop_requested_at is None:
-            self._stop.set()
-            self._stop_requested_at = time.monotonic()
+        with self._lock:
+            if self._stop_requested_at is None:
+                self._stop_requested_at = time.monotonic()
+                if self._stop is not None:
+                    self._stop.set()
 
     @property
     def stop_requested(self) -> bool:
@@ -239,7 +170,13 @@ class JobRunner:
     def poll(self, max_events: int = 1000) -> list[dict]:
         """Events that arrived since the last call (non-blocking), plus a made-up error if the child died."""
         out: list[dict] = []
-        if self.process is None or self.finished:
+        if self.finished:
+            return out
+        if self.process is None:
+            if self._launch_error is not None and not self.starting:
+                ev = {"type": "error", "message": f"{self.label} could not start: {_one_line(self._launch_error)}"}
+                out.append(ev)
+                self._finish(ev)
             return out
         if self._drain(out, max_events):
             return out
@@ -282,6 +219,21 @@ class JobRunner:
         _LIVE.discard(self)
         self.finished = True
         self.result = ev
+        if self.reap_in_thread and self.process is not None:
+            # joining the child blocks until it has torn down (torch, the queue's feeder): seconds on a loaded machine
+            try:
+                self._reaper = helpers().submit(self._reap)
+                return
+            except RuntimeError:  # the interpreter is exiting (its thread pools are shut down): join here
+                pass
+        self._reap()
+
+    def join_reaper(self, timeout: float | None = None) -> None:
+        """Wait until the finished child has been joined (when that happens in a thread: ``reap_in_thread``)."""
+        if self._reaper is not None:
+            wait_futures([self._reaper], timeout)
+
+    def _reap(self) -> None:
         if self.process is not None:
             self.process.join(2.0)
             if self.process.is_alive():  # reported done but lingers (e.g. stuck in teardown)
@@ -315,12 +267,14 @@ class JobRunner:
             if deadline is not None and time.monotonic() > deadline:
                 return None
             time.sleep(interval)
+        self.join_reaper()
         return self.result
 
     def stop(self, grace_s: float | None = None, on_event: Callable[[dict], None] | None = None) -> dict | None:
         """Blocking stop: ask, wait up to the grace period, then terminate / kill. Returns the terminal event."""
-        if self.process is None:
+        if not self._started:
             return None
+        self._join_launcher()
         if grace_s is not None:
             self.stop_grace_s = grace_s
         self.request_stop()
@@ -337,7 +291,8 @@ class JobRunner:
     def _close(self) -> None:
         for obj in (self._conn,):
             try:
-                obj.close()
+                if obj is not None:
+                    obj.close()
             except Exception:
                 pass
         try:

@@ -16,59 +16,65 @@ class ResultLayersMixin:
         """Read the prediction's arrays in the results thread, then show them one layer per event-loop turn."""
         self.status.setText("Prediction ready; loading it into the viewer...")
         self._loading = result_layers.BackgroundCall(
-            result_layers.read_prediction_arrays, (ev.labels, ev.uncertainty),
+            result_layers.read_prediction_arrays, (ev.labels, ev.uncertainty, self.labels_layer.data.dtype),
             done=lambda arrays: self._stage_prediction(ev, *arrays), failed=self._error, parent=self)
 
     def _result_meta(self, **extra) -> dict:
         return result_metadata(self.labels_layer, **extra)
 
-    def _stage_prediction(self, ev: Prediction, labels: np.ndarray, unc: np.ndarray) -> None:
-        import napari.layers
+    def _prepare_result_layers(self) -> None:
+        """The result layers, made ahead (hidden, one per event-loop turn; when the labels layer is bound, and
+        again at Train for any the user removed) so that a result arriving only swaps its data in."""
+        if self.image_layer is None or self.labels_layer is None:
+            return
+        if getattr(self, "_preparing", None) is None:
+            self._preparing = result_layers.StagedSteps(self)  # its own queue: Train need not wait for it
+        base, cmap = self.image_layer.name, class_colormap(self.class_colours())
+        dtype = self.labels_layer.data.dtype
+        wanted = [(base + FILL_BETWEEN_SUFFIX, "fill between", dtype, {"colormap": cmap, "metadata": self._result_meta(fill_between_of=base)}),
+                  (base + UNCERTAINTY_SUFFIX, "uncertainty", np.uint8, {}),
+                  (base + PREDICTION_SUFFIX, "prediction", dtype, {"colormap": cmap, "metadata": self._result_meta(prediction_of=base)})]
+        result_layers.prepare(self.viewer, self._preparing, self.labels_layer, self.image_layer, wanted)
 
+    def _stage_prediction(self, ev: Prediction, labels: np.ndarray, unc: np.ndarray) -> None:
         base = self.image_layer.name
         geo = {"scale": tuple(self.image_layer.scale), "translate": tuple(self.image_layer.translate)}
         meta = self._result_meta(prediction_of=base, model=ev.model)
         pname, uname = base + PREDICTION_SUFFIX, base + UNCERTAINTY_SUFFIX
         names = ["background", *self.class_names()]
 
+        # each step its own event-loop turn: data into the (hidden, made ahead) layer, then showing it
         def uncertainty() -> None:
-            if uname in self.viewer.layers:
-                ul = self.viewer.layers[uname]
-                ul.data = unc
-                ul.contrast_limits = (0, result_layers.UNCERTAINTY_LEVELS)
-            else:
-                ul = napari.layers.Image(unc, name=uname, colormap=result_layers.uncertainty_colormap(), blending="translucent",
-                                         opacity=0.8, contrast_limits=(0, result_layers.UNCERTAINTY_LEVELS),
-                                         metadata={"napari_ssl_preview": True, "uncertainty_scale": 1.0 / result_layers.UNCERTAINTY_LEVELS},
-                                         **geo)
-                result_layers.insert_below(self.viewer, ul, self.labels_layer)
-            ul.visible = True
+            if result_layers.claim(self.viewer, uname, unc) is None:
+                result_layers.insert_below(self.viewer, result_layers.new_layer("uncertainty", unc, name=uname, geo=geo),
+                                           self.labels_layer)
 
         def prediction() -> None:
-            if pname in self.viewer.layers:
-                pl = self.viewer.layers[pname]
-                pl.data = labels.astype(pl.data.dtype, copy=False)
-                pl.metadata.update(meta)
-            else:
-                pl = napari.layers.Labels(labels, name=pname, opacity=1.0, metadata=meta,
-                                          colormap=class_colormap(self.class_colours()), **geo)
-                pl.contour = result_layers.outline_width(labels.shape)
+            pl = result_layers.claim(self.viewer, pname, labels)
+            if pl is None:
+                pl = result_layers.new_layer("prediction", labels, name=pname, geo=geo, metadata=meta,
+                                             colormap=class_colormap(self.class_colours()))
                 result_layers.insert_below(self.viewer, pl, self.labels_layer)
+            pl.metadata.update(meta)
             pl.colormap = class_colormap(self.class_colours())
             pl.features = {"index": np.arange(len(names)), "name": names}
+
+        def show(name: str) -> None:
+            if name in self.viewer.layers:
+                self.viewer.layers[name].visible = True
 
         def review() -> None:
             fill = self.viewer.layers[base + FILL_BETWEEN_SUFFIX] if base + FILL_BETWEEN_SUFFIX in self.viewer.layers else None
             self._shown_round = self._train_round
             if fill is not None:
                 fill.visible = False  # the model's answer replaces the instant one on screen (the layer stays)
-            if self.labels_layer is not None and self.viewer.layers.selection.active is not self.labels_layer:
+            if self.labels_layer is not None and not result_layers.same_layer(self.viewer.layers.selection.active, self.labels_layer):
                 self.viewer.layers.selection.active = self.labels_layer  # keep painting on the annotations
             self._show_suggestions(ev.suggestions or [])
             if self._finish_pending is not None:
                 self._finish(self._finish_pending)
 
-        self._staged.add(uncertainty, prediction, review)
+        self._staged.add(uncertainty, lambda: show(uname), prediction, lambda: show(pname), review)
 
     def _show_suggestions(self, suggestions: list[dict]) -> None:
         """The suggested slices, listed in the order of the score shown beside them (highest first)."""
@@ -77,7 +83,7 @@ class ResultLayersMixin:
         self._update_buttons()
 
     # --- fill between slices: the instant result
-    def fill_between(self, quiet: bool = False) -> bool:
+    def fill_between(self, quiet: bool = False, snapshot: tuple | None = None) -> bool:
         """Start "Fill between slices" on the annotations (in the results thread); its layer appears when done.
 
         Needs two annotated slices holding labels; `quiet` (the automatic start with Train) skips the error."""
@@ -87,8 +93,8 @@ class ResultLayersMixin:
             return False
         if self._filling is not None and self._filling.running:
             return False
-        labels = np.array(self.labels_layer.data, copy=True)
-        mask = self.annotated_mask()
+        # `snapshot`: (labels, annotated mask) already taken by the caller (Train): not copied again in the event loop
+        labels, mask = snapshot if snapshot is not None else (np.array(self.labels_layer.data, copy=True), self.annotated_mask())
         with_labels = int(labels.reshape(labels.shape[0], -1).any(axis=1).sum())
         if with_labels < 2:
             if not quiet:
@@ -113,25 +119,24 @@ class ResultLayersMixin:
         self._error(f"fill between slices: {message}")
 
     def _show_fill_between(self, filled: np.ndarray, image, labels_layer, hide_from_round: int | None = None) -> None:
-        import napari.layers
-
         self.fill_button.setEnabled(self.labels_layer is not None)
         if image is None or image not in self.viewer.layers:
             return
         name = image.name + FILL_BETWEEN_SUFFIX
         colours = self.class_colours()
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = filled.astype(layer.data.dtype, copy=False)
-        else:
-            layer = napari.layers.Labels(filled, name=name, opacity=0.35, colormap=class_colormap(colours),
-                                         scale=tuple(image.scale), translate=tuple(image.translate),
-                                         metadata=self._result_meta(fill_between_of=image.name))
+        layer = result_layers.claim(self.viewer, name, filled)
+        if layer is None:
+            layer = result_layers.new_layer("fill between", filled, name=name, colormap=class_colormap(colours),
+                                            geo={"scale": tuple(image.scale), "translate": tuple(image.translate)},
+                                            metadata=self._result_meta(fill_between_of=image.name))
             result_layers.insert_below(self.viewer, layer, labels_layer)
-            if labels_layer is not None and labels_layer in self.viewer.layers:
-                self.viewer.layers.selection.active = labels_layer
-        layer.visible = hide_from_round is None or self._shown_round < hide_from_round
+        if layer.visible != (hide_from_round is None or self._shown_round < hide_from_round):  # showing it: its own turn
+            self._staged.add(lambda: self._show_fill_layer(layer, hide_from_round))
         names = ["background", *self.class_names()]
         layer.features = {"index": np.arange(len(names)), "name": names}
         if not self.running:
             self.status.setText(f"Fill between slices: layer {name!r} (no training; annotated slices as drawn).")
+
+    def _show_fill_layer(self, layer, hide_from_round: int | None) -> None:
+        if layer in self.viewer.layers:  # (the prediction of that round may have come meanwhile: then it stays hidden)
+            layer.visible = hide_from_round is None or self._shown_round < hide_from_round

@@ -42,19 +42,22 @@ class TrainingMixin:
         if not mask.any():
             raise ValueError("no slice is annotated: paint the structure on a few slices (or mark slices empty)")
         # saved in the background (never waited for here: compressing a full CT's labels took seconds, with the
-        # viewer frozen); the job trains on the copy of the layer's data taken below
+        # viewer frozen)
         self.autosave.save_pending()
         image = layer_volume(self.image_layer)
+        # not copied here (77 MB of a full CT: up to 0.8 s of the event loop on a loaded machine): train() writes it to
+        # a file from the results thread right after the click (offload_arrays), and fill between reads it there too;
+        # a stroke painted during those few hundred milliseconds may or may not be in this round
         labels = np.asarray(self.labels_layer.data)
         name = safe_name(self.image_layer.name, "image")
         out = runs_dir() / f"model-{name}-{timestamp()}"
-        ft = {"images": [image], "labels": [labels.copy()], "out": str(out), "classes": self.class_names(),
+        ft = {"images": [image], "labels": [labels], "out": str(out), "classes": self.class_names(),
               "empty_slices": [self.empty_slices()], "preview_every_s": float(self.preview_every_s),
               **self.controls.training_options(), **self.controls.start_from(self.last_model)}
         semi = self.semi_supervised.isChecked()
         cfg = {"finetune": ft,
                "predict": {"image": image, "out": str(runs_dir() / ".predictions" / out.name),
-                           "annotated_slices": mask, "labels": labels.copy(), "keep_connected": semi,
+                           "annotated_slices": mask, "labels": labels, "keep_connected": semi,
                            "fill_between": semi, "n": 5, "device": self.controls.device_value()}}
         if self.threads:
             cfg["threads"] = int(self.threads)
@@ -93,7 +96,8 @@ class TrainingMixin:
             offload_arrays, (config, staging), parent=self,
             done=lambda small: self._start_job(small, how), failed=self._start_failed)
         if self.fill_between_auto and self._filling is None:
-            self.fill_between(quiet=True)
+            self.fill_between(quiet=True, snapshot=(config["predict"]["labels"], config["predict"]["annotated_slices"]))
+        self._prepare_result_layers()  # (any the user removed: made again, hidden)
 
     def _start_failed(self, message: str) -> None:
         self.progress_bar.setVisible(False)

@@ -196,6 +196,7 @@ class AnnotateTrainWidget(ResultLayersMixin, TrainingMixin, JobDockWidget):
         self.autosave.save_now()
         self.update_count()
         self._update_buttons()
+        self._prepare_result_layers()
 
     def _autosave_meta(self) -> dict:
         vol = layer_volume(self.image_layer) if self.image_layer is not None else None

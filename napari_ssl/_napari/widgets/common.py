@@ -59,7 +59,8 @@ def image_layers(viewer):
 def labels_layers(viewer):
     import napari.layers
 
-    return [lay for lay in viewer.layers if isinstance(lay, napari.layers.Labels)]
+    return [lay for lay in viewer.layers if isinstance(lay, napari.layers.Labels)
+            and not lay.metadata.get("napari_ssl_placeholder")]  # (a result layer made ahead, empty until its result)
 
 
 DOCK_WIDTH = 400  # preferred width of the dock widgets (the canvas keeps the rest of the window)
@@ -152,6 +153,10 @@ class LayerCombo(QComboBox):
         self.blockSignals(False)
         if self.currentText() != current:
             self.currentIndexChanged.emit(self.currentIndex())
+
+    def showPopup(self) -> None:  # noqa: N802 - layers renamed since the last insert/remove show under their names
+        self.refresh()
+        super().showPopup()
 
     def layer(self):
         name = self.currentText()

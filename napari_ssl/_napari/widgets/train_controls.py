@@ -39,6 +39,9 @@ class TrainControls(QGroupBox):
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
         self.progress_bar.setTextVisible(True)
+        keep = self.progress_bar.sizePolicy()
+        keep.setRetainSizeWhenHidden(True)  # showing it at Train does not re-lay out the window (resizing napari's canvas)
+        self.progress_bar.setSizePolicy(keep)
         self.settings_label = QLabel("Settings: chosen from the scan and the drawing when you press Train.")
         self.settings_label.setWordWrap(True)
         self.setLayout(form_layout(("Start from", self.init_combo), ("", self.warm_start), ("Steps", self.steps),
