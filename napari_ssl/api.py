@@ -263,36 +263,42 @@ def suggest_pool(model: PathLike, images: Sequence[ImageLike], labels: Optional[
     if score in (None, "typiclust"):
         from .active.cold_start import cold_start_pool
 
-        vols = [i if isinstance(i, Volume) else load_volume(i) for i in images]
-        labs = list(labels) if labels is not None else [None] * len(vols)
-        empt = list(empty_slices) if empty_slices is not None else [()] * len(vols)
-        if len(labs) != len(vols) or len(empt) != len(vols):
-            raise NapariSSLError(f"{len(vols)} image(s) but {len(labs)} label map(s) / {len(empt)} empty-slice list(s); give one per image (None for none)")
-        k = 10 ** 6 if cold else _model_classes(model)
-        anns = [_annotated_for(k, v, l, e or ()) for v, l, e in zip(vols, labs, empt)]
+        vols, anns = _pool_inputs(images, labels, empty_slices, 10 ** 6 if cold else _model_classes(model))
         return cold_start_pool(os.fspath(encoder if encoder is not None else model), vols, n=n, annotated=anns)
-    vols = [i if isinstance(i, Volume) else load_volume(i) for i in images]
-    labs = list(labels) if labels is not None else [None] * len(vols)
-    empt = list(empty_slices) if empty_slices is not None else [()] * len(vols)
-    if len(labs) != len(vols) or len(empt) != len(vols):
-        raise NapariSSLError(f"{len(vols)} image(s) but {len(labs)} label map(s) / {len(empt)} empty-slice list(s); give one per image (None for none)")
-    k = _model_classes(model)
-    anns = [_annotated_for(k, v, l, e or ()) for v, l, e in zip(vols, labs, empt)]
+    vols, anns = _pool_inputs(images, labels, empty_slices, _model_classes(model))
     if predictions is None:
-        import torch
-
-        from .active.predict import load_segmentation_model, predict_volume
-
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        loaded = load_segmentation_model(os.fspath(model), dev)
-        predictions = [predict_volume(os.fspath(model), v, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=dev, loaded=loaded)
-                       for v in vols]
+        predictions = _pool_predictions(model, vols, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=device)
     if len(predictions) != len(vols):
         raise NapariSSLError(f"{len(vols)} image(s) but {len(predictions)} prediction(s)")
     from .active.predict import slice_scores
 
     return rank_pool([slice_scores(p, score) for p in predictions], anns, n=n, min_distance=min_distance, max_per_volume=max_per_volume,
                      depth_spacing=depth_spacing)
+
+
+def _pool_inputs(images: Sequence[ImageLike], labels: Optional[Sequence[Optional[LabelsLike]]],
+                 empty_slices: Optional[Sequence[Sequence[int]]], n_classes: int) -> tuple[list[Volume], list[np.ndarray]]:
+    """The scans of a pool as Volumes, and each one's annotated-slice mask (labels / empty slices: one per scan or None)."""
+    vols = [i if isinstance(i, Volume) else load_volume(i) for i in images]
+    labs = list(labels) if labels is not None else [None] * len(vols)
+    empt = list(empty_slices) if empty_slices is not None else [()] * len(vols)
+    if len(labs) != len(vols) or len(empt) != len(vols):
+        raise NapariSSLError(f"{len(vols)} image(s) but {len(labs)} label map(s) / {len(empt)} empty-slice list(s); "
+                             "give one per image (None for none)")
+    return vols, [_annotated_for(n_classes, v, lab, e or ()) for v, lab, e in zip(vols, labs, empt)]
+
+
+def _pool_predictions(model: PathLike, vols: Sequence[Volume], *, tta: bool, mc_dropout: int, batch_size: int,
+                      device: Optional[str]) -> list:
+    """One prediction per scan with the model loaded once."""
+    import torch
+
+    from .active.predict import load_segmentation_model, predict_volume
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_segmentation_model(os.fspath(model), dev)
+    return [predict_volume(os.fspath(model), v, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=dev, loaded=loaded)
+            for v in vols]
 
 
 def _is_pretrained_encoder(model: PathLike) -> bool:

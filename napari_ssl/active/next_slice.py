@@ -139,53 +139,69 @@ def rank_next_slices(completion: np.ndarray, annotated: np.ndarray, labels: Opti
     comp, ann, lab = _check(completion, annotated, labels)
     ann = ann.copy()
     lab = np.where(ann[:, None, None], lab, comp)  # a pick counts as drawn with the completion's outline
+    e = _slice_errors(comp, ann, probabilities, slice_error) if strategy == "expected-error" else None
     out: list[dict] = []
-    if strategy == "expected-error":
-        if slice_error is not None:
-            e = np.asarray(slice_error, np.float64).copy()
-            if e.shape != (comp.shape[0],):
-                raise NapariSSLError(f"slice_error has {e.size} entries for {comp.shape[0]} slices")
-            e[ann] = 0.0
-        elif probabilities is None:
-            raise NapariSSLError("the expected-error ranking needs the model's probabilities")
-        else:
-            e = expected_error(probabilities, comp, ann)
     while len(out) < int(n) and not ann.all():
         if strategy == "gap":
-            st = stretches(comp, ann, lab, end_weight=end_weight)
-            if not st:  # the extent is fully drawn: the nearest unannotated slices beyond it
-                free = np.flatnonzero(~ann)
-                ext = predicted_extent(comp, ann, lab) or (0, comp.shape[0] - 1)
-                z = int(min(free, key=lambda i: (min(abs(i - ext[0]), abs(i - ext[1])), i)))
-                s = {"slice": z, "length": 1, "end": True, "from": z, "to": z}
-            else:
-                s = st[0]
-                z = s["slice"]
-            where = ("the edge of the predicted structure" if s["end"] else f"drawn slices {s['from']} and {s['to']}")
-            reason = f"middle of the largest unannotated stretch: {s['length'] - 1} slice(s) between {where}"
-            score = float(s["length"] - 1)
+            z, score, reason = _gap_pick(comp, ann, lab, end_weight)
         else:
-            if int(window) < 0:  # the share of each slice's error the pick would fix through the interpolation
-                err = bracket_gain(e, ann)
-            else:
-                err = np.convolve(e, np.ones(2 * int(window) + 1), mode="same")
-            length = stretch_length(comp, ann, lab)
-            sm = err * length ** float(gap_power) if gap_power else err.copy()
-            sm[ann] = -1.0
-            z = int(np.argmax(sm))
-            score = float(sm[z])
-            near = (f"within {int(window)} slice(s) of it " if int(window) > 0
-                    else ("here " if int(window) == 0 else "up to the nearest drawn slices "))
-            reason = f"about {int(round(err[z]))} voxels of the completed outline {near}may be wrong"
-            if gap_power and length[z] > 1:
-                reason += f" ({int(length[z]) - 1} undrawn slices between its nearest drawn slices or the structure's end)"
-            if int(window) >= 0:
-                e[max(0, z - int(window)):z + int(window) + 1] = 0.0  # the pick fixes its window
-            else:
-                e[z] = 0.0
+            z, score, reason = _error_pick(e, comp, ann, lab, window, gap_power)
         out.append({"rank": len(out) + 1, "slice": z, "score": score, "reason": reason, "strategy": strategy})
         ann[z] = True
     return out
+
+
+def _slice_errors(comp: np.ndarray, ann: np.ndarray, probabilities: Optional[np.ndarray],
+                  slice_error: Optional[np.ndarray]) -> np.ndarray:
+    """Expected wrong voxels per slice (0 on annotated slices): given, or from the model's probabilities."""
+    if slice_error is not None:
+        e = np.asarray(slice_error, np.float64).copy()
+        if e.shape != (comp.shape[0],):
+            raise NapariSSLError(f"slice_error has {e.size} entries for {comp.shape[0]} slices")
+        e[ann] = 0.0
+        return e
+    if probabilities is None:
+        raise NapariSSLError("the expected-error ranking needs the model's probabilities")
+    return expected_error(probabilities, comp, ann)
+
+
+def _gap_pick(comp: np.ndarray, ann: np.ndarray, lab: np.ndarray, end_weight: float) -> tuple[int, float, str]:
+    """The middle of the largest unannotated stretch of the predicted extent (or the nearest slice beyond it)."""
+    st = stretches(comp, ann, lab, end_weight=end_weight)
+    if not st:  # the extent is fully drawn: the nearest unannotated slices beyond it
+        free = np.flatnonzero(~ann)
+        ext = predicted_extent(comp, ann, lab) or (0, comp.shape[0] - 1)
+        z = int(min(free, key=lambda i: (min(abs(i - ext[0]), abs(i - ext[1])), i)))
+        s = {"slice": z, "length": 1, "end": True, "from": z, "to": z}
+    else:
+        s = st[0]
+        z = s["slice"]
+    where = ("the edge of the predicted structure" if s["end"] else f"drawn slices {s['from']} and {s['to']}")
+    reason = f"middle of the largest unannotated stretch: {s['length'] - 1} slice(s) between {where}"
+    return z, float(s["length"] - 1), reason
+
+
+def _error_pick(e: np.ndarray, comp: np.ndarray, ann: np.ndarray, lab: np.ndarray, window: int,
+                gap_power: float) -> tuple[int, float, str]:
+    """The slice whose window holds the most expected error (times its stretch length); zeroes what it fixes in `e`."""
+    if int(window) < 0:  # the share of each slice's error the pick would fix through the interpolation
+        err = bracket_gain(e, ann)
+    else:
+        err = np.convolve(e, np.ones(2 * int(window) + 1), mode="same")
+    length = stretch_length(comp, ann, lab)
+    sm = err * length ** float(gap_power) if gap_power else err.copy()
+    sm[ann] = -1.0
+    z = int(np.argmax(sm))
+    near = (f"within {int(window)} slice(s) of it " if int(window) > 0
+            else ("here " if int(window) == 0 else "up to the nearest drawn slices "))
+    reason = f"about {int(round(err[z]))} voxels of the completed outline {near}may be wrong"
+    if gap_power and length[z] > 1:
+        reason += f" ({int(length[z]) - 1} undrawn slices between its nearest drawn slices or the structure's end)"
+    if int(window) >= 0:
+        e[max(0, z - int(window)):z + int(window) + 1] = 0.0  # the pick fixes its window
+    else:
+        e[z] = 0.0
+    return z, float(sm[z]), reason
 
 
 def suggest_in_study(pred, annotated: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None, n: int = 5,

@@ -53,14 +53,8 @@ def _slice_disagreement(probabilities: np.ndarray, labels: np.ndarray, chunk: in
     return out
 
 
-def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_connected: bool = False, fill_between: bool = False):
-    """`pred` (a Prediction, changed in place and returned) with the user's slices put back.
-
-    ``labels``: the user's (z, y, x) label map; ``annotated``: bool per slice (annotated slices, the
-    annotated-empty ones included). On those slices the labels are the user's, the probabilities one-hot
-    and the uncertainty 0. With ``keep_connected`` and some annotated foreground, predicted foreground in
-    3-D components (26-connected) holding no annotated foreground voxel becomes background. With ``fill_between``,
-    each class between its outermost annotated slices is the interpolation of the user's slices (:func:`fill_inside`)."""
+def _checked(pred, labels: np.ndarray, annotated: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels, annotated mask, number of classes), checked against the prediction."""
     lab = np.asarray(labels)
     ann = np.asarray(annotated, bool)
     if lab.shape != pred.labels.shape:
@@ -70,6 +64,18 @@ def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_con
     k = pred.probabilities.shape[0]
     if ann.any() and int(lab[ann].max(initial=0)) >= k:
         raise NapariSSLError(f"label value {int(lab[ann].max())} has no class in the model (it predicts classes 1..{k - 1})")
+    return lab, ann, k
+
+
+def respect_annotation(pred, labels: np.ndarray, annotated: np.ndarray, keep_connected: bool = False, fill_between: bool = False):
+    """`pred` (a Prediction, changed in place and returned) with the user's slices put back.
+
+    ``labels``: the user's (z, y, x) label map; ``annotated``: bool per slice (annotated slices, the
+    annotated-empty ones included). On those slices the labels are the user's, the probabilities one-hot
+    and the uncertainty 0. With ``keep_connected`` and some annotated foreground, predicted foreground in
+    3-D components (26-connected) holding no annotated foreground voxel becomes background. With ``fill_between``,
+    each class between its outermost annotated slices is the interpolation of the user's slices (:func:`fill_inside`)."""
+    lab, ann, k = _checked(pred, labels, annotated)
     out = pred.labels
     # per slice, the expected wrong voxels of the result under the model's probabilities as predicted (active.next_slice):
     # the model's own answer first, then corrected where the result changes it (no full-size copy: a CT's is 300 MB)
