@@ -10,7 +10,6 @@ weights, and makes sure no child process is left behind.
 from __future__ import annotations
 
 import time
-import warnings
 import weakref
 from typing import Any, Callable
 
@@ -216,39 +215,23 @@ class QtJob(QObject):
 
     # -- napari's task registry: the close dialog names the job, and closing the window stops it
     def _register_with_window(self) -> None:
-        # napari's task registry is private (it warns that it may go away); without it, quitting the app
-        # (aboutToQuit), this process exiting (atexit) and the child's parent watch still stop the job.
+        # private napari API (napari_private.py); without it, quitting the app (aboutToQuit), this process exiting
+        # (atexit) and the child's parent watch still stop the job
         if getattr(self, "_finished_sent", False):
             return
-        viewer = self._viewer() if self._viewer else None
-        window = getattr(viewer, "window", None)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                register = getattr(window, "_register_task_status", None)
-                if register is None:
-                    return
-                from napari.utils.task_status import Status
+        from .napari_private import register_task
 
-                self._task_id = register("napari-ssl", Status.BUSY, self.label,
-                                         cancel_callback=lambda: bool(self.stop_and_wait()))
-        except Exception:
-            self._task_id = None
+        viewer = self._viewer() if self._viewer else None
+        self._task_id = register_task(getattr(viewer, "window", None), self.label, lambda: bool(self.stop_and_wait()))
 
     def _unregister_with_window(self, ev: JobEvent) -> None:
         viewer = self._viewer() if self._viewer else None
         window = getattr(viewer, "window", None)
         if self._task_id is None or window is None:
             return
-        try:
-            from napari.utils.task_status import Status
+        from .napari_private import finish_task
 
-            status = Status.COMPLETED if isinstance(ev, Finished) else Status.FAILED
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                window._update_task_status(self._task_id, status, self.label)
-        except Exception:
-            pass
+        finish_task(window, self._task_id, isinstance(ev, Finished), self.label)
         self._task_id = None
 
 

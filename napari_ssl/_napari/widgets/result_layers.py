@@ -24,7 +24,6 @@ And so the image stays readable under the results:
 """
 from __future__ import annotations
 
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -138,25 +137,18 @@ def insert_below(viewer, layer, above) -> None:
 
     With `above` there and active, it stays the active layer: napari would make the new layer active, then the
     widget would make the annotations active again, each switch rebuilding the layer controls panel. (napari's
-    switch for that is private; without it, the selection is put back afterwards.)"""
+    switch for that is private: napari_private.py; without it, the selection is put back afterwards.)"""
     layers = viewer.layers
     if above is None or above not in layers:
         layers.append(layer)
         return
     keep = same_layer(layers.selection.active, above)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # private attribute access from a plugin
-        try:
-            activate = layers._activate_on_insert if keep else None
-            if activate is not None:
-                layers._activate_on_insert = False
-        except (AttributeError, TypeError):
-            activate = None
-        try:
-            layers.insert(layers.index(above), layer)
-        finally:
-            if activate is not None:
-                layers._activate_on_insert = activate
+    if keep:
+        from ..napari_private import insert_keeping_selection
+
+        insert_keeping_selection(layers, layers.index(above), layer)
+    else:
+        layers.insert(layers.index(above), layer)
     if keep and not same_layer(layers.selection.active, above):
         layers.selection.active = above
 
