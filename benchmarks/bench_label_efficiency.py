@@ -69,6 +69,7 @@ class Init:
     lr: float = 3e-3  # 1e-3 leaves the compact U-Net stuck predicting one hippocampus class in 200 steps (posterior Dice 0)
     augment: bool = True
     init_from: str | None = None  # pretraining starts from this VARIANTS/FINAL_INITS entry's encoder (hierarchical, --init)
+    semi_supervised: bool = False  # issue 11's recipe (train/semi_supervised.py, defaults): the unannotated slices of the labelled volumes as unlabelled data
     note: str = ""
 
 
@@ -84,6 +85,9 @@ FINAL_INITS = [
          note="SimCLR (joint embedding, batch 16) with positives at the same relative depth of two volumes (Chaitanya et al. 2020); encoder transferred"),
     Init("position-inpainting", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          note="hierarchical: simclr-position, then in-painting from that encoder (--init); whole U-Net transferred"),
+    Init("semi-supervised", semi_supervised=True,
+         note="random init + issue 11's semi-supervised recipe (SemiSupervisedConfig defaults, fixed on study-completion validation volumes): "
+              "the k labelled slices' volumes, their unannotated slices as unlabelled data (fill-between and model pseudo-labels)"),
 ]
 
 # Probed variants (--variants): name -> Init. Results land in the JSON's "variants" section.
@@ -299,7 +303,7 @@ def run_pretrain(init: Init, a: dict) -> dict:
 
 
 def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) -> str:
-    later = {"freeze_encoder_bn": False, "init_from": None, "head_warmup_steps": 0, "class_balance": 0.0}  # fields added later: left out of the key at their default (cache stays valid)
+    later = {"freeze_encoder_bn": False, "init_from": None, "head_warmup_steps": 0, "class_balance": 0.0, "semi_supervised": False}  # fields added later: left out of the key at their default (cache stays valid)
     spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note") and not (kk in later and v == later[kk])}, "pre": pre_key, "k": k, "seed": seed,
             "steps": a["finetune_steps"], "size": a["image_size"], "encoder": a["encoder"], "curve": a["curve_steps"], "ncurve": a["n_curve"], "v": 2}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -322,6 +326,8 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
         img, lab = pool[v]
         mask = np.zeros(lab.shape[0], bool)
         mask[zs] = True
+        if init.semi_supervised:  # the recipe reads the labels' volume (fill between, 3-D components): only the labelled slices may show
+            lab = np.where(mask[:, None, None], lab, 0).astype(lab.dtype)
         vols.append(LabelledVolume(image=img, labels=lab, annotated=mask))
     ds = LabelledSliceDataset(vols, a["image_size"], 1, AugmentConfig() if init.augment else None)
     cfg = FinetuneConfig(images=[], labels=[], out="", encoder_weights=pre_dir, encoder=a["encoder"], transfer_decoder=init.transfer_decoder)
@@ -338,16 +344,24 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
     hook_steps = sorted({s for s in a["curve_steps"] if 0 < s < steps})
     if 0 in a["curve_steps"]:
         hook(0, unet)
-    unet, info = train_unet(unet, ds, steps=steps, batch_size=8, lr=init.lr, loss="dice-ce", encoder_lr_scale=init.encoder_lr_scale,
-                            freeze_encoder_steps=init.freeze_encoder_steps, freeze_encoder_bn=init.freeze_encoder_bn, head_warmup_steps=init.head_warmup_steps, class_balance=init.class_balance, seed=seed, devices="cpu" if a["device"] == "cpu" else a["device"],
-                            hook=hook, hook_steps=hook_steps)
+    kw = dict(batch_size=8, lr=init.lr, loss="dice-ce", encoder_lr_scale=init.encoder_lr_scale, freeze_encoder_steps=init.freeze_encoder_steps,
+              freeze_encoder_bn=init.freeze_encoder_bn, head_warmup_steps=init.head_warmup_steps, class_balance=init.class_balance,
+              devices="cpu" if a["device"] == "cpu" else a["device"], hook=hook, hook_steps=hook_steps)
+    if init.semi_supervised:
+        from napari_ssl.train.semi_supervised import SemiSupervisedConfig, train_semi_supervised
+
+        unet, info = train_semi_supervised(unet, vols, image_size=a["image_size"], in_channels=1, steps=steps, cfg=SemiSupervisedConfig(),
+                                           augment=init.augment, seed=seed, **kw)
+    else:
+        unet, info = train_unet(unet, ds, steps=steps, seed=seed, **kw)
     t_train = time.time() - t0
     unet = unet.cpu()
     final = evaluate(unet, test)
     curve[steps] = evaluate(unet, test, curve_vols)["mean"]
     return {"init": init.name, "k": k, "seed": seed, "dice": final["mean"], "dice_per_class": final["per_class"],
             "curve": {str(s): v for s, v in sorted(curve.items())}, "train_seconds": t_train, "total_seconds": time.time() - t0,
-            "slices": [[int(v), int(z)] for v, z in picks], "source": {kk: v for kk, v in source.items() if not kk.startswith("_")}}
+            "slices": [[int(v), int(z)] for v, z in picks], "source": {kk: v for kk, v in source.items() if not kk.startswith("_")},
+            **({"pseudo_slices": info.get("pseudo_slices")} if init.semi_supervised else {})}
 
 
 # ----------------------------------------------------------------------------- scheduling

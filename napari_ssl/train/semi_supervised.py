@@ -310,12 +310,63 @@ class SemiSupervisedModule(SegmentationModule):
 
 # ----------------------------------------------------------------------------- training
 
+def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_size: int) -> list[tuple]:
+    """(image, slice, target, weight) of the fill-between pseudo-labels of every volume (phase 0 on)."""
+    items: list = []
+    if cfg.fill_between and cfg.fill_weight > 0:
+        for vol in volumes:
+            for z, t in fill_between_pseudo(vol, cfg.max_pseudo_slices, image_size).items():
+                items.append((vol.image, z, t, cfg.fill_weight))
+    return items
+
+
+def _model_items(unet, volumes: list[LabelledVolume], fill_zs: list[set], unlabelled: Sequence[np.ndarray], image_size: int,
+                 in_channels: int, cfg: SemiSupervisedConfig, rng: np.random.Generator) -> list[tuple]:
+    """(image, slice, target, weight) of one pseudo-labelling pass with the current model: the annotated volumes'
+    slices nearest to the annotated ones (not those fill between covers), then the unlabelled volumes once the
+    model fits every annotated volume (the gate of ``model_pseudo``)."""
+    items: list = []
+    fits = True
+    for vol, fz in zip(volumes, fill_zs):
+        zs = [z for z in nearest_unannotated(vol.annotated, cfg.max_pseudo_slices + len(fz)) if z not in fz][:cfg.max_pseudo_slices]
+        got = model_pseudo(unet, vol, zs, image_size, in_channels, cfg)
+        fits = fits and got is not None
+        for z, t in (got or {}).items():
+            items.append((vol.image, z, t, cfg.pseudo_weight))
+    for image in (unlabelled if fits else ()):
+        for z, t in unlabelled_pseudo(unet, image, image_size, in_channels, cfg, rng):
+            items.append((image, z, t, cfg.pseudo_weight))
+    return items
+
+
+def _phase_kw(train_kw: dict, emit: Callable[[dict], None], offset: int, n: int, steps: int) -> dict:
+    """train_unet keywords for the phase that starts at step `offset` and runs `n` steps: one step count and one
+    total across the phases in the events (one 'started'), and the step hook's steps shifted to the phase."""
+    def phase_emit(e):
+        e = dict(e)
+        if "step" in e:
+            e["step"] = int(e["step"]) + offset
+        if "total_steps" in e:
+            e["total_steps"] = int(steps)
+        if e.get("type") == "started" and offset > 0:
+            return
+        emit(e)
+
+    kw = dict(train_kw, emit=phase_emit)
+    hook = train_kw.get("hook")
+    if hook is not None:
+        kw["hook"] = lambda step, model: hook(int(step) + offset, model)
+        kw["hook_steps"] = [int(s) - offset for s in (train_kw.get("hook_steps") or []) if offset < int(s) <= offset + n]
+    return kw
+
+
 def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image_size: int, in_channels: int, steps: int,
                           cfg: Optional[SemiSupervisedConfig] = None, unlabelled: Sequence[np.ndarray] = (), augment: bool = True,
                           emit: Callable[[dict], None] = lambda e: None, seed: int = 0, **train_kw) -> tuple[torch.nn.Module, dict]:
     """Fine-tune `unet` for `steps` steps in all, split evenly over 1 + cfg.rounds phases: phase 0 on the user's
     slices (+ fill-between pseudo-labels), each later phase after a pseudo-labelling pass with the current model.
-    ``train_kw`` goes to :func:`napari_ssl.train.loop.train_unet` (lr, batch_size, loss, devices, ...)."""
+    ``train_kw`` goes to :func:`napari_ssl.train.loop.train_unet` (lr, batch_size, loss, devices, hook, ...);
+    a hook's steps count across the phases."""
     from .loop import train_unet
 
     cfg = cfg or SemiSupervisedConfig()
@@ -323,51 +374,23 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
     labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
     phases = 1 + max(0, int(cfg.rounds))
     bounds = np.linspace(0, steps, phases + 1).round().astype(int)
-    fill_items: list = []
-    if cfg.fill_between and cfg.fill_weight > 0:
-        for vol in volumes:
-            for z, t in fill_between_pseudo(vol, cfg.max_pseudo_slices, image_size).items():
-                fill_items.append((vol.image, z, t, cfg.fill_weight))
+    fill_items = _fill_items(volumes, cfg, image_size)
     fill_zs = [{z for (img, z, _, _) in fill_items if img is vol.image} for vol in volumes]
     rng = np.random.default_rng(seed)
     info: dict = {"phases": [], "pseudo_slices": []}
     model_items: list = []
     total_steps = 0
-    user_emit = emit
-
     for p in range(phases):
         n = int(bounds[p + 1] - bounds[p])
         if p > 0:
-            model_items = []
-            fits = True
-            for vol, fz in zip(volumes, fill_zs):
-                zs = [z for z in nearest_unannotated(vol.annotated, cfg.max_pseudo_slices + len(fz)) if z not in fz][:cfg.max_pseudo_slices]
-                got = model_pseudo(unet, vol, zs, image_size, in_channels, cfg)
-                fits = fits and got is not None
-                for z, t in (got or {}).items():
-                    model_items.append((vol.image, z, t, cfg.pseudo_weight))
-            for image in (unlabelled if fits else ()):  # other volumes only once the model fits every annotated one
-                for z, t in unlabelled_pseudo(unet, image, image_size, in_channels, cfg, rng):
-                    model_items.append((image, z, t, cfg.pseudo_weight))
+            model_items = _model_items(unet, volumes, fill_zs, unlabelled, image_size, in_channels, cfg, rng)
         items = fill_items + model_items
         info["pseudo_slices"].append(len(items))
         if n <= 0:
             continue
         ds = MixedSlices(labelled, PseudoSlices(items, image_size, in_channels, aug), cfg.labelled_fraction)
-        offset = total_steps
-
-        def phase_emit(e, offset=offset):  # one step count and one total across the phases
-            e = dict(e)
-            if "step" in e:
-                e["step"] = int(e["step"]) + offset
-            if "total_steps" in e:
-                e["total_steps"] = int(steps)
-            if e.get("type") == "started" and offset > 0:
-                return
-            user_emit(e)
-
-        unet, ph = train_unet(unet, ds, steps=n, seed=seed + p, emit=phase_emit,
-                              module_factory=SemiSupervisedModule, **train_kw)
+        unet, ph = train_unet(unet, ds, steps=n, seed=seed + p, module_factory=SemiSupervisedModule,
+                              **_phase_kw(train_kw, emit, total_steps, n, steps))
         total_steps += ph["steps"]
         info["phases"].append(ph)
         if ph.get("stopped"):
