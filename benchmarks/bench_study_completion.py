@@ -243,9 +243,31 @@ def plot(summary: dict, ks: list[int], path: str, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def time_default_recipe(name: str, k: int, work_dir: str) -> dict:
+def _stage_times(events: list[tuple[float, dict]], t0: float) -> dict:
+    """Seconds from the click to each stage of the job, from its own events: the first training step, each phase's
+    start (a step-count jump after a pause: the pseudo-labelling pass lies in between), the end of training, the
+    prediction."""
+    out: dict = {}
+    steps = [(t, int(e["step"])) for t, e in events if e.get("type") == "progress"]
+    if steps:
+        out["first_step"] = steps[0][0] - t0
+        out["last_step"] = steps[-1][0] - t0
+        gaps = [(b[0] - a[0], a[1], a[0] - t0) for a, b in zip(steps, steps[1:])]
+        typical = float(np.median([g[0] for g in gaps])) if gaps else 0.0
+        out["seconds_per_step_median"] = typical
+        out["pauses"] = [{"after_step": s, "at": round(at, 2), "seconds": round(g, 2)} for g, s, at in gaps if g > max(1.0, 10 * typical)]
+    for t, e in events:
+        if e.get("type") == "status":
+            out.setdefault("status", []).append({"at": round(t - t0, 2), "message": str(e.get("message"))[:80]})
+        if e.get("type") in ("trained", "prediction") and e["type"] not in out:
+            out[e["type"]] = t - t0
+    return out
+
+
+def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = None, order: str = "supervised,semi") -> dict:
     """Seconds from 'Train' to the prediction with the widget's defaults, through the job the widget runs
-    (train_predict_job: fine-tune with FinetuneConfig's defaults, then predict the study), semi-supervised on vs off."""
+    (train_predict_job: fine-tune with FinetuneConfig's defaults, then predict the study), semi-supervised on vs off,
+    with the seconds to each stage. `profile`: a cProfile of each run, its top functions written to PROFILE_<run>.txt."""
     import tempfile
 
     from napari_ssl.train.finetune import load_image, load_labels
@@ -256,20 +278,48 @@ def time_default_recipe(name: str, k: int, work_dir: str) -> dict:
     ann = np.zeros(lab.shape[0], bool)
     ann[quantile_slices(lab, k)] = True
     sparse = np.where(ann[:, None, None], lab, 0).astype(np.uint8)
-    out = {}
-    for semi in (False, True):
+    out = {"order": order}
+    for i, run in enumerate(order.split(",")):
+        semi = run == "semi"
+        key = run if run not in out else f"{run}_{i}"
         d = tempfile.mkdtemp(dir=work_dir)
-        got = {}
+        got, events = {}, []
+
+        def on_event(e):
+            events.append((time.time(), e))
+            if e.get("type") == "prediction":
+                got["pred"] = e["labels"]
+
         cfg = {"finetune": {"images": [img], "labels": [sparse.copy()], "out": os.path.join(d, "model"), "semi_supervised": semi,
                             "devices": "cpu", "preview_every_s": 5.0},
                "predict": {"image": img, "out": os.path.join(d, "pred"), "annotated_slices": ann, "labels": sparse,
                            "keep_connected": semi, "fill_between": semi, "n": 5, "device": "cpu"}}
+        load0 = os.getloadavg()[0]
+        prof = None
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         t0 = time.time()
-        train_predict_job(cfg, lambda e: got.update(pred=e["labels"]) if e.get("type") == "prediction" else None, None)
+        train_predict_job(cfg, on_event, None)
         secs = time.time() - t0
+        if prof is not None:
+            import io
+            import pstats
+
+            prof.disable()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(60)
+            with open(f"{profile}_{key}.txt", "w") as f:
+                f.write(buf.getvalue())
         pred = np.load(got["pred"])
-        out["semi" if semi else "supervised"] = {"seconds": secs, **scores(pred, lab, ann)}
-        print(f"default recipe, semi-supervised {semi}: {secs:.1f} s click -> prediction, Dice {out['semi' if semi else 'supervised']['dice']:.3f}", flush=True)
+        meta = json.load(open(os.path.join(d, "model", "model.json")))
+        out[key] = {"seconds": secs, **scores(pred, lab, ann), "load_average_start": load0, "load_average_end": os.getloadavg()[0],
+                    "steps": meta["training"]["steps"], "encoder": meta["encoder_name"], "image_size": meta["image_size"],
+                    "stages": _stage_times(events, t0)}
+        print(f"default recipe, semi-supervised {semi}: {secs:.1f} s click -> prediction, Dice {out[key]['dice']:.3f}, "
+              f"load {load0:.2f}, stages {out[key]['stages']}", flush=True)
     return {"volume": name, "k": k, "load_average": os.getloadavg()[0], **out}
 
 
@@ -347,6 +397,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="3 volumes, 1 seed, 40 steps")
     p.add_argument("--out", default=None)
     p.add_argument("--time-default", action="store_true", help="only time the default recipe (widget job, k=3, one test volume), semi-supervised on vs off")
+    p.add_argument("--profile", default=None, help="with --time-default: cProfile each run, top functions to PROFILE_<run>.txt")
+    p.add_argument("--order", default="supervised,semi", help="with --time-default: runs in this order (supervised, semi; repeatable)")
     p.add_argument("--ct-overhead", action="store_true", help="only measure what the semi-supervised terms add on the full-size CT (time, memory)")
     p.add_argument("--time-limit-min", type=float, default=0, help="stop scheduling trainings after this many minutes and summarise what ran (0: no limit)")
     args = p.parse_args(argv)
@@ -372,7 +424,7 @@ def main(argv=None) -> int:
         return 0
     if args.time_default:
         _setup_worker()
-        res = time_default_recipe(split_volumes("test", 1)[0], 3, args.work_dir)
+        res = time_default_recipe(split_volumes("test", 1)[0], 3, args.work_dir, args.profile, args.order)
         _write_side_result(args.out or os.path.join(RESULTS, "bench_study_completion_timing.json"), res, argv)
         return 0
     t0, load0 = time.time(), os.getloadavg()[0]
