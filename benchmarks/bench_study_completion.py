@@ -264,10 +264,28 @@ def _stage_times(events: list[tuple[float, dict]], t0: float) -> dict:
     return out
 
 
-def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = None, order: str = "supervised,semi") -> dict:
-    """Seconds from 'Train' to the prediction with the widget's defaults, through the job the widget runs
-    (train_predict_job: fine-tune with FinetuneConfig's defaults, then predict the study), semi-supervised on vs off,
-    with the seconds to each stage. `profile`: a cProfile of each run, its top functions written to PROFILE_<run>.txt."""
+WIDGET_STEPS = 300  # the Annotate & Train widget's Steps box default (annotate_widget.py); the CLI's default is 500
+
+
+def _run_as_widget(cfg: dict, folder: str, on_event) -> None:
+    """The widget's Train: the arrays staged to files (jobs.offload_arrays), the job in a spawned child process
+    (train.runner.JobRunner, at this process's priority), until its terminal event."""
+    from napari_ssl.train.jobs import offload_arrays
+    from napari_ssl.train.runner import JobRunner
+
+    job = JobRunner("napari_ssl.train.jobs:train_predict_job", offload_arrays(cfg, os.path.join(folder, "staging")), nice=0).start()
+    res = job.wait(on_event=on_event, interval=0.02)
+    if not res or res.get("type") == "error":
+        raise RuntimeError(f"the job failed: {res}")
+
+
+def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = None, order: str = "supervised,semi",
+                        widget: bool = False) -> dict:
+    """Seconds from 'Train' to the prediction with the defaults, through the job the widget runs
+    (train_predict_job: fine-tune, then predict the study), semi-supervised on vs off, with the seconds to each stage.
+    widget=False: FinetuneConfig's defaults (= the CLI's, 500 steps), in this process; widget=True: the widget's
+    config (300 steps) in a child process as the widget starts it (click -> prediction event, child start-up included).
+    `profile`: a cProfile of each run (in-process runs only), its top functions written to PROFILE_<run>.txt."""
     import tempfile
 
     from napari_ssl.train.finetune import load_image, load_labels
@@ -294,6 +312,8 @@ def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = 
                             "devices": "cpu", "preview_every_s": 5.0},
                "predict": {"image": img, "out": os.path.join(d, "pred"), "annotated_slices": ann, "labels": sparse,
                            "keep_connected": semi, "fill_between": semi, "n": 5, "device": "cpu"}}
+        if widget:  # what the Annotate & Train widget's build_config sends (its Steps box shows 300; classes, empty slices)
+            cfg["finetune"].update(steps=WIDGET_STEPS, batch_size=8, image_size=None, classes=["anterior", "posterior"], empty_slices=[[]])
         load0 = os.getloadavg()[0]
         prof = None
         if profile:
@@ -302,7 +322,10 @@ def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = 
             prof = cProfile.Profile()
             prof.enable()
         t0 = time.time()
-        train_predict_job(cfg, on_event, None)
+        if widget:
+            _run_as_widget(cfg, d, on_event)
+        else:
+            train_predict_job(cfg, on_event, None)
         secs = time.time() - t0
         if prof is not None:
             import io
@@ -320,7 +343,8 @@ def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = 
                     "stages": _stage_times(events, t0)}
         print(f"default recipe, semi-supervised {semi}: {secs:.1f} s click -> prediction, Dice {out[key]['dice']:.3f}, "
               f"load {load0:.2f}, stages {out[key]['stages']}", flush=True)
-    return {"volume": name, "k": k, "load_average": os.getloadavg()[0], **out}
+    return {"volume": name, "k": k, "mode": "widget job in a child process" if widget else "FinetuneConfig defaults, in-process",
+            "load_average": os.getloadavg()[0], **out}
 
 
 def ct_overhead(steps: int, image_size: int, work_dir: str) -> dict:
@@ -398,6 +422,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--time-default", action="store_true", help="only time the default recipe (widget job, k=3, one test volume), semi-supervised on vs off")
     p.add_argument("--profile", default=None, help="with --time-default: cProfile each run, top functions to PROFILE_<run>.txt")
+    p.add_argument("--widget", action="store_true", help="with --time-default: the widget's config (300 steps) in a child process, as the widget runs it")
     p.add_argument("--order", default="supervised,semi", help="with --time-default: runs in this order (supervised, semi; repeatable)")
     p.add_argument("--ct-overhead", action="store_true", help="only measure what the semi-supervised terms add on the full-size CT (time, memory)")
     p.add_argument("--time-limit-min", type=float, default=0, help="stop scheduling trainings after this many minutes and summarise what ran (0: no limit)")
@@ -424,7 +449,7 @@ def main(argv=None) -> int:
         return 0
     if args.time_default:
         _setup_worker()
-        res = time_default_recipe(split_volumes("test", 1)[0], 3, args.work_dir, args.profile, args.order)
+        res = time_default_recipe(split_volumes("test", 1)[0], 3, args.work_dir, args.profile, args.order, args.widget)
         _write_side_result(args.out or os.path.join(RESULTS, "bench_study_completion_timing.json"), res, argv)
         return 0
     t0, load0 = time.time(), os.getloadavg()[0]
