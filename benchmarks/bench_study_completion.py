@@ -285,7 +285,7 @@ def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = 
     (train_predict_job: fine-tune, then predict the study), semi-supervised on vs off, with the seconds to each stage.
     widget=False: FinetuneConfig's defaults (= the CLI's, 500 steps), in this process; widget=True: the widget's
     config (300 steps) in a child process as the widget starts it (click -> prediction event, child start-up included).
-    `profile`: a cProfile of each run (in-process runs only), its top functions written to PROFILE_<run>.txt."""
+    `profile`: a cProfile of each run, in this process (also with widget=True), its top functions written to PROFILE_<run>.txt."""
     import tempfile
 
     from napari_ssl.train.finetune import load_image, load_labels
@@ -322,7 +322,7 @@ def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = 
             prof = cProfile.Profile()
             prof.enable()
         t0 = time.time()
-        if widget:
+        if widget and not profile:
             _run_as_widget(cfg, d, on_event)
         else:
             train_predict_job(cfg, on_event, None)
@@ -343,7 +343,8 @@ def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = 
                     "stages": _stage_times(events, t0)}
         print(f"default recipe, semi-supervised {semi}: {secs:.1f} s click -> prediction, Dice {out[key]['dice']:.3f}, "
               f"load {load0:.2f}, stages {out[key]['stages']}", flush=True)
-    return {"volume": name, "k": k, "mode": "widget job in a child process" if widget else "FinetuneConfig defaults, in-process",
+    mode = ("widget's config" if widget else "FinetuneConfig defaults") + (" in a child process" if widget and not profile else ", in-process")
+    return {"volume": name, "k": k, "mode": mode,
             "load_average": os.getloadavg()[0], **out}
 
 
