@@ -57,7 +57,8 @@ METHODS = {
 VARIANTS = {
     "semi-random-nocc": ("random", {}, False),
     "semi-random-fillonly": ("random", {"rounds": 0}, True),
-    "semi-random-nofill": ("random", {"fill_between": False}, True),
+    "semi-random-nofill": ("random", {"fill_between": False}, True),  # the default since ver 3
+    "semi-random-fill": ("random", {"fill_between": True}, True),  # the default before ver 3 (the first test table)
     "semi-random-2rounds": ("random", {"rounds": 2}, True),
     "semi-random-conf0.8": ("random", {"confidence": 0.8}, True),
     "semi-random-w1": ("random", {"fill_weight": 1.0, "pseudo_weight": 1.0}, True),
@@ -185,7 +186,7 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
 
 
 def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
-    d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"], "enc": a["encoder"], "ver": 1 if spec[1] is None else 2}  # save_predictions not in the key
+    d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"], "enc": a["encoder"], "ver": 1 if spec[1] is None else 3}  # 3: the semi-supervised default without fill-between pseudo-labels  # save_predictions not in the key
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

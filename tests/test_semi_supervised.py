@@ -51,8 +51,10 @@ def test_semi_supervised_run_keeps_pseudo_labels_in_memory_and_predict_respects_
     assert sorted(os.listdir(out)) == ["model.json", "model.safetensors"]
     meta = read_meta(out)
     semi = meta["training"]["semi_supervised"]
-    # phase 0: fill-between pseudo-labels; phase 1 adds the model's once it reproduces the user's slices (gated)
-    assert semi["enabled"] and len(semi["pseudo_slices_per_phase"]) == 2 and semi["pseudo_slices_per_phase"][1] >= semi["pseudo_slices_per_phase"][0] > 0
+    # phase 0: the user's slices only (fill-between pseudo-labels are off by default); phase 1 adds the model's once it
+    # reproduces the user's slices (gated)
+    assert semi["enabled"] and not semi["fill_between"] and semi["pseudo_slices_per_phase"][0] == 0
+    assert len(semi["pseudo_slices_per_phase"]) == 2 and semi["pseudo_slices_per_phase"][1] > 0
     assert meta["training_slices"][0]["slices"] == sorted([*zs, empty])  # only the user's slices are training slices
     # the loss falls over the run
     assert len(losses) == 100 and np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
