@@ -207,10 +207,6 @@ def train_predict_job(config: dict, events: EventSink, stop_event) -> str:
         events({**ev, "type": "trained"} if ev.get("type") == "done" else ev)
 
     config = load_offloaded(config)
-    if config["predict"].get("fill_between"):  # the interpolation worker imports ITK (seconds) meanwhile, not when first needed
-        from ..active.fill_between import start_worker
-
-        start_worker()
 
     model_dir = finetune_job(config["finetune"], relay, stop_event)
     pred_cfg = dict(config["predict"], model=model_dir)
