@@ -256,6 +256,8 @@ def _stage_times(events: list[tuple[float, dict]], t0: float) -> dict:
         gaps = [(b[0] - a[0], a[1], a[0] - t0) for a, b in zip(steps, steps[1:])]
         typical = float(np.median([g[0] for g in gaps])) if gaps else 0.0
         out["seconds_per_step_median"] = typical
+        half = steps[-1][1] // 2  # the recipe's two phases (equal halves); the supervised run: the same split
+        out["seconds_per_step_median_halves"] = [float(np.median([g[0] for g in gaps if (g[1] < half) == first] or [0.0])) for first in (True, False)]
         out["pauses"] = [{"after_step": s, "at": round(at, 2), "seconds": round(g, 2)} for g, s, at in gaps if g > max(1.0, 10 * typical)]
     for t, e in events:
         if e.get("type") == "status":
