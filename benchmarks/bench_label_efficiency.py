@@ -306,6 +306,10 @@ def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) ->
     later = {"freeze_encoder_bn": False, "init_from": None, "head_warmup_steps": 0, "class_balance": 0.0, "semi_supervised": False}  # fields added later: left out of the key at their default (cache stays valid)
     spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note") and not (kk in later and v == later[kk])}, "pre": pre_key, "k": k, "seed": seed,
             "steps": a["finetune_steps"], "size": a["image_size"], "encoder": a["encoder"], "curve": a["curve_steps"], "ncurve": a["n_curve"], "v": 2}
+    if init.semi_supervised:  # the recipe's defaults are part of the run (they changed once: fill-between pseudo-labels off)
+        from napari_ssl.train.semi_supervised import SemiSupervisedConfig
+
+        spec["semi"] = asdict(SemiSupervisedConfig())
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
