@@ -306,7 +306,8 @@ def merge(args) -> int:
                 dst = results.setdefault(int(seed), {})
                 for other in dst.values():  # round 0 is shared: the runs must agree on it
                     if abs(other[0]["mean_dice"] - rows[0]["mean_dice"]) > (1e-3 if other[0].get("from_log") else 1e-6):
-                        raise SystemExit(f"seed {seed}: round 0 differs between runs ({other[0]['mean_dice']} vs {rows[0]['mean_dice']}); not comparable")
+                        raise SystemExit(f"seed {seed}: round 0 differs between runs "
+                                         f"({other[0]['mean_dice']} vs {rows[0]['mean_dice']}); not comparable")
                 if name in dst:
                     raise SystemExit(f"strategy {name} appears twice for seed {seed}; rename it (file.json:{strat}=NEW)")
                 dst[name] = rows
@@ -371,7 +372,8 @@ def main(argv=None) -> int:
     def write(complete: bool) -> None:  # after every round, so a run stopped early keeps what it measured
         with open(json_path + ".partial", "w") as f:
             json.dump({"benchmark": "active learning (suggest vs random)", "config": config, "summary": summarize(results, strategies),
-                       "results": {str(k): v for k, v in results.items()}, "elapsed_s": round(time.time() - t0, 1), "complete": complete}, f, indent=1)
+                       "results": {str(k): v for k, v in results.items()}, "elapsed_s": round(time.time() - t0, 1),
+                       "complete": complete}, f, indent=1)
         os.replace(json_path + ".partial", json_path)
 
     try:

@@ -32,7 +32,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -69,6 +69,8 @@ class Init:
     lr: float = 3e-3  # 1e-3 leaves the compact U-Net stuck predicting one hippocampus class in 200 steps (posterior Dice 0)
     augment: bool = True
     init_from: str | None = None  # pretraining starts from this VARIANTS/FINAL_INITS entry's encoder (hierarchical, --init)
+    # issue 11's recipe (train/semi_supervised.py, defaults): the unannotated slices of the labelled volumes as unlabelled data
+    semi_supervised: bool = False
     note: str = ""
 
 
@@ -81,9 +83,13 @@ FINAL_INITS = [
     Init("inpainting", "inpainting", dict(INPAINT), transfer_decoder=True,
          note="context-encoder in-painting, whole U-Net transferred (encoder + decoder)"),
     Init("simclr-position", "simclr", {"pairs": "position"}, pretrain_batch=16,
-         note="SimCLR (joint embedding, batch 16) with positives at the same relative depth of two volumes (Chaitanya et al. 2020); encoder transferred"),
+         note="SimCLR (joint embedding, batch 16) with positives at the same relative depth of two volumes "
+              "(Chaitanya et al. 2020); encoder transferred"),
     Init("position-inpainting", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          note="hierarchical: simclr-position, then in-painting from that encoder (--init); whole U-Net transferred"),
+    Init("semi-supervised", semi_supervised=True,
+         note="random init + issue 11's semi-supervised recipe (SemiSupervisedConfig defaults, fixed on study-completion validation volumes): "
+              "the k labelled slices' volumes, their unannotated slices as unlabelled data (model pseudo-labels)"),
 ]
 
 # Probed variants (--variants): name -> Init. Results land in the JSON's "variants" section.
@@ -105,7 +111,8 @@ VARIANTS = {v.name: v for v in [
     Init("offset-heatmap-lr0.3", "offset-heatmap", {}, pretrain_batch=16, encoder_lr_scale=0.3),
     Init("random-noaug", None, augment=False),
     Init("simclr", "simclr", {}, pretrain_batch=16, note="SimCLR (joint embedding, 2 views of batch 16), encoder transferred"),
-    Init("offset-heatmap", "offset-heatmap", {}, pretrain_batch=16, note="Blendowski offset heatmap (pretext, pairs of batch 16), encoder transferred"),
+    Init("offset-heatmap", "offset-heatmap", {}, pretrain_batch=16,
+         note="Blendowski offset heatmap (pretext, pairs of batch 16), encoder transferred"),
     Init("vicreg-position", "vicreg", {"pairs": "position"}, pretrain_batch=16,
          note="VICReg with positives at the same relative depth of two volumes"),
     Init("position-inpainting-lp25", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
@@ -299,9 +306,15 @@ def run_pretrain(init: Init, a: dict) -> dict:
 
 
 def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) -> str:
-    later = {"freeze_encoder_bn": False, "init_from": None, "head_warmup_steps": 0, "class_balance": 0.0}  # fields added later: left out of the key at their default (cache stays valid)
-    spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note") and not (kk in later and v == later[kk])}, "pre": pre_key, "k": k, "seed": seed,
+    # fields added later: left out of the key at their default (cache stays valid)
+    later = {"freeze_encoder_bn": False, "init_from": None, "head_warmup_steps": 0, "class_balance": 0.0, "semi_supervised": False}
+    spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note") and not (kk in later and v == later[kk])},
+            "pre": pre_key, "k": k, "seed": seed,
             "steps": a["finetune_steps"], "size": a["image_size"], "encoder": a["encoder"], "curve": a["curve_steps"], "ncurve": a["n_curve"], "v": 2}
+    if init.semi_supervised:  # the recipe's defaults are part of the run (they changed once: fill-between pseudo-labels off)
+        from napari_ssl.train.semi_supervised import SemiSupervisedConfig
+
+        spec["semi"] = asdict(SemiSupervisedConfig())
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -346,6 +359,8 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
         img, lab = pool[v]
         mask = np.zeros(lab.shape[0], bool)
         mask[zs] = True
+        if init.semi_supervised:  # the recipe reads the labels' volume (fill between, 3-D components): only the labelled slices may show
+            lab = np.where(mask[:, None, None], lab, 0).astype(lab.dtype)
         vols.append(LabelledVolume(image=img, labels=lab, annotated=mask))
     ds = LabelledSliceDataset(vols, a["image_size"], 1, AugmentConfig() if init.augment else None)
     cfg = FinetuneConfig(images=[], labels=[], out="", encoder_weights=pre_dir, encoder=a["encoder"], transfer_decoder=init.transfer_decoder)
@@ -362,16 +377,24 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
     hook_steps = sorted({s for s in a["curve_steps"] if 0 < s < steps})
     if 0 in a["curve_steps"]:
         hook(0, unet)
-    unet, info = train_unet(unet, ds, steps=steps, batch_size=8, lr=init.lr, loss="dice-ce", encoder_lr_scale=init.encoder_lr_scale,
-                            freeze_encoder_steps=init.freeze_encoder_steps, freeze_encoder_bn=init.freeze_encoder_bn, seed=seed, devices="cpu" if a["device"] == "cpu" else a["device"],
-                            emit=_curve_sink(unet, hook, hook_steps), module_factory=_module_factory(init, ds, len(CLASSES) + 1))
+    kw = dict(batch_size=8, lr=init.lr, loss="dice-ce", encoder_lr_scale=init.encoder_lr_scale, freeze_encoder_steps=init.freeze_encoder_steps,
+              freeze_encoder_bn=init.freeze_encoder_bn, devices="cpu" if a["device"] == "cpu" else a["device"],
+              emit=_curve_sink(unet, hook, hook_steps))
+    if init.semi_supervised:
+        from napari_ssl.train.semi_supervised import SemiSupervisedConfig, train_semi_supervised
+
+        unet, info = train_semi_supervised(unet, vols, image_size=a["image_size"], in_channels=1, steps=steps, cfg=SemiSupervisedConfig(),
+                                           augment=init.augment, seed=seed, **kw)
+    else:
+        unet, info = train_unet(unet, ds, steps=steps, seed=seed, module_factory=_module_factory(init, ds, len(CLASSES) + 1), **kw)
     t_train = time.time() - t0
     unet = unet.cpu()
     final = evaluate(unet, test)
     curve[steps] = evaluate(unet, test, curve_vols)["mean"]
     return {"init": init.name, "k": k, "seed": seed, "dice": final["mean"], "dice_per_class": final["per_class"],
             "curve": {str(s): v for s, v in sorted(curve.items())}, "train_seconds": t_train, "total_seconds": time.time() - t0,
-            "slices": [[int(v), int(z)] for v, z in picks], "source": {kk: v for kk, v in source.items() if not kk.startswith("_")}}
+            "slices": [[int(v), int(z)] for v, z in picks], "source": {kk: v for kk, v in source.items() if not kk.startswith("_")},
+            **({"pseudo_slices": info.get("pseudo_slices")} if init.semi_supervised else {})}
 
 
 # ----------------------------------------------------------------------------- scheduling
@@ -379,7 +402,8 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
 K_PRIORITY = (10, 2, 50, 5, 1, 20)  # order in which k values are run within a seed (partial runs stay informative)
 
 
-def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, cached_only: tuple = (), from_cache: bool = False) -> tuple[list[dict], dict]:
+def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, cached_only: tuple = (),
+            from_cache: bool = False) -> tuple[list[dict], dict]:
     """Pretrain what is needed, fine-tune every (init, k, seed); cached results are reused.
 
     At most --workers jobs run at once; the next job is the one with the highest priority:
@@ -472,7 +496,8 @@ def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, ca
                         for _, init in waiting[pk]:
                             pre_info[init.name] = {"error": f"{type(exc).__name__}: {exc}"}
                         continue
-                    log(f"[{time.time() - t0:6.0f}s] pretrained {init0.method} ({info['key']}): {'cached' if info['cached'] else '%.0f s' % info['seconds']}, loss {info['final_loss']}")
+                    log(f"[{time.time() - t0:6.0f}s] pretrained {init0.method} ({info['key']}): "
+                        f"{'cached' if info['cached'] else '%.0f s' % info['seconds']}, loss {info['final_loss']}")
                     for i, init in waiting[pk]:
                         pre_info[init.name] = info
                         queue_ft(i, init, info)
@@ -481,7 +506,8 @@ def run_all(inits: list[Init], ks: list[int], seeds: list[int], a: dict, log, ca
                 try:
                     r = job.get()
                 except Exception as exc:
-                    log(f"[{time.time() - t0:6.0f}s] fine-tuning {payload[1].name} k={payload[2]} seed={payload[3]} FAILED: {type(exc).__name__}: {exc}")
+                    log(f"[{time.time() - t0:6.0f}s] fine-tuning {payload[1].name} k={payload[2]} seed={payload[3]} "
+                        f"FAILED: {type(exc).__name__}: {exc}")
                     continue
                 r["key"] = key
                 with open(cache_path, "a") as f:
@@ -530,7 +556,8 @@ def summarize(results: list[dict], inits: list[Init], ks: list[int], seeds: list
             row[str(k)] = {
                 "n": len(rs), "mean_dice": float(d.mean()), "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
                 "per_class_mean": pc.mean(0).tolist(), "per_class_sd": (pc.std(0, ddof=1) if len(pc) > 1 else 0 * pc[0]).tolist(),
-                "per_seed": d.tolist(), "steps_to_90pct": s90, "steps_to_90pct_mean": float(np.mean([s for s in s90 if s is not None])) if any(s is not None for s in s90) else None,
+                "per_seed": d.tolist(), "steps_to_90pct": s90,
+                "steps_to_90pct_mean": float(np.mean([s for s in s90 if s is not None])) if any(s is not None for s in s90) else None,
                 "steps_to_random_final": reach,
             }
         table[init.name] = row
@@ -547,7 +574,8 @@ def summarize(results: list[dict], inits: list[Init], ks: list[int], seeds: list
         goal[init.name] = {"gain_vs_random": gains, "gain_ge_0.05_all_k_le_10": bool(small) and all(g >= 0.05 for g in small.values()),
                            "min_gain_k_le_10": min(small.values()) if small else None,
                            "fraction_of_runs_reaching_random_final_within_third": float(np.mean(fast)) if fast else None,
-                           "median_steps_to_random_final": float(np.median([x for x in reach if x is not None])) if any(x is not None for x in reach) else None}
+                           "median_steps_to_random_final": (float(np.median([x for x in reach if x is not None]))
+                                                            if any(x is not None for x in reach) else None)}
     return {"table": table, "goal": goal}
 
 
@@ -613,7 +641,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-curve", type=int, default=6, help="test volumes in the curve subset")
     p.add_argument("--device", default="cpu", help="cpu, gpu, auto")
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes (1 thread each on the CPU)")
-    p.add_argument("--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "napari_ssl_bench", "label_efficiency"), help="cache of pretrained folders and runs")
+    p.add_argument("--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "napari_ssl_bench", "label_efficiency"),
+                   help="cache of pretrained folders and runs")
     p.add_argument("--inits", default=None, help="comma-separated subset of the final inits")
     p.add_argument("--variants", default=None, help="comma-separated VARIANTS to probe (stored in the JSON's variants section); 'list' lists them")
     p.add_argument("--no-baseline", action="store_true", help="with --variants: take random-init runs from the cache only (do not run them)")
@@ -662,7 +691,8 @@ def main(argv=None) -> int:
     section = {
         "command": cmd, "wall_seconds": wall, "load_average": {"start": load_start, "end": os.getloadavg()[0]},
         "cpu_count": os.cpu_count(), "settings": {**a, "ks": ks, "seeds": seeds, "batch_size": 8, "loss": "dice-ce",
-                                                           "pretrain_batch": 32, "split": {"pool": "200 lowest-numbered volumes", "test": "other 60"}},
+                                                           "pretrain_batch": 32,
+                                                           "split": {"pool": "200 lowest-numbered volumes", "test": "other 60"}},
         "inits": [asdict(i) for i in inits], "pretraining": pre_info, **summary,
         "runs": [{kk: v for kk, v in r.items() if kk not in ("slices",)} for r in results],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -674,20 +704,24 @@ def main(argv=None) -> int:
     if args.variants:
         out = prev
         out.setdefault("variants", {})
-        tag = f"{args.variants}|k{','.join(map(str, ks))}|s{len(seeds)}|ft{a['finetune_steps']}|pt{a['pretrain_steps']}|{a['encoder']}|{a['image_size']}"
+        tag = (f"{args.variants}|k{','.join(map(str, ks))}|s{len(seeds)}|ft{a['finetune_steps']}|pt{a['pretrain_steps']}"
+               f"|{a['encoder']}|{a['image_size']}")
         out["variants"][tag] = section
     else:
         stale = ("reading", "timing_note", "final_configuration")   # notes written by hand about an earlier table
         out = {**{k: v for k, v in prev.items() if k not in stale}, **section, "variants": prev.get("variants", {}), "quick": quick}
         plot(summary, results, inits, ks, a["finetune_steps"], OUT_PNG if args.out == OUT_JSON else os.path.splitext(args.out)[0] + ".png",
-             f"{a['encoder']} U-Net, {a['image_size']} px, fine-tune {a['finetune_steps']} steps x 8, pretrain {a['pretrain_steps']} steps; " + (f"summary of cached runs ({len(results)})" if args.from_cache else f"wall {wall / 60:.1f} min"))
+             f"{a['encoder']} U-Net, {a['image_size']} px, fine-tune {a['finetune_steps']} steps x 8, "
+             f"pretrain {a['pretrain_steps']} steps; "
+             + (f"summary of cached runs ({len(results)})" if args.from_cache else f"wall {wall / 60:.1f} min"))
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1, default=float)
     log(f"\nwall {wall:.0f} s -> {args.out}")
     for name, row in summary["table"].items():
         log(f"{name:>26s} " + "  ".join(f"k={k}: {v['mean_dice']:.3f}±{v['sd']:.3f} (s90 {v['steps_to_90pct_mean']})" for k, v in row.items()))
     for name, gl in summary["goal"].items():
-        log(f"{name:>26s} gain k<=10 min {gl['min_gain_k_le_10']}, reach random final within 1/3 steps: {gl['fraction_of_runs_reaching_random_final_within_third']}")
+        log(f"{name:>26s} gain k<=10 min {gl['min_gain_k_le_10']}, "
+            f"reach random final within 1/3 steps: {gl['fraction_of_runs_reaching_random_final_within_third']}")
     return 0
 
 

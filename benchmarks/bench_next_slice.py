@@ -3,7 +3,8 @@
 any model exists (--mode cold), against random and evenly spaced picking. Ground truth plays the annotator.
 
 --mode within: one held-out hippocampus volume at a time. Round 0: one slice (--start: the middle of the structure's
-extent, where an annotator starts, = even's round 0; or a random slice showing it; the same for every strategy); each round adds one slice, 4 rounds. After each round
+extent, where an annotator starts, = even's round 0; or a random slice showing it; the same for every strategy); each round adds one slice,
+4 rounds. After each round
 the study is completed and scored (whole-volume Dice, mean of the anterior / posterior classes):
 
   completion = the product's prediction path with the user's labels (active.respect_annotation: each class between
@@ -273,7 +274,8 @@ def main(argv=None) -> int:
         from bench_next_slice_cold import run_cold
 
         res = run_cold(a)
-    res.update({"command": "nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_next_slice.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    res.update({"command": "nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_next_slice.py "
+                           + " ".join(argv if argv is not None else sys.argv[1:]),
                 "settings": {k: v for k, v in vars(a).items() if k not in ("work_dir", "pretrain_dir")},
                 "wall_seconds": round(time.time() - t0, 1), "load_average": {"start": load0, "end": os.getloadavg()[0]}})
     path = os.path.join(RESULTS, name + ".json")

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 import bench_study_completion as sc
+import numpy as np
 
 
 def evaluate(unet, names, image_size: int) -> float:
@@ -35,8 +34,8 @@ def evaluate(unet, names, image_size: int) -> float:
 
 def run_cold(a) -> dict:
     import torch
-
     from bench_next_slice import split_names, train_model
+
     from napari_ssl.active.cold_start import load_encoder, slice_embeddings, typiclust_picks
 
     torch.set_num_threads(1)
@@ -98,7 +97,8 @@ def summarize_cold(rows: list[dict], strategies: list[str], rounds: int) -> dict
                 continue
             d = D[s] - D[b]
             e[f"paired_diff_vs_{b}"] = {"round0": round(float(d[:, 0].mean()), 4), "round0_per_seed": d[:, 0].round(4).tolist(),
-                                        "mean_rounds_1_4": round(float(d[:, 1:].mean()), 4), "sd_over_seeds_rounds_1_4": round(float(d[:, 1:].mean(1).std()), 4),
+                                        "mean_rounds_1_4": round(float(d[:, 1:].mean()), 4),
+                                        "sd_over_seeds_rounds_1_4": round(float(d[:, 1:].mean(1).std()), 4),
                                         "per_round": d.mean(0).round(4).tolist(), "wins_seed_rounds": f"{int((d > 0).sum())}/{d.size}"}
         out[s] = e
     return out

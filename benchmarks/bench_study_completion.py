@@ -57,7 +57,8 @@ METHODS = {
 VARIANTS = {
     "semi-random-nocc": ("random", {}, False),
     "semi-random-fillonly": ("random", {"rounds": 0}, True),
-    "semi-random-nofill": ("random", {"fill_between": False}, True),
+    "semi-random-nofill": ("random", {"fill_between": False}, True),  # the default since ver 3
+    "semi-random-fill": ("random", {"fill_between": True}, True),  # the default before ver 3 (the first test table)
     "semi-random-2rounds": ("random", {"rounds": 2}, True),
     "semi-random-conf0.8": ("random", {"confidence": 0.8}, True),
     "semi-random-w1": ("random", {"fill_weight": 1.0, "pseudo_weight": 1.0}, True),
@@ -127,7 +128,8 @@ def pretrained_dir(a: dict) -> str:
     """today's best init (position-inpainting), pretrained once with bench_label_efficiency's settings."""
     import bench_label_efficiency as le
 
-    pa = {"image_size": a["image_size"], "encoder": a["encoder"], "device": a["device"], "work_dir": a["pretrain_dir"], "pretrain_steps": a["pretrain_steps"]}
+    pa = {"image_size": a["image_size"], "encoder": a["encoder"], "device": a["device"], "work_dir": a["pretrain_dir"],
+          "pretrain_steps": a["pretrain_steps"]}
     return le.run_pretrain(le._init_named("position-inpainting"), pa)["dir"]
 
 
@@ -185,7 +187,9 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
 
 
 def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
-    d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"], "enc": a["encoder"], "ver": 1 if spec[1] is None else 2}  # save_predictions not in the key
+    # ver 3: the semi-supervised default without fill-between pseudo-labels; save_predictions not in the key
+    d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"],
+         "enc": a["encoder"], "ver": 1 if spec[1] is None else 3}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -228,7 +232,8 @@ def plot(summary: dict, ks: list[int], path: str, title: str) -> None:
         for m, per in summary.items():
             xs = [k for k in ks if str(k) in per]
             ys = [per[str(k)][key] for k in xs]
-            es = [per[str(k)].get(key + "_sd_over_seeds", 0.0) if key == "dice" else per[str(k)].get("dice_unannotated_sd_over_seeds", 0.0) for k in xs]
+            es = [per[str(k)].get(key + "_sd_over_seeds", 0.0) if key == "dice" else per[str(k)].get("dice_unannotated_sd_over_seeds", 0.0)
+                  for k in xs]
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
         if key == "dice":
             ax.plot([1, 2, 3, 5], [0.55, 0.70, 0.80, 0.87], "k--", lw=1, label="goal")
@@ -243,9 +248,51 @@ def plot(summary: dict, ks: list[int], path: str, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def time_default_recipe(name: str, k: int, work_dir: str) -> dict:
-    """Seconds from 'Train' to the prediction with the widget's defaults, through the job the widget runs
-    (train_predict_job: fine-tune with FinetuneConfig's defaults, then predict the study), semi-supervised on vs off."""
+def _stage_times(events: list[tuple[float, dict]], t0: float) -> dict:
+    """Seconds from the click to each stage of the job, from its own events: the first training step, each phase's
+    start (a step-count jump after a pause: the pseudo-labelling pass lies in between), the end of training, the
+    prediction."""
+    out: dict = {}
+    steps = [(t, int(e["step"])) for t, e in events if e.get("type") == "progress"]
+    if steps:
+        out["first_step"] = steps[0][0] - t0
+        out["last_step"] = steps[-1][0] - t0
+        gaps = [(b[0] - a[0], a[1], a[0] - t0) for a, b in zip(steps, steps[1:])]
+        typical = float(np.median([g[0] for g in gaps])) if gaps else 0.0
+        out["seconds_per_step_median"] = typical
+        half = steps[-1][1] // 2  # the recipe's two phases (equal halves); the supervised run: the same split
+        out["seconds_per_step_median_halves"] = [float(np.median([g[0] for g in gaps if (g[1] < half) == first] or [0.0])) for first in (True, False)]
+        out["pauses"] = [{"after_step": s, "at": round(at, 2), "seconds": round(g, 2)} for g, s, at in gaps if g > max(1.0, 10 * typical)]
+    for t, e in events:
+        if e.get("type") == "status":
+            out.setdefault("status", []).append({"at": round(t - t0, 2), "message": str(e.get("message"))[:80]})
+        if e.get("type") in ("trained", "prediction") and e["type"] not in out:
+            out[e["type"]] = t - t0
+    return out
+
+
+WIDGET_STEPS = 300  # the Annotate & Train widget's Steps box default (annotate_widget.py); the CLI's default is 500
+
+
+def _run_as_widget(cfg: dict, folder: str, on_event) -> None:
+    """The widget's Train: the arrays staged to files (jobs.offload_arrays), the job in a spawned child process
+    (train.runner.JobRunner, at this process's priority), until its terminal event."""
+    from napari_ssl.train.jobs import offload_arrays
+    from napari_ssl.train.runner import JobRunner
+
+    job = JobRunner("napari_ssl.train.jobs:train_predict_job", offload_arrays(cfg, os.path.join(folder, "staging")), nice=0).start()
+    res = job.wait(on_event=on_event, interval=0.02)
+    if not res or res.get("type") == "error":
+        raise RuntimeError(f"the job failed: {res}")
+
+
+def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = None, order: str = "supervised,semi",
+                        widget: bool = False) -> dict:
+    """Seconds from 'Train' to the prediction with the defaults, through the job the widget runs
+    (train_predict_job: fine-tune, then predict the study), semi-supervised on vs off, with the seconds to each stage.
+    widget=False: FinetuneConfig's defaults (= the CLI's, 500 steps), in this process; widget=True: the widget's
+    config (300 steps) in a child process as the widget starts it (click -> prediction event, child start-up included).
+    `profile`: a cProfile of each run, in this process (also with widget=True), its top functions written to PROFILE_<run>.txt."""
     import tempfile
 
     from napari_ssl.train.finetune import load_image, load_labels
@@ -256,21 +303,56 @@ def time_default_recipe(name: str, k: int, work_dir: str) -> dict:
     ann = np.zeros(lab.shape[0], bool)
     ann[quantile_slices(lab, k)] = True
     sparse = np.where(ann[:, None, None], lab, 0).astype(np.uint8)
-    out = {}
-    for semi in (False, True):
+    out = {"order": order}
+    for i, run in enumerate(order.split(",")):
+        semi = run == "semi"
+        key = run if run not in out else f"{run}_{i}"
         d = tempfile.mkdtemp(dir=work_dir)
-        got = {}
+        got, events = {}, []
+
+        def on_event(e):
+            events.append((time.time(), e))
+            if e.get("type") == "prediction":
+                got["pred"] = e["labels"]
+
         cfg = {"finetune": {"images": [img], "labels": [sparse.copy()], "out": os.path.join(d, "model"), "semi_supervised": semi,
                             "devices": "cpu", "preview_every_s": 5.0},
                "predict": {"image": img, "out": os.path.join(d, "pred"), "annotated_slices": ann, "labels": sparse,
                            "keep_connected": semi, "fill_between": semi, "n": 5, "device": "cpu"}}
+        if widget:  # what the Annotate & Train widget's build_config sends (its Steps box shows 300; classes, empty slices)
+            cfg["finetune"].update(steps=WIDGET_STEPS, batch_size=8, image_size=None, classes=["anterior", "posterior"], empty_slices=[[]])
+        load0 = os.getloadavg()[0]
+        prof = None
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         t0 = time.time()
-        train_predict_job(cfg, lambda e: got.update(pred=e["labels"]) if e.get("type") == "prediction" else None, None)
+        if widget and not profile:
+            _run_as_widget(cfg, d, on_event)
+        else:
+            train_predict_job(cfg, on_event, None)
         secs = time.time() - t0
+        if prof is not None:
+            import io
+            import pstats
+
+            prof.disable()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(60)
+            with open(f"{profile}_{key}.txt", "w") as f:
+                f.write(buf.getvalue())
         pred = np.load(got["pred"])
-        out["semi" if semi else "supervised"] = {"seconds": secs, **scores(pred, lab, ann)}
-        print(f"default recipe, semi-supervised {semi}: {secs:.1f} s click -> prediction, Dice {out['semi' if semi else 'supervised']['dice']:.3f}", flush=True)
-    return {"volume": name, "k": k, "load_average": os.getloadavg()[0], **out}
+        meta = json.load(open(os.path.join(d, "model", "model.json")))
+        out[key] = {"seconds": secs, **scores(pred, lab, ann), "load_average_start": load0, "load_average_end": os.getloadavg()[0],
+                    "steps": meta["training"]["steps"], "encoder": meta["encoder_name"], "image_size": meta["image_size"],
+                    "stages": _stage_times(events, t0)}
+        print(f"default recipe, semi-supervised {semi}: {secs:.1f} s click -> prediction, Dice {out[key]['dice']:.3f}, "
+              f"load {load0:.2f}, stages {out[key]['stages']}", flush=True)
+    mode = ("widget's config" if widget else "FinetuneConfig defaults") + (" in a child process" if widget and not profile else ", in-process")
+    return {"volume": name, "k": k, "mode": mode,
+            "load_average": os.getloadavg()[0], **out}
 
 
 def ct_overhead(steps: int, image_size: int, work_dir: str) -> dict:
@@ -309,7 +391,8 @@ def ct_overhead(steps: int, image_size: int, work_dir: str) -> dict:
             unet, info = train_semi_supervised(unet, [vol], image_size=image_size, in_channels=1, steps=steps,
                                                cfg=SemiSupervisedConfig(min_fit_dice=0.0), batch_size=8, lr=3e-3, devices="cpu")
         else:
-            unet, info = train_unet(unet, LabelledSliceDataset([vol], image_size, 1, AugmentConfig()), steps=steps, batch_size=8, lr=3e-3, devices="cpu")
+            unet, info = train_unet(unet, LabelledSliceDataset([vol], image_size, 1, AugmentConfig()), steps=steps, batch_size=8, lr=3e-3,
+                                    devices="cpu")
         key = "semi" if semi else "supervised"
         out[key] = {"seconds": time.time() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                     "pseudo_slices": info.get("pseudo_slices")}
@@ -322,7 +405,8 @@ def ct_overhead(steps: int, image_size: int, work_dir: str) -> dict:
 def _write_side_result(path: str, res: dict, argv) -> None:
     """The JSON of a side measurement (--ct-overhead, --time-default), with the command that made it, written atomically."""
     with open(path + ".tmp", "w") as f:
-        json.dump({"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_study_completion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        json.dump({"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_study_completion.py "
+                              + " ".join(argv if argv is not None else sys.argv[1:]),
                    "cpu_count": os.cpu_count(), **res}, f, indent=1)
     os.replace(path + ".tmp", path)
 
@@ -346,9 +430,15 @@ def main(argv=None) -> int:
                    help="where bench_label_efficiency caches its pretrained inits (shared)")
     p.add_argument("--quick", action="store_true", help="3 volumes, 1 seed, 40 steps")
     p.add_argument("--out", default=None)
-    p.add_argument("--time-default", action="store_true", help="only time the default recipe (widget job, k=3, one test volume), semi-supervised on vs off")
+    p.add_argument("--time-default", action="store_true",
+                   help="only time the default recipe (widget job, k=3, one test volume), semi-supervised on vs off")
+    p.add_argument("--profile", default=None, help="with --time-default: cProfile each run, top functions to PROFILE_<run>.txt")
+    p.add_argument("--widget", action="store_true",
+                   help="with --time-default: the widget's config (300 steps) in a child process, as the widget runs it")
+    p.add_argument("--order", default="supervised,semi", help="with --time-default: runs in this order (supervised, semi; repeatable)")
     p.add_argument("--ct-overhead", action="store_true", help="only measure what the semi-supervised terms add on the full-size CT (time, memory)")
-    p.add_argument("--time-limit-min", type=float, default=0, help="stop scheduling trainings after this many minutes and summarise what ran (0: no limit)")
+    p.add_argument("--time-limit-min", type=float, default=0,
+                   help="stop scheduling trainings after this many minutes and summarise what ran (0: no limit)")
     args = p.parse_args(argv)
     if args.quick:
         args.volumes, args.seeds, args.steps = 3, 1, 40
@@ -372,7 +462,7 @@ def main(argv=None) -> int:
         return 0
     if args.time_default:
         _setup_worker()
-        res = time_default_recipe(split_volumes("test", 1)[0], 3, args.work_dir)
+        res = time_default_recipe(split_volumes("test", 1)[0], 3, args.work_dir, args.profile, args.order, args.widget)
         _write_side_result(args.out or os.path.join(RESULTS, "bench_study_completion_timing.json"), res, argv)
         return 0
     t0, load0 = time.time(), os.getloadavg()[0]
@@ -426,8 +516,10 @@ def main(argv=None) -> int:
     summary = summarize(rows, ["fill-between", *methods], ks)
     wall = time.time() - t0
     for m, per in summary.items():
-        print(f"{m:28s} " + "  ".join(f"k={k}: {per[str(k)]['dice']:.3f}±{per[str(k)]['dice_sd_over_seeds']:.3f} (unann {per[str(k)]['dice_unannotated']:.3f})" for k in ks if str(k) in per), flush=True)
-    res = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_study_completion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        print(f"{m:28s} " + "  ".join(f"k={k}: {per[str(k)]['dice']:.3f}±{per[str(k)]['dice_sd_over_seeds']:.3f} "
+                                      f"(unann {per[str(k)]['dice_unannotated']:.3f})" for k in ks if str(k) in per), flush=True)
+    res = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_study_completion.py "
+                      + " ".join(argv if argv is not None else sys.argv[1:]),
            "split": args.split, "volumes": names, "ks": ks, "seeds": args.seeds, "settings": {**a, "batch_size": 8, "workers": args.workers},
            "wall_seconds": wall, "load_average": {"start": load0, "end": os.getloadavg()[0]}, "cpu_count": os.cpu_count(),
            "complete_volumes": sorted(complete), "summary": summary, "goal": {"1": 0.55, "2": 0.70, "3": 0.80, "5": 0.87},

@@ -191,7 +191,8 @@ def _annotated_for(model_classes: int, vol: Volume, labels: Optional[LabelsLike]
     arr = load_labels(labels, vol)
     top = int(arr.max()) if arr.size else 0
     if top > model_classes:
-        raise NapariSSLError(f"label index {top} has no class in the model (it predicts classes 1..{model_classes}); give the label map this model was trained for")
+        raise NapariSSLError(f"label index {top} has no class in the model (it predicts classes 1..{model_classes}); "
+                             "give the label map this model was trained for")
     return sparse_labels.annotated_slices(arr, empty_slices)
 
 

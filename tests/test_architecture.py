@@ -106,7 +106,6 @@ def test_reading_a_scan_does_not_import_torch(dcmqi_dir):
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 EXCEPTIONS: dict[str, str] = {  # "path:function" -> why it is longer
-    "napari_ssl/train/semi_supervised.py:train_semi_supervised": "being split on a branch (issue 15)",
 }
 
 

@@ -16,8 +16,15 @@ from typing import Any, Callable
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
-from ..train.events import Failed, Finished, JobEvent, Progress, Started, as_event
-from ..train.events import Status as StatusEvent  # (napari has a Status of its own: task_status)
+from ..train.events import (
+    Failed,
+    Finished,
+    JobEvent,
+    Progress,
+    Started,
+    Status as StatusEvent,  # (napari has a Status of its own: task_status)
+    as_event,
+)
 from ..train.runner import JobRunner, warm_up_helpers
 
 _JOBS: "weakref.WeakSet[QtJob]" = weakref.WeakSet()

@@ -95,12 +95,14 @@ def load_segmentation_model(model_dir: str, device: str | torch.device = "cpu") 
     except NapariSSLError:
         raise
     except Exception as exc:  # an encoder name smp does not know
-        raise NapariSSLError(f"{model_dir}: cannot build a U-Net with encoder {enc!r} ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise NapariSSLError(f"{model_dir}: cannot build a U-Net with encoder {enc!r} ({why})") from None
     sd, _ = load_weights(model_dir, name="model")
     try:
         unet.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        raise NapariSSLError(f"{model_dir}: weights do not match the {enc} encoder with {ch} channel(s) and {k} classes named in model.json ({str(exc).strip().splitlines()[0][:120]})") from None
+        raise NapariSSLError(f"{model_dir}: weights do not match the {enc} encoder with {ch} channel(s) and {k} classes named in "
+                             f"model.json ({str(exc).strip().splitlines()[0][:120]})") from None
     return unet.to(device).eval(), meta
 
 
@@ -125,7 +127,8 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
     z, h, w = image.shape
     variants = TTA_VARIANTS if tta else TTA_VARIANTS[:1]
     n_mc = int(mc_dropout)
-    passes = [(flip, gamma, 0.0) for flip, gamma in variants] if n_mc == 0 else [(flip, gamma, MC_DROPOUT_P) for flip, gamma in variants for _ in range(n_mc)]
+    passes = ([(flip, gamma, 0.0) for flip, gamma in variants] if n_mc == 0
+              else [(flip, gamma, MC_DROPOUT_P) for flip, gamma in variants for _ in range(n_mc)])
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     probs_sum = None
@@ -176,8 +179,7 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
     `z_range` ([z0, z1)) limit prediction to the crop and slices the structure can occupy (background
     elsewhere); `seeds` (the user's labels) keep only predicted 3-D components touching them. Without `roi`
     a model with ``auto`` settings sees the whole slice at its own resolution."""
-    from ..data.normalize import normalize
-    from ..data.normalize import resolve_normalization
+    from ..data.normalize import normalize, resolve_normalization
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     unet, meta = loaded if loaded is not None else load_segmentation_model(model_dir, dev)

@@ -19,7 +19,8 @@ def fill_inside(out: np.ndarray, labels: np.ndarray, annotated: np.ndarray) -> n
     (ITK morphological contour interpolation of the user's slices); beyond them, from the model."""
     from .fill_between import fill_between_slices
 
-    held = annotated[:, None] & (labels.reshape(labels.shape[0], -1)[:, None, :] == np.arange(1, int(labels.max(initial=0)) + 1)[None, :, None]).any(2)
+    classes = np.arange(1, int(labels.max(initial=0)) + 1)
+    held = annotated[:, None] & (labels.reshape(labels.shape[0], -1)[:, None, :] == classes[None, :, None]).any(2)
     ranges = {c + 1: (int(np.flatnonzero(held[:, c])[0]), int(np.flatnonzero(held[:, c])[-1])) for c in range(held.shape[1]) if held[:, c].sum() >= 2}
     if not ranges:
         return out

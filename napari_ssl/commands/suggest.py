@@ -28,7 +28,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-tta", action="store_true", help="single-pass uncertainty (faster, less informative)")
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="N Monte-Carlo dropout passes (per TTA variant)")
     p.add_argument("--device", help='"cpu" or "cuda" (default: cuda when available)')
-    p.add_argument("--json", action="store_true", help="print JSON: {\"suggestions\": [{rank, slice, score, reason[, uncertainty, min_distance, volume, image]}]}")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: {\"suggestions\": [{rank, slice, score, reason[, uncertainty, min_distance, volume, image]}]}")
 
 
 def run(args) -> int:

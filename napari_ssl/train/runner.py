@@ -30,12 +30,10 @@ import os
 import queue as queue_mod
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
+from concurrent.futures import Future, ThreadPoolExecutor, wait as wait_futures
 from typing import Any, Callable
 
-from .runner_child import (TERMINAL, _child_main, _main_not_reimported, _one_line,  # noqa: F401 (re-exported)
-                           describe_exit, resolve_target, target_path)
+from .runner_child import TERMINAL, _child_main, _main_not_reimported, _one_line, describe_exit, resolve_target, target_path  # noqa: F401 (re-exported)
 
 _CTX = mp.get_context("spawn")
 _LIVE: "set[JobRunner]" = set()  # started and not finished: stopped cleanly when this process exits

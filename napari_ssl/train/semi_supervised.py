@@ -4,8 +4,11 @@ volumes) take part in training through pseudo-labels that live only inside one t
 The recipe (``SemiSupervisedConfig``), chosen on validation volumes of the hippocampus pool
 (benchmarks/bench_study_completion.py, benchmarks/RESULTS.md):
 
-1. **Fill between slices as soft pseudo-labels**: between the outermost annotated slices of a volume, the
-   ITK morphological contour interpolation of the user's slices is a lower-weighted target.
+1. **Fill between slices as soft pseudo-labels** (``fill_between``, off by default): between the outermost
+   annotated slices of a volume, the ITK morphological contour interpolation of the user's slices as a
+   lower-weighted target. On 12 validation volumes (k=2/3/5, benchmarks/RESULTS.md) the recipe without it
+   scored higher (+0.02/+0.08/+0.03 Dice), and it put the interpolation worker's start (ITK's import, 10-20 s
+   on a loaded 2-core CPU) before the first training step; the prediction still fills between slices (3.).
 2. **Self-training grown from the user's slices** (Sli2Vol-style): after each phase the model predicts the
    unannotated slices nearest to the annotated ones (a bounded number per volume, so a 300-slice CT costs
    no more than a 35-slice crop); confident pixels (max probability >= ``confidence``) become targets,
@@ -32,21 +35,19 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume, augment_pair, fit_to_size, slice_stack, unfit_from_size
 from ..data.components import keep_touching
-from .seg_module import SegmentationModule, segmentation_loss
+from ..data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume, augment_pair, fit_to_size, slice_stack, unfit_from_size
+from .semi_supervised_loss import IGNORE, SemiSupervisedModule
 
 log = logging.getLogger(__name__)
 
-IGNORE = 255  # target value of pixels a pseudo-label does not decide
 
 
 @dataclass
 class SemiSupervisedConfig:
     enabled: bool = True
-    fill_between: bool = True  # interpolated masks between annotated slices as pseudo-labels
+    fill_between: bool = False  # interpolated masks between annotated slices as pseudo-labels (off: chosen on validation volumes)
     fill_weight: float = 0.5
     rounds: int = 1  # self-training rounds (each adds a training phase after a pseudo-labelling pass)
     confidence: float = 0.9
@@ -163,7 +164,8 @@ def predict_slices(unet: torch.nn.Module, image: np.ndarray, zs: Sequence[int], 
     return np.concatenate(out) if out else np.zeros((0, 1, h, w), np.float32)
 
 
-def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_channels: int, cfg: SemiSupervisedConfig) -> Optional[dict[int, np.ndarray]]:
+def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_channels: int,
+                 cfg: SemiSupervisedConfig) -> Optional[dict[int, np.ndarray]]:
     """Confident model pseudo-labels ({slice: labels with IGNORE}) for slices `zs` of an annotated volume;
     None when the model does not yet reproduce the volume's annotated slices (gate)."""
     if not zs:
@@ -201,7 +203,8 @@ def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_c
     return out
 
 
-def unlabelled_pseudo(unet, image: np.ndarray, image_size: int, in_channels: int, cfg: SemiSupervisedConfig, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+def unlabelled_pseudo(unet, image: np.ndarray, image_size: int, in_channels: int, cfg: SemiSupervisedConfig,
+                      rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
     n = image.shape[0]
     m = min(n, cfg.max_unlabelled_slices)
     if m <= 0:
@@ -263,59 +266,60 @@ class MixedSlices(torch.utils.data.Dataset):
         return self.pseudo[j % len(self.pseudo)]
 
 
-# ----------------------------------------------------------------------------- loss
-
-def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Soft Dice over foreground classes present, on pixels whose target is not IGNORE."""
-    valid = (target != IGNORE).unsqueeze(1).to(logits.dtype)
-    probs = logits.softmax(1) * valid
-    k = logits.shape[1]
-    onehot = F.one_hot(target.clamp(max=k - 1) * (target != IGNORE), k).permute(0, 3, 1, 2).to(probs.dtype) * valid
-    dims = (0, 2, 3)
-    inter = (probs * onehot).sum(dims)
-    card = probs.sum(dims) + onehot.sum(dims)
-    present = onehot.sum(dims) > 0
-    present[0] = False
-    if not bool(present.any()):
-        return logits.sum() * 0
-    return (1 - (2 * inter + eps) / (card + eps))[present].mean()
-
-
-def semi_supervised_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "dice-ce",
-                         class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The plain loss on the user's slices (weight 1) + weight-scaled CE and masked Dice on pseudo-labelled ones."""
-    user = weight >= 1.0
-    total = logits.sum() * 0
-    if bool(user.any()):
-        total = total + segmentation_loss(logits[user], target[user], kind, class_weights)
-    pseudo = ~user
-    if bool(pseudo.any()):
-        lp, tp, wp = logits[pseudo], target[pseudo], weight[pseudo].to(logits.dtype)
-        cw = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
-        ce = F.cross_entropy(lp, tp, weight=cw, ignore_index=IGNORE, reduction="none")  # (n, H, W), 0 at ignored
-        valid = (tp != IGNORE).to(logits.dtype)
-        ce = (ce.sum((1, 2)) / valid.sum((1, 2)).clamp(min=1) * wp).mean()
-        total = total + ce + wp.mean() * masked_soft_dice(lp, tp)
-    return total
-
-
-class SemiSupervisedModule(SegmentationModule):
-    def training_step(self, batch, batch_idx):
-        logits = self.unet(batch["image"])
-        loss = semi_supervised_loss(logits, batch["target"], batch["weight"], self.loss_kind, self.class_weights)
-        self.last_loss = float(loss.detach())
-        self.log("loss", loss, prog_bar=False, on_step=True, batch_size=batch["image"].shape[0])
-        return loss
-
-
 # ----------------------------------------------------------------------------- training
+
+def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_size: int) -> list[tuple]:
+    """(image, slice, target, weight) of the fill-between pseudo-labels of every volume (phase 0 on)."""
+    items: list = []
+    if cfg.fill_between and cfg.fill_weight > 0:
+        for vol in volumes:
+            for z, t in fill_between_pseudo(vol, cfg.max_pseudo_slices, image_size).items():
+                items.append((vol.image, z, t, cfg.fill_weight))
+    return items
+
+
+def _model_items(unet, volumes: list[LabelledVolume], fill_zs: list[set], unlabelled: Sequence[np.ndarray], image_size: int,
+                 in_channels: int, cfg: SemiSupervisedConfig, rng: np.random.Generator) -> list[tuple]:
+    """(image, slice, target, weight) of one pseudo-labelling pass with the current model: the annotated volumes'
+    slices nearest to the annotated ones (not those fill between covers), then the unlabelled volumes once the
+    model fits every annotated volume (the gate of ``model_pseudo``)."""
+    items: list = []
+    fits = True
+    for vol, fz in zip(volumes, fill_zs):
+        zs = [z for z in nearest_unannotated(vol.annotated, cfg.max_pseudo_slices + len(fz)) if z not in fz][:cfg.max_pseudo_slices]
+        got = model_pseudo(unet, vol, zs, image_size, in_channels, cfg)
+        fits = fits and got is not None
+        for z, t in (got or {}).items():
+            items.append((vol.image, z, t, cfg.pseudo_weight))
+    for image in (unlabelled if fits else ()):
+        for z, t in unlabelled_pseudo(unet, image, image_size, in_channels, cfg, rng):
+            items.append((image, z, t, cfg.pseudo_weight))
+    return items
+
+
+def _phase_kw(train_kw: dict, emit: Callable[[dict], None], offset: int, steps: int) -> dict:
+    """train_unet keywords for the phase that starts at step `offset`: one step count and one total across the
+    phases in the events (one 'started'; a sink that acts at given steps sees the steps of the whole run)."""
+    def phase_emit(e):
+        e = dict(e)
+        if "step" in e:
+            e["step"] = int(e["step"]) + offset
+        if "total_steps" in e:
+            e["total_steps"] = int(steps)
+        if e.get("type") == "started" and offset > 0:
+            return
+        emit(e)
+
+    return dict(train_kw, emit=phase_emit)
+
 
 def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image_size: int, in_channels: int, steps: int,
                           cfg: Optional[SemiSupervisedConfig] = None, unlabelled: Sequence[np.ndarray] = (), augment: bool = True,
                           emit: Callable[[dict], None] = lambda e: None, seed: int = 0, **train_kw) -> tuple[torch.nn.Module, dict]:
     """Fine-tune `unet` for `steps` steps in all, split evenly over 1 + cfg.rounds phases: phase 0 on the user's
     slices (+ fill-between pseudo-labels), each later phase after a pseudo-labelling pass with the current model.
-    ``train_kw`` goes to :func:`napari_ssl.train.loop.train_unet` (lr, batch_size, loss, devices, ...)."""
+    ``train_kw`` goes to :func:`napari_ssl.train.loop.train_unet` (lr, batch_size, loss, devices, ...);
+    the events' steps count across the phases."""
     from .loop import train_unet
 
     cfg = cfg or SemiSupervisedConfig()
@@ -323,51 +327,23 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
     labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
     phases = 1 + max(0, int(cfg.rounds))
     bounds = np.linspace(0, steps, phases + 1).round().astype(int)
-    fill_items: list = []
-    if cfg.fill_between and cfg.fill_weight > 0:
-        for vol in volumes:
-            for z, t in fill_between_pseudo(vol, cfg.max_pseudo_slices, image_size).items():
-                fill_items.append((vol.image, z, t, cfg.fill_weight))
+    fill_items = _fill_items(volumes, cfg, image_size)
     fill_zs = [{z for (img, z, _, _) in fill_items if img is vol.image} for vol in volumes]
     rng = np.random.default_rng(seed)
     info: dict = {"phases": [], "pseudo_slices": []}
     model_items: list = []
     total_steps = 0
-    user_emit = emit
-
     for p in range(phases):
         n = int(bounds[p + 1] - bounds[p])
         if p > 0:
-            model_items = []
-            fits = True
-            for vol, fz in zip(volumes, fill_zs):
-                zs = [z for z in nearest_unannotated(vol.annotated, cfg.max_pseudo_slices + len(fz)) if z not in fz][:cfg.max_pseudo_slices]
-                got = model_pseudo(unet, vol, zs, image_size, in_channels, cfg)
-                fits = fits and got is not None
-                for z, t in (got or {}).items():
-                    model_items.append((vol.image, z, t, cfg.pseudo_weight))
-            for image in (unlabelled if fits else ()):  # other volumes only once the model fits every annotated one
-                for z, t in unlabelled_pseudo(unet, image, image_size, in_channels, cfg, rng):
-                    model_items.append((image, z, t, cfg.pseudo_weight))
+            model_items = _model_items(unet, volumes, fill_zs, unlabelled, image_size, in_channels, cfg, rng)
         items = fill_items + model_items
         info["pseudo_slices"].append(len(items))
         if n <= 0:
             continue
         ds = MixedSlices(labelled, PseudoSlices(items, image_size, in_channels, aug), cfg.labelled_fraction)
-        offset = total_steps
-
-        def phase_emit(e, offset=offset):  # one step count and one total across the phases
-            e = dict(e)
-            if "step" in e:
-                e["step"] = int(e["step"]) + offset
-            if "total_steps" in e:
-                e["total_steps"] = int(steps)
-            if e.get("type") == "started" and offset > 0:
-                return
-            user_emit(e)
-
-        unet, ph = train_unet(unet, ds, steps=n, seed=seed + p, emit=phase_emit,
-                              module_factory=SemiSupervisedModule, **train_kw)
+        unet, ph = train_unet(unet, ds, steps=n, seed=seed + p, module_factory=SemiSupervisedModule,
+                              **_phase_kw(train_kw, emit, total_steps, steps))
         total_steps += ph["steps"]
         info["phases"].append(ph)
         if ph.get("stopped"):

@@ -33,8 +33,17 @@ from .annotate_training import TrainingMixin
 from .class_table import ClassTable
 from .common import LayerCombo, form_layout, image_layers, layer_volume
 from .job_dock import JobDockWidget
-from .layer_meta import (ANNOTATION_SUFFIX, FILL_BETWEEN_SUFFIX, PREDICTION_SUFFIX, UNCERTAINTY_SUFFIX,  # noqa: F401 - re-exported
-                         apply_classes, class_colormap, labels_metadata, read_state, store_state)
+from .layer_meta import (  # noqa: F401 - re-exported
+    ANNOTATION_SUFFIX,
+    FILL_BETWEEN_SUFFIX,
+    PREDICTION_SUFFIX,
+    UNCERTAINTY_SUFFIX,
+    apply_classes,
+    class_colormap,
+    labels_metadata,
+    read_state,
+    store_state,
+)
 from .loss_plot import LossPlot
 from .review_panel import ReviewPanel
 from .train_controls import TrainControls
