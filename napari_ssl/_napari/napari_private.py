@@ -36,12 +36,12 @@ def insert_keeping_selection(layers, index: int, layer) -> None:
 
 def register_task(window, label: str, cancel: Callable[[], bool]) -> Optional[object]:
     """Register a running job with napari's task registry; its id, or None where there is no registry."""
-    register = getattr(window, "_register_task_status", None)
-    if register is None:
-        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            register = getattr(window, "_register_task_status", None)
+            if register is None:
+                return None
             from napari.utils.task_status import Status
 
             return register("napari-ssl", Status.BUSY, label, cancel_callback=cancel)
