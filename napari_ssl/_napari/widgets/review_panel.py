@@ -15,7 +15,8 @@ class ReviewPanel(QGroupBox):
     def __init__(self, parent: QWidget | None = None):
         super().__init__("4. Review", parent)
         self.suggest_list = QListWidget()
-        self.suggest_list.setMaximumHeight(100)
+        self.suggest_list.setMaximumHeight(150)
+        self.suggest_list.setWordWrap(True)  # the reason is a sentence: wrapped, not cut off at the panel's edge
         self.suggest_list.itemDoubleClicked.connect(lambda item: self.slice_chosen.emit(int(item.data(Qt.UserRole))))
         self.next_button = QPushButton("Next slice")
         self.next_button.setToolTip(NEXT_SLICE_NOTE)
@@ -34,7 +35,8 @@ class ReviewPanel(QGroupBox):
         self.suggest_list.clear()
         for s in suggestions:
             score = s.get("uncertainty", s.get("score", 0))
-            item = QListWidgetItem(f"slice {s['slice']}  ({s.get('reason') or 'uncertainty'}; score {score:.3f})")
+            item = QListWidgetItem(f"slice {s['slice']}: {s.get('reason') or 'uncertainty'} (score {score:.3f})")
+            item.setToolTip(item.text())
             item.setData(Qt.UserRole, int(s["slice"]))
             self.suggest_list.addItem(item)
 
