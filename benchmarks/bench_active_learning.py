@@ -265,14 +265,9 @@ def plot(summary: dict, path: str, title: str, results: dict | None = None) -> N
     axes[0].set_title("mean Dice over 60 test volumes (thin: one seed)", fontsize=9)
     axes[1].set_title("paired Dice difference to random (points: seeds)", fontsize=9)
     axes[2].set_title("Dice per class (mean over seeds with per-class results)", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("annotated slices")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from plot_common import finish_figure
+
+    finish_figure(fig, axes, "annotated slices", title, path)
 
 
 def merge(args) -> int:

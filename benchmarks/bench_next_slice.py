@@ -251,14 +251,9 @@ def plot(res: dict, path: str, title: str) -> None:
     axes[1].axhline(0.03, color="gray", lw=0.8, ls=":")
     axes[0].set_title("mean Dice (error bars: sd over seeds)", fontsize=9)
     axes[1].set_title("paired difference (same seed, same volumes); dotted: goal +0.03", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("round (0: start)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from plot_common import finish_figure
+
+    finish_figure(fig, axes, "round (0: start)", title, path)
 
 
 def main(argv=None) -> int:
