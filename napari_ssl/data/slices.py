@@ -260,10 +260,6 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
             yield batch.tolist()
 
 
-def batches_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
-    return max(1, n // (batch_size * world_size))
-
-
 def describe_volumes(volumes: Sequence[PreparedVolume], used: SliceDataset | None = None) -> dict:
     """Data summary for model.json: counts, modalities, shape and spacing ranges; no paths or identifiers."""
     shapes = np.asarray([v.array.shape for v in volumes]) if volumes else np.zeros((0, 3), int)

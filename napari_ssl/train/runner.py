@@ -300,10 +300,6 @@ class JobRunner:
             pass
 
 
-def live_runners() -> list[JobRunner]:
-    return list(_LIVE)
-
-
 def stop_all(grace_s: float = 15.0) -> None:
     """Stop every running job of this process (each saves its weights), then make sure each child is gone."""
     runners = list(_LIVE)
