@@ -149,26 +149,17 @@ def test_bad_rtstructs_give_one_line_errors(cervical, tmp_path, dcmqi_dir):
         read_rtstruct_labels(lone / "cut.dcm", source=cervical / "CT_images")
     assert "\n" not in str(exc.value)
 
-    # a contour far outside the image (1 m above the last slice), and one off to the side
-    def shift_up(ds):
-        c = ds.ROIContourSequence[0].ContourSequence[0]
-        pts = np.array(c.ContourData, float).reshape(-1, 3)
-        pts[:, 2] += 1000
-        c.ContourData = [f"{v:.4f}" for v in pts.ravel()]
+    # a contour far outside the image: 1 m above the last slice (axis 2), and 2 m off to the side (axis 0)
+    for axis, mm in ((2, 1000), (0, 2000)):
+        def shift(ds, axis=axis, mm=mm):
+            c = ds.ROIContourSequence[0].ContourSequence[0]
+            pts = np.array(c.ContourData, float).reshape(-1, 3)
+            pts[:, axis] += mm
+            c.ContourData = [f"{v:.4f}" for v in pts.ravel()]
 
-    p = _copy_rt(cervical, tmp_path / "a", shift_up)
-    with pytest.raises(NapariSSLError, match="ROI 'liver': a contour lies outside the image"):
-        read_rtstruct_labels(p)
-
-    def shift_side(ds):
-        c = ds.ROIContourSequence[0].ContourSequence[0]
-        pts = np.array(c.ContourData, float).reshape(-1, 3)
-        pts[:, 0] += 2000
-        c.ContourData = [f"{v:.4f}" for v in pts.ravel()]
-
-    p = _copy_rt(cervical, tmp_path / "b", shift_side)
-    with pytest.raises(NapariSSLError, match="ROI 'liver': a contour lies outside the image"):
-        read_rtstruct_labels(p)
+        p = _copy_rt(cervical, tmp_path / f"shift{axis}", shift)
+        with pytest.raises(NapariSSLError, match="ROI 'liver': a contour lies outside the image"):
+            read_rtstruct_labels(p)
 
 
 def test_finetune_labels_and_cli_exports_accept_an_rtstruct(cervical, tmp_path, loaded, capsys):
