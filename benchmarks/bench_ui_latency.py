@@ -28,6 +28,7 @@ and .png, prints a summary.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -225,8 +226,15 @@ def pump_until(app, cond, timeout: float, what: str) -> None:
         time.sleep(0.005)
 
 
+def _scratch_home(prefix: str) -> str:
+    """A throw-away NAPARI_SSL_HOME (runs and staged arrays, about 0.5 GB for the CT), removed at exit."""
+    home = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, home, True)
+    return home
+
+
 def run(args) -> dict:
-    os.environ["NAPARI_SSL_HOME"] = tempfile.mkdtemp(prefix="napari-ssl-bench-ui-")
+    os.environ["NAPARI_SSL_HOME"] = _scratch_home("napari-ssl-bench-ui-")
     import napari
     import numpy as np
     import torch
@@ -426,7 +434,7 @@ def run_ct(args) -> dict:
 
     Then, in the same run, the baseline: the former way results arrived (np.load of both arrays, float32
     uncertainty, add_labels + add_image, all in one turn of the event loop), timed as one block."""
-    os.environ["NAPARI_SSL_HOME"] = tempfile.mkdtemp(prefix="napari-ssl-bench-ui-ct-")
+    os.environ["NAPARI_SSL_HOME"] = _scratch_home("napari-ssl-bench-ui-ct-")
     import napari
     import numpy as np
     import torch

@@ -12,7 +12,9 @@ $NAPARI_SSL_HOME, never the user's.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +32,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     home = tempfile.mkdtemp(prefix="napari-ssl-shots-")
+    atexit.register(shutil.rmtree, home, True)  # runs and exports of the session shown: about 0.3 GB
     os.environ["NAPARI_SSL_HOME"] = home
     os.environ.setdefault("NAPARI_SSL_THREADS", "1")
 
