@@ -137,7 +137,11 @@ class Probe:
         """Stacks of every thread, taken by faulthandler's C watchdog when the event loop has not ticked for
         threshold_s: unlike :meth:`watch_stalls` (a Python thread, which needs the GIL), it also names the
         Python line that called a long C function holding the GIL. Each record: when the stall ended
-        (seconds into the window), how long it lasted, and the dump taken during it."""
+        (seconds into the window), how long it lasted, and the dump taken during it.
+
+        Diagnosis only (``--native-dumps``): faulthandler reads the other threads' frames while they run, and
+        that crashed the process (SIGSEGV in ``_PyCode_InitAddressRange`` from ``faulthandler_thread``, seen in
+        core dumps) in about a third of the runs."""
         import faulthandler
 
         self._fh = tempfile.TemporaryFile(mode="w+")
@@ -457,7 +461,7 @@ def run_ct(args) -> dict:
     widget.image_combo.select(image.name)
     probe = Probe()
     stalls = probe.watch_stalls()
-    native_stalls = probe.dump_native_stalls()
+    native_stalls = probe.dump_native_stalls() if args.native_dumps else []
     t_open_settle = time.perf_counter() + 2
     pump_until(app, lambda: time.perf_counter() >= t_open_settle, 30, "the viewer to settle")
     # the click on "Create labels layer" (the result layers are made, hidden, in the turns after it): measured
@@ -710,6 +714,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ct-steps", type=int, default=40, help="ct: fine-tuning steps (default 40)")
     ap.add_argument("--ct-image-size", type=int, default=0, help="ct: image size (default: the widget's)")
     ap.add_argument("--ct-timeout", type=float, default=1200.0)
+    ap.add_argument("--native-dumps", action="store_true", help="ct: faulthandler dump of every thread at 0.3 s into "
+                    "each stall (diagnosis; can crash the run, see Probe.dump_native_stalls)")
     ap.add_argument("--profile", action="store_true", help="ct: cProfile the GUI thread over the window (diagnosis; "
                     "slows it down) and write the top calls into the JSON")
     args = ap.parse_args(argv)

@@ -93,3 +93,25 @@ def test_a_failed_training_leaves_the_result_layers_waiting(make_napari_viewer, 
     export = dock(viewer, "Export")
     offered = [export.labels_combo.itemText(i) for i in range(export.labels_combo.count())]
     assert labels.name in offered and not any(t.endswith(result_layers.WAITING_SUFFIX) for t in offered), offered
+
+
+def test_dock_changes_do_not_relayout_the_window(make_napari_viewer):
+    """Status text that wraps to more lines, the progress bar and the settings note appearing stay inside the dock
+    (its scroll area): napari's canvas keeps its size, so the window (OpenGL canvas included) is not re-laid out
+    and repainted at the Train click or with each progress step."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "hippocampus_mr")
+    widget = dock(viewer, "Annotate & Train")
+    canvas = viewer.window._qt_viewer.canvas.native
+    wait_until(lambda: canvas.isVisible() and canvas.width() > 0, 30, "the canvas to show")
+    for _ in range(5):
+        wait_until(lambda: True, 0.05, "")
+    before = (canvas.width(), canvas.height())
+    widget.status.setText("Training the model on 3 annotated slices; " * 12)
+    widget.controls.set_bar(3, 300, "training: %p%")
+    widget.show_settings_note("These settings will be slow on this machine: " * 6)
+    wait_until(lambda: widget.progress_bar.isVisible(), 10, "the progress bar")
+    for _ in range(10):
+        wait_until(lambda: True, 0.05, "")
+    assert (canvas.width(), canvas.height()) == before
+    assert widget.status.height() > 3 * widget.status.fontMetrics().height()  # the text did wrap (the test means it)

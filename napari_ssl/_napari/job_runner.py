@@ -87,9 +87,10 @@ class QtJob(QObject):
 
     def __init__(self, target: str | Callable, config: Any, *, label: str, viewer=None,
                  interval_ms: int = 50, stop_grace_s: float = 60.0, nice: int | None = None,
-                 parent: QObject | None = None):
+                 activity: bool = True, parent: QObject | None = None):
         super().__init__(parent)
         self.label = label
+        self.activity = activity  # a progress bar in napari's activity dock too (cancel there stops the job)
         self.runner = JobRunner(target, config, label=label, stop_grace_s=stop_grace_s,
                                 nice=default_nice() if nice is None else int(nice), reap_in_thread=True)
         self._viewer = weakref.ref(viewer) if viewer is not None else None
@@ -116,7 +117,7 @@ class QtJob(QObject):
             app.aboutToQuit.connect(_stop_all_on_quit)
             _HOOKED_QUIT = True
         # each its own event-loop turn after the click's (napari's activity dock builds a progress bar widget)
-        QTimer.singleShot(0, self._open_progress)
+        QTimer.singleShot(0, self._open_progress if self.activity else calm_activity_spinner)
         QTimer.singleShot(0, self._register_with_window)
         self._timer.start()
         return self

@@ -114,11 +114,11 @@ class TrainingMixin:
         self.plot.add_loss(ev)
 
     def _on_progress(self, ev: Progress) -> None:
-        if self.stop_requested:
+        total, step = ev.total_steps, int(ev.step or 0)
+        if self.stop_requested or not self.progress_due(step, total):
             return
         from ...progress_text import step_text
 
-        total, step = ev.total_steps, int(ev.step or 0)
         what = f"Training the model on {getattr(self, '_n_train_slices', 0)} annotated slices"
         self.status.setText(step_text(what, step, total, self.job.seconds_left) + "; then the whole image is predicted.")
         if total:

@@ -55,6 +55,10 @@ _REVIEW = ("suggest_list", "next_button", "accept_button")
 
 
 class AnnotateTrainWidget(ResultLayersMixin, TrainingMixin, JobDockWidget):
+    # its own progress bar, time left and Stop button are in the dock; napari's activity dock builds a progress
+    # widget per job (100-230 ms of the event loop at each Train with software OpenGL)
+    ACTIVITY_PROGRESS = False
+
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(napari_viewer, parent)
         self.labels_layer = None
@@ -85,7 +89,7 @@ class AnnotateTrainWidget(ResultLayersMixin, TrainingMixin, JobDockWidget):
                 setattr(self, name, getattr(panel, name))
         self.plot = LossPlot("fine-tuning loss")
         self.plot.setMinimumHeight(110)
-        lay = QVBoxLayout(self)
+        lay = self.content_layout()
         for w in (self._setup_box(), self._annotate_box(), self.controls, self.review, self.status, self.plot):
             lay.addWidget(w)
         lay.addStretch(1)

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QSize, QTimer
-from qtpy.QtWidgets import QComboBox, QDockWidget, QFormLayout, QSpinBox, QWidget
+from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtWidgets import QComboBox, QDockWidget, QFormLayout, QFrame, QScrollArea, QSpinBox, QStyle, QVBoxLayout, QWidget
 
 from ...io.nifti import is_itk_image_path
 
@@ -104,15 +104,43 @@ def form_layout(*rows) -> QFormLayout:
 
 
 class DockWidgetBase(QWidget):
-    """What the three dock widgets share: a sensible preferred width, and a tab title that shows '&'.
+    """What the three dock widgets share: contents in a scroll area, a sensible preferred width, and a tab
+    title that shows '&'.
+
+    The scroll area keeps the dock's changes to itself: a status line that wraps to one more line, or a
+    progress bar appearing, otherwise re-lays out napari's main window, and the whole window (its
+    OpenGL canvas included) is repainted: 50-150 ms each with software OpenGL, measured by
+    benchmarks/bench_ui_latency.py --scenario ct at the Train click. It also lets a tall dock fit a small screen.
 
     Qt reads '&' in a tab label as a keyboard mnemonic, so the docked tab of "Annotate & Train"
     would read "Annotate _Train"; the dock's window title (which only the tab bar uses; napari's
     own title bar shows the name) is escaped once the widget is docked.
     """
 
+    _content: QWidget | None = None
+
+    def content_layout(self) -> QVBoxLayout:
+        """The layout to put the widget's contents in (inside the scroll area)."""
+        area = QScrollArea(self)
+        area.setWidgetResizable(True)
+        area.setFrameShape(QFrame.NoFrame)
+        area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self._content = QWidget()
+        area.setWidget(self._content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(area)
+        return QVBoxLayout(self._content)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+        """As wide as the contents need (the scroll area itself would allow any width), any height (it scrolls)."""
+        if self._content is None:
+            return super().minimumSizeHint()
+        scrollbar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        return QSize(self._content.minimumSizeHint().width() + scrollbar, 120)
+
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
-        hint = super().sizeHint()
+        hint = self._content.sizeHint() if self._content is not None else super().sizeHint()
         return QSize(max(DOCK_WIDTH, self.minimumSizeHint().width()), hint.height())
 
     def showEvent(self, event) -> None:  # noqa: N802

@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -78,7 +77,7 @@ class ExportWidget(JobDockWidget):
         self.export_button = QPushButton("Export")
         self.export_button.clicked.connect(self.export)
 
-        lay = QVBoxLayout(self)
+        lay = self.content_layout()
         lay.addLayout(self._form())
         seg_help = QLabel("Segments (names editable; the code follows the name or the chosen structure):")
         seg_help.setWordWrap(True)

@@ -109,7 +109,7 @@ class PretrainWidget(JobDockWidget):
         runs_box = QGroupBox("Pretraining runs")
         QVBoxLayout(runs_box).addWidget(self.runs)
 
-        lay = QVBoxLayout(self)
+        lay = self.content_layout()
         lay.addWidget(data_box)
         lay.addLayout(form)
         lay.addWidget(self.start_button)
@@ -278,7 +278,7 @@ class PretrainWidget(JobDockWidget):
         self.plot.add_loss(ev)
 
     def _on_progress(self, ev: Progress) -> None:
-        if not self.stop_requested:
+        if not self.stop_requested and self.progress_due(int(ev.step or 0), ev.total_steps):
             from ...progress_text import step_text
 
             self.status.setText(step_text("Pretraining the encoder", int(ev.step or 0), ev.total_steps, self.job.seconds_left) +

@@ -94,7 +94,15 @@ class TrainControls(QGroupBox):
         self.settings_note.setVisible(bool(text))
 
     def set_bar(self, value: int, total: int, fmt: str) -> None:
-        self.progress_bar.setRange(0, max(0, total))
-        self.progress_bar.setValue(min(value, total) if total else 0)
-        self.progress_bar.setFormat(fmt)
-        self.progress_bar.setVisible(True)
+        bar = self.progress_bar
+        # QProgressBar repaints at once (not at the next paint) on a new range or value: 15-20 ms each with
+        # software OpenGL; with updates off meanwhile, it is one ordinary repaint when they come back on
+        bar.setUpdatesEnabled(False)
+        try:
+            if (bar.minimum(), bar.maximum()) != (0, max(0, total)):
+                bar.setRange(0, max(0, total))
+            bar.setValue(min(value, total) if total else 0)
+            bar.setFormat(fmt)
+            bar.setVisible(True)
+        finally:
+            bar.setUpdatesEnabled(True)
