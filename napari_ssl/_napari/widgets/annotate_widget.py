@@ -90,7 +90,8 @@ class AnnotateTrainWidget(ResultLayersMixin, TrainingMixin, JobDockWidget):
         self.plot = LossPlot("fine-tuning loss")
         self.plot.setMinimumHeight(110)
         lay = self.content_layout()
-        for w in (self._setup_box(), self._annotate_box(), self.controls, self.review, self.status, self.plot):
+        # the status line (what runs, time left) right under Train and its progress bar: in view while training
+        for w in (self._setup_box(), self._annotate_box(), self.controls, self.status, self.review, self.plot):
             lay.addWidget(w)
         lay.addStretch(1)
 
