@@ -49,7 +49,9 @@ def default_nice() -> int:
 
 
 SPINNER_SPEED_PERCENT = 1
-PROGRESS_EVERY_S = 1.0  # napari's activity-dock progress is redrawn at most this often (each redraw repaints the window)
+# a training step's progress is shown at most this often (napari's activity dock and the widgets' status and bar:
+# each update repaints part of the window, 20-30 ms with software OpenGL; steps come several times a second)
+PROGRESS_EVERY_S = 1.0
 
 
 def calm_activity_spinner(speed_percent: int = SPINNER_SPEED_PERCENT) -> int:
@@ -100,6 +102,7 @@ class QtJob(QObject):
         self._progress = None
         self._last_step = 0
         self._progress_shown_at = 0.0
+        self.progress_due = True  # whether the latest Progress event is one to show (see PROGRESS_EVERY_S)
         from ..progress_text import Eta
 
         self._eta = Eta()
@@ -157,8 +160,18 @@ class QtJob(QObject):
         if isinstance(ev, (Finished, Failed)):
             return  # delivered once, by _finish
         self.last_event = ev
+        if isinstance(ev, Progress) and ev.step is not None:
+            self.progress_due = self._is_due(int(ev.step), ev.total_steps)
         self._update_progress(ev)
         self.event.emit(ev)
+
+    def _is_due(self, step: int, total: int | None) -> bool:
+        """At most one shown step per PROGRESS_EVERY_S, and always the last (the count catches up when shown)."""
+        now = time.monotonic()
+        if now - self._progress_shown_at < PROGRESS_EVERY_S and not (total and step >= int(total)):
+            return False
+        self._progress_shown_at = now
+        return True
 
     def _finish(self, ev: dict | JobEvent) -> None:
         ev = as_event(ev)
@@ -197,10 +210,8 @@ class QtJob(QObject):
             p.total = int(total)
         if isinstance(ev, Progress) and ev.step is not None:
             step = int(ev.step)
-            now = time.monotonic()
-            if now - self._progress_shown_at < PROGRESS_EVERY_S and not (total and step >= int(total)):
-                return  # shown at the next event after PROGRESS_EVERY_S (the count catches up then)
-            self._progress_shown_at = now
+            if not self.progress_due:
+                return
             if step > self._last_step:
                 p.update(step - self._last_step)
                 self._last_step = step

@@ -115,7 +115,7 @@ class TrainingMixin:
 
     def _on_progress(self, ev: Progress) -> None:
         total, step = ev.total_steps, int(ev.step or 0)
-        if self.stop_requested or not self.progress_due(step, total):
+        if self.stop_requested or not self.job.progress_due:
             return
         from ...progress_text import step_text
 

@@ -2,15 +2,11 @@
 events handed to the widget's handlers, errors in the status line, and closing the widget stops the job."""
 from __future__ import annotations
 
-import time
-
 from qtpy.QtWidgets import QLabel, QWidget
 
 from ...train.events import JobEvent
 from ..job_runner import QtJob
 from .common import DockWidgetBase, report_error
-
-PROGRESS_EVERY_S = 1.0
 
 
 class JobDockWidget(DockWidgetBase):
@@ -28,7 +24,6 @@ class JobDockWidget(DockWidgetBase):
         self.viewer = napari_viewer
         self.job: QtJob | None = None
         self.last_result: JobEvent | None = None  # the job's terminal event (Finished or Failed)
-        self._progress_shown_at = -1e9
         self.status = QLabel("Ready.")
         self.status.setWordWrap(True)
 
@@ -65,17 +60,6 @@ class JobDockWidget(DockWidgetBase):
         self.job.request_stop()
         button.setEnabled(False)
         button.setText("Stopping...")
-
-    def progress_due(self, step: int, total: int | None) -> bool:
-        """Whether to show this progress step: at most one update per PROGRESS_EVERY_S (and always the last).
-
-        Each update of the status text and progress bar costs 20-30 ms of the event loop with software OpenGL
-        (QProgressBar repaints at once); steps come several times a second on a small image."""
-        now = time.monotonic()
-        if now - self._progress_shown_at < PROGRESS_EVERY_S and not (total and step >= total):
-            return False
-        self._progress_shown_at = now
-        return True
 
     def _on_event(self, ev: JobEvent) -> None:
         name = self.EVENT_HANDLERS.get(type(ev))

@@ -278,7 +278,7 @@ class PretrainWidget(JobDockWidget):
         self.plot.add_loss(ev)
 
     def _on_progress(self, ev: Progress) -> None:
-        if not self.stop_requested and self.progress_due(int(ev.step or 0), ev.total_steps):
+        if not self.stop_requested and self.job.progress_due:
             from ...progress_text import step_text
 
             self.status.setText(step_text("Pretraining the encoder", int(ev.step or 0), ev.total_steps, self.job.seconds_left) +
