@@ -57,6 +57,8 @@ METHODS = {
 VARIANTS = {
     "semi-random-nocc": ("random", {}, False),
     "semi-random-fillonly": ("random", {"rounds": 0}, True),
+    "semi-random-noplanes": ("random", {"planes": False}, True),  # the default of ver 3 (before side planes)
+    "semi-random-planes-r0": ("random", {"rounds": 0}, True),  # side planes, no self-training phase
     "semi-random-nofill": ("random", {"fill_between": False}, True),  # the default since ver 3
     "semi-random-fill": ("random", {"fill_between": True}, True),  # the default before ver 3 (the first test table)
     "semi-random-2rounds": ("random", {"rounds": 2}, True),
@@ -174,22 +176,24 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
                                            cfg=SemiSupervisedConfig(**semi), seed=seed, **kw)
     t_train = time.time() - t0
     unet = unet.cpu()
-    pred = predict_array(unet, img, image_size=a["image_size"], in_channels=1)
+    planes = (0, 1, 2) if info.get("planes") else (0,)  # the recipe's side planes: predicted from three sides, as the product does
+    pred = predict_array(unet, img, image_size=a["image_size"], in_channels=1, planes=planes)
     raw = scores(pred.labels, lab, ann)
     if a.get("save_predictions"):  # the model's own output, before the prediction path's post-processing
         d = os.path.join(a["save_predictions"], method)
         os.makedirs(d, exist_ok=True)
         np.savez_compressed(os.path.join(d, f"{name[:-7]}_k{k}_s{seed}.npz"), probabilities=pred.probabilities.astype(np.float16))
-    fill_pred = semi is not None and SemiSupervisedConfig(**semi).fill_between_prediction
+    fill_pred = semi is not None and bool(info.get("fill_between_prediction"))
     pred = respect_annotation(pred, vol.labels, ann, keep_connected=keep_cc, fill_between=fill_pred)
     return {"method": method, "volume": name, "k": k, "seed": seed, **scores(pred.labels, lab, ann), "dice_raw": raw["dice"],
             "train_seconds": t_train, "seconds": time.time() - t0, "pseudo_slices": info.get("pseudo_slices")}
 
 
 def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
-    # ver 3: the semi-supervised default without fill-between pseudo-labels; save_predictions not in the key
+    # ver 3: the semi-supervised default without fill-between pseudo-labels; ver 4: side planes (data/planes.py);
+    # save_predictions not in the key
     d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"],
-         "enc": a["encoder"], "ver": 1 if spec[1] is None else 3}
+         "enc": a["encoder"], "ver": 1 if spec[1] is None else 4}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

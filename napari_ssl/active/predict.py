@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -115,45 +115,75 @@ def _forward(unet: torch.nn.Module, x: torch.Tensor, dropout_p: float) -> torch.
 
 
 @torch.no_grad()
+def _passes(unet, xf: torch.Tensor, passes) -> torch.Tensor:
+    """Mean class probabilities of one batch of fitted tiles over the stochastic passes."""
+    acc = 0
+    for flip, gamma, p in passes:
+        xi = xf.clamp(0, 1) ** gamma if gamma != 1.0 else xf
+        if flip:
+            xi = xi.flip(-1)
+        pr = _forward(unet, xi, p).float().softmax(1)
+        if flip:
+            pr = pr.flip(-1)
+        acc = acc + pr
+    return acc / len(passes)
+
+
+def _predict_along(unet, image: np.ndarray, axis: int, out: np.ndarray, *, image_size: int, in_channels: int, batch_size: int,
+                   passes, stretch: float, tick) -> None:
+    """Add the class probabilities of every plane along `axis` (0: the slices; 1, 2: side planes, data/planes.py)
+    of `image` to `out` (K, z, y, x)."""
+    from ..data.planes import fit_plane, side_view, unfit_plane
+
+    dev = next(unet.parameters()).device
+    view = side_view(image, axis)
+    if axis:  # no left-right flips on side planes: one of them would flip front and back
+        passes = [(False, g, p) for f, g, p in passes if not f] or [(False, 1.0, passes[0][2])]
+    n, shape = view.shape[0], view.shape[1:]
+    side = max(image.shape[1:])  # side planes at the slices' scale (data/planes.fit_plane)
+    for i0 in range(0, n, batch_size):
+        idx = range(i0, min(n, i0 + batch_size))
+        x = torch.from_numpy(np.stack([slice_stack(view, i, in_channels) for i in idx]).astype(np.float32))
+        xf = (fit_plane(x, image_size, stretch, side=side) if axis else fit_to_size(x, image_size)).to(dev)
+        acc = _passes(unet, xf, passes).cpu()
+        acc = (unfit_plane(acc, shape, stretch, side=side) if axis else unfit_from_size(acc, shape)).numpy()  # (n, K, a, b)
+        side_view(np.moveaxis(out, 0, -1), axis)[i0:i0 + len(idx)] += np.moveaxis(acc, 1, -1)
+        tick(len(idx))
+
+
 def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, in_channels: int = 1, batch_size: int = 64,
                   tta: bool = False, mc_dropout: int = 0, class_names: Optional[list[str]] = None, seed: int = 0,
-                  progress=None) -> Prediction:
-    """Predict every slice of a normalised (z, y, x) float image in [0, 1].
-    ``progress(slices_done, slices_total)`` is called after each batch when given."""
+                  progress=None, planes: Sequence[int] = (0,), stretch: float = 1.0) -> Prediction:
+    """Predict every slice of a normalised (z, y, x) float image in [0, 1]; with ``planes`` (0, 1, 2) also every
+    side plane, the probabilities averaged over the three (``stretch``: slice spacing / pixel size, data/planes.py).
+    ``progress(planes_done, planes_total)`` is called after each batch when given."""
     if mc_dropout < 0:
         raise NapariSSLError("--mc-dropout must be 0 (off) or a number of passes")
     unet.eval()
-    dev = next(unet.parameters()).device
-    z, h, w = image.shape
     variants = TTA_VARIANTS if tta else TTA_VARIANTS[:1]
     n_mc = int(mc_dropout)
     passes = ([(flip, gamma, 0.0) for flip, gamma in variants] if n_mc == 0
               else [(flip, gamma, MC_DROPOUT_P) for flip, gamma in variants for _ in range(n_mc)])
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    probs_sum = None
-    for z0 in range(0, z, batch_size):
-        zs = range(z0, min(z, z0 + batch_size))
-        x = torch.from_numpy(np.stack([slice_stack(image, i, in_channels) for i in zs]).astype(np.float32))
-        xf = fit_to_size(x, image_size).to(dev)
-        acc = 0
-        for flip, gamma, p in passes:
-            xi = xf.clamp(0, 1) ** gamma if gamma != 1.0 else xf
-            if flip:
-                xi = xi.flip(-1)
-            pr = _forward(unet, xi, p).float().softmax(1)
-            if flip:
-                pr = pr.flip(-1)
-            acc = acc + pr
-        acc = unfit_from_size((acc / len(passes)).cpu(), (h, w))
-        if probs_sum is None:
-            probs_sum = np.empty((acc.shape[1], z, h, w), np.float32)
-        probs_sum[:, z0:z0 + len(zs)] = acc.permute(1, 0, 2, 3).numpy()
+    k = int(unet.segmentation_head[0].out_channels) if hasattr(unet, "segmentation_head") else None
+    if k is None:
+        with torch.no_grad():
+            k = int(unet(fit_to_size(torch.zeros(1, in_channels, 1, 1), image_size).to(next(unet.parameters()).device)).shape[1])
+    probs = np.zeros((k, *image.shape), np.float32)
+    total, done = sum(image.shape[a] for a in planes), [0]
+
+    def tick(n):
+        done[0] += n
         if progress is not None:
-            progress(z0 + len(zs), z)
+            progress(done[0], total)
+
+    for axis in planes:
+        _predict_along(unet, image, int(axis), probs, image_size=image_size, in_channels=in_channels, batch_size=batch_size,
+                       passes=passes, stretch=stretch, tick=tick)
     torch.random.set_rng_state(gen_state)
-    probs = probs_sum / np.clip(probs_sum.sum(0, keepdims=True), 1e-8, None)
-    k = probs.shape[0]
+    probs /= np.clip(probs.sum(0, keepdims=True), 1e-8, None)
+    z = image.shape[0]
     ent = -(probs * np.log(np.clip(probs, 1e-8, 1.0))).sum(0) / np.log(k)
     labels = probs.argmax(0).astype(np.uint8)
     method = "+".join(m for m, on in (("tta", tta), (f"mc-dropout-{n_mc}", n_mc > 0)) if on) or "single"
@@ -196,8 +226,12 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
     else:
         img = crop_volume(normalize(volume.array, spec)[z0:z1], roi)
     size = prediction_tile(meta, volume.shape, volume.spacing, roi)
+    from ..data.planes import slice_stretch
+
+    planes = [int(a) for a in (meta.get("planes") or [0])]  # a model trained on side planes too predicts from three sides
     pred = predict_array(unet, img, image_size=size, in_channels=int(meta["in_channels"]), batch_size=batch_size,
-                         tta=tta, mc_dropout=mc_dropout, class_names=meta.get("class_names"), progress=progress)
+                         tta=tta, mc_dropout=mc_dropout, class_names=meta.get("class_names"), progress=progress,
+                         planes=planes, stretch=slice_stretch(volume.spacing))
     if roi is not None or z_range is not None:
         y0, y1, x0, x1 = (int(v) for v in roi) if roi is not None else (0, volume.shape[1], 0, volume.shape[2])
         k = pred.probabilities.shape[0]

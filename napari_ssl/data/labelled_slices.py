@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ class LabelledVolume:
     image: np.ndarray
     labels: np.ndarray
     annotated: np.ndarray
+    spacing: Optional[tuple] = None  # (z, y, x) mm; side planes are resampled to square pixels with it (data/planes.py)
+    z_range: Optional[tuple] = None  # [z0, z1): the slices the structure may occupy (side planes span these)
 
     @property
     def annotated_indices(self) -> list[int]:

@@ -83,7 +83,8 @@ class PreparedData:
 
 
 def prepare_data(config: FinetuneConfig, norm_meta: Optional[dict], choose: Optional[Callable] = None) -> PreparedData:
-    """`choose(i, image, labels, annotated) -> (AutoSettings, roi)`: data-driven settings (normalisation, in-plane crop)."""
+    """`choose(i, image, labels, annotated) -> (AutoSettings, roi, z_range)`: data-driven settings (normalisation, in-plane
+    crop, the slices the structure may occupy)."""
     if not config.images:
         raise NapariSSLError("no image given; pass --image PATH --labels PATH")
     if len(config.images) != len(config.labels):
@@ -107,9 +108,9 @@ def prepare_data(config: FinetuneConfig, norm_meta: Optional[dict], choose: Opti
         spec = dict(config.normalization) if config.normalization else resolve_normalization(norm_meta, img.modality)
         norm_spec = norm_spec or spec
         mask = annotated_slices(lab, empty or [])
-        roi = None
+        roi = z_range = None
         if choose is not None:
-            settings, roi = choose(i, img, lab, mask)
+            settings, roi, z_range = choose(i, img, lab, mask)
             if not config.normalization:
                 spec = dict(settings.normalization)
                 norm_spec = norm_spec if i else spec
@@ -118,7 +119,8 @@ def prepare_data(config: FinetuneConfig, norm_meta: Optional[dict], choose: Opti
         from ..data.auto_config import crop_volume
 
         volumes.append(LabelledVolume(image=np.ascontiguousarray(crop_volume(normalize(img.array, spec), roi)),
-                                      labels=np.ascontiguousarray(crop_volume(lab, roi)), annotated=mask))
+                                      labels=np.ascontiguousarray(crop_volume(lab, roi)), annotated=mask,
+                                      spacing=tuple(float(v) for v in img.spacing), z_range=z_range))
         shapes.append(list(img.shape))
     if not any(v.annotated.any() for v in volumes):
         raise NapariSSLError("no annotated slice: draw labels on at least one slice (or list slices annotated as empty with --empty-slices)")
@@ -211,7 +213,7 @@ class _AutoChooser:
         else:
             self.rois.append(roi_for(lab, mask, img.spacing, self.settings))
             self.z_ranges.append(z_range_for(lab, mask, img.spacing))
-        return self.settings, self.rois[-1]
+        return self.settings, self.rois[-1], self.z_ranges[-1]
 
 
 @dataclass
@@ -254,6 +256,8 @@ def _finetune(config: FinetuneConfig, emit: Callable[[dict], None], stop_event) 
                               "z_ranges": auto.z_ranges}
     if config.init_model:
         meta.extra["pretrained"] = pre_meta.get("pretrained")
+    if semi_meta and semi_meta["planes_used"]:  # prediction averages the three sides (active/predict.py)
+        meta.extra["planes"] = [0, 1, 2]
     with atomic_output_dir(config.out) as tmp:
         save_weights(tmp, unet.state_dict(), meta, name="model")
     emit({"type": "checkpoint", "path": os.path.abspath(config.out)})
@@ -291,7 +295,8 @@ def _train(config: FinetuneConfig, model: _Model, data: PreparedData, dataset: L
                                  else resolve_normalization(pre_meta.get("normalization"), modality))
     unet, info = train_semi_supervised(model.unet, data.volumes, image_size=model.image_size, in_channels=model.in_channels, steps=steps,
                                        cfg=semi_cfg, unlabelled=unlabelled, augment=config.augment, seed=config.seed, **train_kw)
-    return unet, info, {**semi_cfg.as_meta(), "unlabelled_volumes": len(unlabelled), "pseudo_slices_per_phase": info["pseudo_slices"]}
+    return unet, info, {**semi_cfg.as_meta(), "fill_between_prediction": info["fill_between_prediction"], "planes_used": info["planes"],
+                        "unlabelled_volumes": len(unlabelled), "pseudo_slices_per_phase": info["pseudo_slices"]}
 
 
 def _model_meta(config: FinetuneConfig, model: _Model, data: PreparedData, info: dict, steps: int, semi_meta: Optional[dict],

@@ -213,8 +213,12 @@ def _same_study_prediction(finetune: Any, model_dir: str) -> dict:
     from ..models.checkpoint import read_meta
 
     labels = (finetune.get("labels") if isinstance(finetune, dict) else getattr(finetune, "labels", None)) or []
-    auto = read_meta(model_dir).get("auto") or {}
+    meta = read_meta(model_dir)
+    auto = meta.get("auto") or {}
     out = {"roi": (auto.get("rois") or [None])[0], "z_range": (auto.get("z_ranges") or [None])[0]}
+    semi = (meta.get("training") or {}).get("semi_supervised") or {}
+    if semi.get("fill_between_prediction") is False:  # the recipe's own choice (off when the model predicts from three sides)
+        out["fill_between"] = False
     if labels and isinstance(labels[0], np.ndarray):
         out["seeds"] = labels[0]
     return out

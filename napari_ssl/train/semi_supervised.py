@@ -57,7 +57,10 @@ class SemiSupervisedConfig:
     connected_to_annotation: bool = True  # pseudo-label foreground only in 3-D components touching the user's labels
     labelled_fraction: float = 0.5  # share of each batch from the user's slices
     min_fit_dice: float = 0.5  # no model pseudo-labels for a volume until the model's foreground Dice on its annotated slices reaches this
-    fill_between_prediction: bool = True  # prediction: between annotated slices, each class from fill between slices
+    planes: bool = True  # also train on the side planes' annotated rows and predict from three sides (data/planes.py)
+    axial_fraction: float = 0.34  # with planes: share of the user's samples that are annotated slices (the rest side planes)
+    # prediction: between annotated slices, each class from fill between slices; None: on unless side planes were used
+    fill_between_prediction: Optional[bool] = None
 
     def as_meta(self) -> dict:
         return asdict(self)
@@ -320,11 +323,14 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
     slices (+ fill-between pseudo-labels), each later phase after a pseudo-labelling pass with the current model.
     ``train_kw`` goes to :func:`napari_ssl.train.loop.train_unet` (lr, batch_size, loss, devices, ...);
     the events' steps count across the phases."""
+    from ..data.planes import UserPlanes, has_side_information
     from .loop import train_unet
 
     cfg = cfg or SemiSupervisedConfig()
     aug = AugmentConfig() if augment else None
     labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
+    planes = bool(cfg.planes and has_side_information(volumes))
+    user = UserPlanes(labelled, volumes, image_size, in_channels, aug, cfg.axial_fraction) if planes else labelled
     phases = 1 + max(0, int(cfg.rounds))
     bounds = np.linspace(0, steps, phases + 1).round().astype(int)
     fill_items = _fill_items(volumes, cfg, image_size)
@@ -341,7 +347,7 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
         info["pseudo_slices"].append(len(items))
         if n <= 0:
             continue
-        ds = MixedSlices(labelled, PseudoSlices(items, image_size, in_channels, aug), cfg.labelled_fraction)
+        ds = MixedSlices(user, PseudoSlices(items, image_size, in_channels, aug), cfg.labelled_fraction)
         unet, ph = train_unet(unet, ds, steps=n, seed=seed + p, module_factory=SemiSupervisedModule,
                               **_phase_kw(train_kw, emit, total_steps, steps))
         total_steps += ph["steps"]
@@ -349,5 +355,6 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
         if ph.get("stopped"):
             break
     last = info["phases"][-1] if info["phases"] else {"final_loss": float("nan"), "stopped": False}
+    fill_pred = (not planes) if cfg.fill_between_prediction is None else bool(cfg.fill_between_prediction)
     return unet, {"steps": total_steps, "final_loss": last["final_loss"], "stopped": bool(last.get("stopped")),
-                  "pseudo_slices": info["pseudo_slices"], "labelled": labelled}
+                  "pseudo_slices": info["pseudo_slices"], "labelled": labelled, "planes": planes, "fill_between_prediction": fill_pred}

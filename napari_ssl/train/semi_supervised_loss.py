@@ -7,9 +7,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..data.planes import IGNORE  # target value of pixels no label decides (pseudo-labels, side planes' unannotated rows)
 from .seg_module import SegmentationModule, segmentation_loss
-
-IGNORE = 255  # target value of pixels a pseudo-label does not decide
 
 
 def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -30,8 +29,9 @@ def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.
 
 def semi_supervised_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "dice-ce",
                          class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The plain loss on the user's slices (weight 1) + weight-scaled CE and masked Dice on pseudo-labelled ones."""
-    user = weight >= 1.0
+    """The plain loss on the user's dense slices (weight 1) + weight-scaled CE and masked Dice on the others
+    (pseudo-labelled slices, and side planes whose unannotated rows are IGNORE)."""
+    user = (weight >= 1.0) & (target != IGNORE).flatten(1).all(1)
     total = logits.sum() * 0
     if bool(user.any()):
         total = total + segmentation_loss(logits[user], target[user], kind, class_weights)
