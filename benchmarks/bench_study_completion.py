@@ -57,8 +57,9 @@ METHODS = {
 VARIANTS = {
     "semi-random-nocc": ("random", {}, False),
     "semi-random-fillonly": ("random", {"rounds": 0}, True),
-    "semi-random-noplanes": ("random", {"planes": False}, True),  # the default of ver 3 (before side planes)
-    "semi-random-planes-r0": ("random", {"rounds": 0}, True),  # side planes, no self-training phase
+    "semi-random-noplanes": ("random", {"planes": False, "rounds": 1}, True),  # the default of ver 3 (before side planes)
+    "semi-random-planes-r0": ("random", {"rounds": 0}, True),  # side planes, no self-training phase (= the default since ver 5)
+    "semi-random-planes-r1": ("random", {"rounds": 1}, True),  # side planes + a self-training phase (the ver-4 default)
     "semi-random-nofill": ("random", {"fill_between": False}, True),  # the default since ver 3
     "semi-random-fill": ("random", {"fill_between": True}, True),  # the default before ver 3 (the first test table)
     "semi-random-2rounds": ("random", {"rounds": 2}, True),
@@ -190,10 +191,11 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
 
 
 def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
-    # ver 3: the semi-supervised default without fill-between pseudo-labels; ver 4: side planes (data/planes.py);
+    # ver 3: the semi-supervised default without fill-between pseudo-labels; ver 4: side planes (data/planes.py) for the
+    # variants (their specs name every setting that differs); ver 5: the default recipe = side planes, no self-training;
     # save_predictions not in the key
     d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"],
-         "enc": a["encoder"], "ver": 1 if spec[1] is None else 4}
+         "enc": a["encoder"], "ver": 1 if spec[1] is None else (4 if spec[1] else 5)}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

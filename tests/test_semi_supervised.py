@@ -45,8 +45,9 @@ def test_semi_supervised_run_keeps_pseudo_labels_in_memory_and_predict_respects_
     given = sparse.copy()
     losses = []
     empty = int(np.flatnonzero(~lab.reshape(lab.shape[0], -1).any(1))[0])
-    # the fit gate off: the pseudo-labelling pass runs whatever the model's fit after 50 steps, so pseudo-labels exist
-    out = api.finetune([img], [sparse], tmp_path / "m", steps=100, empty_slices=[empty], semi_options={"min_fit_dice": 0.0},
+    # a self-training round (the default only with unlabelled volumes), the fit gate off: the pseudo-labelling pass
+    # runs whatever the model's fit after 50 steps, so pseudo-labels exist
+    out = api.finetune([img], [sparse], tmp_path / "m", steps=100, empty_slices=[empty], semi_options={"min_fit_dice": 0.0, "rounds": 1},
                        events=lambda e: losses.append(e["values"]["loss"]) if e["type"] == "loss" else None, **FAST)
     # the user's label map is untouched (pseudo-labels are never written into it), the folder holds only the model
     assert np.array_equal(sparse, given)

@@ -9,7 +9,8 @@ The recipe (``SemiSupervisedConfig``), chosen on validation volumes of the hippo
    lower-weighted target. On 12 validation volumes (k=2/3/5, benchmarks/RESULTS.md) the recipe without it
    scored higher (+0.02/+0.08/+0.03 Dice), and it put the interpolation worker's start (ITK's import, 10-20 s
    on a loaded 2-core CPU) before the first training step; the prediction still fills between slices (3.).
-2. **Self-training grown from the user's slices** (Sli2Vol-style): after each phase the model predicts the
+2. **Self-training grown from the user's slices** (Sli2Vol-style; ``rounds``: by default only with unlabelled
+   volumes, since with side planes it lowered Dice on validation volumes): after each phase the model predicts the
    unannotated slices nearest to the annotated ones (a bounded number per volume, so a 300-slice CT costs
    no more than a 35-slice crop); confident pixels (max probability >= ``confidence``) become targets,
    the others are ignored; foreground that does not touch the user's labels in 3-D is marked background
@@ -18,10 +19,15 @@ The recipe (``SemiSupervisedConfig``), chosen on validation volumes of the hippo
    model reproduces the user's own slices (foreground Dice >= ``min_fit_dice``): an under-trained model's
    all-background guesses would otherwise teach it to miss the structure; an empty guess between annotated
    slices that show the structure is dropped for the same reason.
-3. **Prediction** (``fill_between_prediction``, applied by the prediction path with the user's labels): between
-   the outermost annotated slices holding a class, that class is the interpolation of the user's slices;
-   beyond them (where interpolation has nothing), the model's; foreground not touching the user's labels in
-   3-D is dropped; the annotated slices come back exactly as drawn.
+3. **Side planes** (``planes``, data/planes.py): with two or more annotated slices holding the structure, the
+   coronal and sagittal planes of the study train too, each on the rows where it crosses an annotated slice
+   (every other row ignored); the model then predicts the study from the three sides and averages them. On
+   validation volumes this beat both the recipe without it and fill between inside the annotated range
+   (benchmarks/RESULTS.md, "Side planes").
+4. **Prediction** (applied by the prediction path with the user's labels): foreground not touching the user's
+   labels in 3-D is dropped and the annotated slices come back exactly as drawn; without side planes
+   (``fill_between_prediction``: None = only then), each class between its outermost annotated slices is the
+   interpolation of the user's slices and the model's beyond them.
 
 A pseudo-label is never a user's label: it is kept in memory for the run, never written, never exported,
 and unknown (ignored) wherever the model is not confident -- an unannotated slice is never background by
@@ -49,7 +55,9 @@ class SemiSupervisedConfig:
     enabled: bool = True
     fill_between: bool = False  # interpolated masks between annotated slices as pseudo-labels (off: chosen on validation volumes)
     fill_weight: float = 0.5
-    rounds: int = 1  # self-training rounds (each adds a training phase after a pseudo-labelling pass)
+    # self-training rounds (each adds a training phase after a pseudo-labelling pass); None: 1 with unlabelled volumes
+    # (their pseudo-labels need a phase), else 0 (on validation volumes the side planes alone scored higher)
+    rounds: Optional[int] = None
     confidence: float = 0.9
     pseudo_weight: float = 0.5
     max_pseudo_slices: int = 48  # per volume and round: the unannotated slices nearest to the annotated ones
@@ -331,7 +339,8 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
     labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
     planes = bool(cfg.planes and has_side_information(volumes))
     user = UserPlanes(labelled, volumes, image_size, in_channels, aug, cfg.axial_fraction) if planes else labelled
-    phases = 1 + max(0, int(cfg.rounds))
+    rounds = (1 if len(unlabelled) else 0) if cfg.rounds is None else int(cfg.rounds)
+    phases = 1 + max(0, rounds)
     bounds = np.linspace(0, steps, phases + 1).round().astype(int)
     fill_items = _fill_items(volumes, cfg, image_size)
     fill_zs = [{z for (img, z, _, _) in fill_items if img is vol.image} for vol in volumes]
