@@ -510,6 +510,8 @@ def run_ct(args) -> dict:
         if widget.job is not None and not getattr(widget, "_bench_hooked", False):
             widget.job.event.connect(on_event)
             widget._bench_hooked = True
+        if fill_name in viewer.layers and "fill_between_layer" not in marks:  # the instant result arrived (to place stalls)
+            marks["fill_between_layer"] = time.perf_counter()
         finished = (widget.last_result is not None and not widget.running and not widget.results_pending
                     and fill_name in viewer.layers)
         if finished and "shown" not in marks:
@@ -548,6 +550,7 @@ def run_ct(args) -> dict:
                "click_to_trained_s": round(marks.get("trained", float("nan")) - t_click, 2),
                "click_to_prediction_event_s": round(marks.get("prediction", float("nan")) - t_click, 2),
                "click_to_layers_shown_s": round(marks.get("shown", float("nan")) - t_click, 2),
+               "click_to_fill_between_layer_s": round(marks.get("fill_between_layer", float("nan")) - t_click, 2),
                "load_before": load_before, "load_after": os.getloadavg(),
                "prediction_layer": {"shape": list(pred.data.shape), "dtype": str(pred.data.dtype)},
                "uncertainty_layer": {"shape": list(unc.data.shape), "dtype": str(unc.data.dtype)}}

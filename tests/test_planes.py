@@ -116,9 +116,11 @@ def test_default_recipe_trains_on_side_planes_and_beats_fill_between(hippo, tmp_
     un[zs] = False
     filled = api.fill_between(sparse, img)
     got, base = _dice(pred.labels[un], lab[un]), _dice(filled[un], lab[un])
-    print(f"recipe {got:.3f} fill between {base:.3f}")
-    assert got > base + RECIPE_MARGIN, (got, base)
+    assert got > RECIPE_MIN and got > base + RECIPE_MARGIN, (got, base)
 
 
-# Measured on hippocampus_001, k=3, seed 0, 300 steps of the compact U-Net: see the note in the closing commit.
-RECIPE_MARGIN = 0.05
+# Measured on hippocampus_001 (a pool volume, not a validation or test one), k=3, seed 0, 300 steps of the compact
+# U-Net: Dice on the unannotated slices 0.792, fill between 0.396. A loss that ignores the side planes' known rows, or
+# planes put back on the wrong axes, scores well below; an untrained model near 0.
+RECIPE_MIN = 0.70
+RECIPE_MARGIN = 0.20
