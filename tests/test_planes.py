@@ -3,6 +3,7 @@ and prediction from three sides, on real hippocampus volumes."""
 import numpy as np
 import pytest
 import torch
+from study_helpers import dice, quantile_slices
 
 from napari_ssl import api
 from napari_ssl.active.predict import predict_array
@@ -12,20 +13,6 @@ from napari_ssl.data.planes import IGNORE, fit_plane, has_side_information, side
 from napari_ssl.models.checkpoint import read_meta
 from napari_ssl.models.unet import build_unet
 from napari_ssl.train.finetune import load_image, load_labels
-
-
-def _quantile_slices(lab, k):
-    zs = np.flatnonzero(lab.reshape(lab.shape[0], -1).any(1))
-    return sorted({int(round(zs[0] + (zs[-1] - zs[0]) * (i + 1) / (k + 1))) for i in range(k)})
-
-
-def _dice(pred, lab):
-    out = []
-    for c in (1, 2):
-        p, t = pred == c, lab == c
-        den = p.sum() + t.sum()
-        out.append(2 * (p & t).sum() / den if den else 1.0)
-    return float(np.mean(out))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +25,7 @@ def hippo(hippo_dir):
 
 def test_side_plane_targets_are_the_annotated_rows_and_nothing_else(hippo):
     img, lab = hippo
-    zs = _quantile_slices(lab, 3)
+    zs = quantile_slices(lab, 3)
     ann = np.zeros(lab.shape[0], bool)
     ann[zs] = True
     vol = LabelledVolume(image=normalize(img.array, default_spec(img.modality)), labels=np.where(ann[:, None, None], lab, 0), annotated=ann,
@@ -102,7 +89,7 @@ def test_default_recipe_trains_on_side_planes_and_beats_fill_between(hippo, tmp_
     """The default recipe on 3 real slices of one study: the model records three-sided prediction, and the completed
     study beats fill between slices on the unannotated slices (measured: see the comment at the end)."""
     img, lab = hippo
-    zs = _quantile_slices(lab, 3)
+    zs = quantile_slices(lab, 3)
     sparse = np.zeros_like(lab)
     sparse[zs] = lab[zs]
     out = api.finetune([img], [sparse], tmp_path / "m", steps=300, encoder="mobilenetv3-small-lite", image_size=64, batch_size=8,
@@ -115,7 +102,7 @@ def test_default_recipe_trains_on_side_planes_and_beats_fill_between(hippo, tmp_
     un = np.ones(lab.shape[0], bool)
     un[zs] = False
     filled = api.fill_between(sparse, img)
-    got, base = _dice(pred.labels[un], lab[un]), _dice(filled[un], lab[un])
+    got, base = dice(pred.labels[un], lab[un]), dice(filled[un], lab[un])
     assert got > RECIPE_MIN and got > base + RECIPE_MARGIN, (got, base)
 
 

@@ -144,3 +144,44 @@ class LabelledSliceDataset(torch.utils.data.Dataset):
             img, tgt = augment_pair(img, tgt, self.augment)
         v_i, z = self.index[i]
         return {"image": img, "target": tgt, "volume_index": v_i, "slice_index": z}
+
+
+class MixedSlices(torch.utils.data.Dataset):
+    """The user's annotated slices and other samples (side planes, pseudo-labelled slices: dicts with a weight);
+    a uniformly random index draws from the user's slices with probability `labelled_fraction` (so the step
+    budget and loader of plain fine-tuning are kept)."""
+
+    SPREAD = 1000
+
+    def __init__(self, labelled, other, labelled_fraction: float):
+        self.labelled, self.other = labelled, other
+        self.cut = int(round(self.SPREAD * (labelled_fraction if len(other) else 1.0)))
+        self.targets = labelled.targets  # class-balance weights come from the user's slices only
+
+    def __len__(self) -> int:
+        return self.SPREAD * max(len(self.labelled), len(self.other), 1)
+
+    def __getitem__(self, i: int) -> dict:
+        j, r = divmod(int(i), self.SPREAD)
+        if r < self.cut:
+            item = self.labelled[j % len(self.labelled)]
+            return {"image": item["image"], "target": item["target"], "weight": torch.tensor(1.0)}
+        return self.other[j % len(self.other)]
+
+
+class WeightedSamples(torch.utils.data.Dataset):
+    """Fitted samples as (image (C,S,S), target (S,S), weight) dicts, augmented on access; a target may hold
+    IGNORE (data/planes.py) where no label decides. Outside the image (after augmentation) is background, as for
+    the user's slices."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, weights: list[float], augment: AugmentConfig | None):
+        self.images, self.targets, self.weights, self.augment = images, targets, [float(w) for w in weights], augment
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __getitem__(self, i: int) -> dict:
+        img, tgt = self.images[i], self.targets[i]
+        if self.augment is not None:
+            img, tgt = augment_pair(img, tgt, self.augment)
+        return {"image": img, "target": tgt, "weight": torch.tensor(self.weights[i])}

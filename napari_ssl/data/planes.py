@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .labelled_slices import LabelledVolume, fit_to_size, slice_stack, unfit_from_size
+from .labelled_slices import LabelledVolume, WeightedSamples, fit_to_size, slice_stack, unfit_from_size
 
 IGNORE = 255  # target value of pixels no label decides (the loss skips them)
 SIDE_AXES = (1, 2)
@@ -94,41 +94,19 @@ def side_planes(vol: LabelledVolume, axis: int, image_size: int, in_channels: in
     return fit_plane(x, image_size, stretch, side=side), fit_plane(t, image_size, stretch, mode="nearest", side=side)[:, 0].round().long()
 
 
-class UserPlanes(torch.utils.data.Dataset):
-    """The user's labels as training samples from three sides: the annotated slices (dense targets) and the
-    planes along the two other axes (targets known on the annotated rows only). A uniformly random index
-    draws an annotated slice with probability `axial_fraction`, else a side plane; items carry weight 1
-    (the user's own labels)."""
+class SidePlanes(WeightedSamples):
+    """The side planes of every volume as samples (image (C,S,S), target (S,S) known on the annotated rows only,
+    weight 1: the user's own labels), augmented without flips."""
 
-    SPREAD = 1000
-
-    def __init__(self, axial, volumes: list[LabelledVolume], image_size: int, in_channels: int, augment,
-                 axial_fraction: float = 0.34):
+    def __init__(self, volumes: list[LabelledVolume], image_size: int, in_channels: int, augment):
         from .labelled_slices import AugmentConfig
 
-        self.axial = axial
         parts = [side_planes(v, a, image_size, in_channels, v.z_range) for v in volumes for a in SIDE_AXES]
-        self.images = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, in_channels, image_size, image_size)
-        self.side_targets = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, image_size, image_size, dtype=torch.long)
+        images = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, in_channels, image_size, image_size)
+        targets = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, image_size, image_size, dtype=torch.long)
         # no flips on side planes: a flip along the slice axis or front-back would swap position-defined classes
-        self.augment = None if augment is None else AugmentConfig(**{**augment.__dict__, "flip_x": 0.0, "flip_y": 0.0})
-        self.cut = int(round(self.SPREAD * (axial_fraction if len(self.images) else 1.0)))
-        self.targets = axial.targets  # class-balance weights come from the annotated slices
-
-    def __len__(self) -> int:
-        return self.SPREAD * max(len(self.axial), len(self.images), 1)
-
-    def __getitem__(self, i: int) -> dict:
-        from .labelled_slices import augment_pair
-
-        j, r = divmod(int(i), self.SPREAD)
-        if r < self.cut:
-            item = self.axial[j % len(self.axial)]
-            return {"image": item["image"], "target": item["target"], "weight": torch.tensor(1.0)}
-        img, tgt = self.images[j % len(self.images)], self.side_targets[j % len(self.images)]
-        if self.augment is not None:
-            img, tgt = augment_pair(img, tgt, self.augment)
-        return {"image": img, "target": tgt, "weight": torch.tensor(1.0)}
+        aug = None if augment is None else AugmentConfig(**{**augment.__dict__, "flip_x": 0.0, "flip_y": 0.0})
+        super().__init__(images, targets, [1.0] * len(images), aug)
 
 
 def has_side_information(volumes: list[LabelledVolume]) -> bool:

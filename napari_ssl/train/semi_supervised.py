@@ -43,7 +43,16 @@ import numpy as np
 import torch
 
 from ..data.components import keep_touching
-from ..data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume, augment_pair, fit_to_size, slice_stack, unfit_from_size
+from ..data.labelled_slices import (
+    AugmentConfig,
+    LabelledSliceDataset,
+    LabelledVolume,
+    MixedSlices,
+    WeightedSamples,
+    fit_to_size,
+    slice_stack,
+    unfit_from_size,
+)
 from .semi_supervised_loss import IGNORE, SemiSupervisedModule
 
 log = logging.getLogger(__name__)
@@ -229,52 +238,19 @@ def unlabelled_pseudo(unet, image: np.ndarray, image_size: int, in_channels: int
 
 # ----------------------------------------------------------------------------- data
 
-class PseudoSlices(torch.utils.data.Dataset):
+class PseudoSlices(WeightedSamples):
     """Pseudo-labelled slices as (image (C,S,S), target (S,S) with IGNORE, weight)."""
 
     def __init__(self, items: list[tuple[np.ndarray, int, np.ndarray, float]], image_size: int, in_channels: int, augment: Optional[AugmentConfig]):
-        self.augment = augment
-        imgs, tgts, self.weights = [], [], []
+        imgs, tgts, weights = [], [], []
         for image, z, target, weight in items:
             x = torch.from_numpy(np.ascontiguousarray(slice_stack(image, z, in_channels), dtype=np.float32))[None]
             t = torch.from_numpy(np.ascontiguousarray(target).astype(np.float32))[None, None]
             imgs.append(fit_to_size(x, image_size)[0])
             tgts.append(fit_to_size(t, image_size, mode="nearest")[0, 0].round().long())
-            self.weights.append(float(weight))
-        self.images = torch.stack(imgs) if imgs else torch.zeros(0, in_channels, image_size, image_size)
-        self.targets = torch.stack(tgts) if tgts else torch.zeros(0, image_size, image_size, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.weights)
-
-    def __getitem__(self, i: int) -> dict:
-        img, tgt = self.images[i], self.targets[i]
-        if self.augment is not None:
-            # pad value after augmentation is 0 (background) outside the image, as for the user's slices
-            img, tgt = augment_pair(img, tgt, self.augment)
-        return {"image": img, "target": tgt, "weight": torch.tensor(self.weights[i])}
-
-
-class MixedSlices(torch.utils.data.Dataset):
-    """The user's slices and pseudo-labelled slices; a uniformly random index draws from the user's slices
-    with probability `labelled_fraction` (so the step budget and loader of plain fine-tuning are kept)."""
-
-    SPREAD = 1000
-
-    def __init__(self, labelled: LabelledSliceDataset, pseudo: PseudoSlices, labelled_fraction: float):
-        self.labelled, self.pseudo = labelled, pseudo
-        self.cut = int(round(self.SPREAD * (labelled_fraction if len(pseudo) else 1.0)))
-        self.targets = labelled.targets  # class-balance weights come from the user's slices only
-
-    def __len__(self) -> int:
-        return self.SPREAD * max(len(self.labelled), len(self.pseudo), 1)
-
-    def __getitem__(self, i: int) -> dict:
-        j, r = divmod(int(i), self.SPREAD)
-        if r < self.cut:
-            item = self.labelled[j % len(self.labelled)]
-            return {"image": item["image"], "target": item["target"], "weight": torch.tensor(1.0)}
-        return self.pseudo[j % len(self.pseudo)]
+            weights.append(float(weight))
+        super().__init__(torch.stack(imgs) if imgs else torch.zeros(0, in_channels, image_size, image_size),
+                         torch.stack(tgts) if tgts else torch.zeros(0, image_size, image_size, dtype=torch.long), weights, augment)
 
 
 # ----------------------------------------------------------------------------- training
@@ -331,14 +307,15 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
     slices (+ fill-between pseudo-labels), each later phase after a pseudo-labelling pass with the current model.
     ``train_kw`` goes to :func:`napari_ssl.train.loop.train_unet` (lr, batch_size, loss, devices, ...);
     the events' steps count across the phases."""
-    from ..data.planes import UserPlanes, has_side_information
+    from ..data.planes import SidePlanes, has_side_information
     from .loop import train_unet
 
     cfg = cfg or SemiSupervisedConfig()
     aug = AugmentConfig() if augment else None
     labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
     planes = bool(cfg.planes and has_side_information(volumes))
-    user = UserPlanes(labelled, volumes, image_size, in_channels, aug, cfg.axial_fraction) if planes else labelled
+    # the user's labels from three sides: annotated slices with probability axial_fraction, else side planes
+    user = MixedSlices(labelled, SidePlanes(volumes, image_size, in_channels, aug), cfg.axial_fraction) if planes else labelled
     rounds = (1 if len(unlabelled) else 0) if cfg.rounds is None else int(cfg.rounds)
     phases = 1 + max(0, rounds)
     bounds = np.linspace(0, steps, phases + 1).round().astype(int)
