@@ -129,10 +129,10 @@ def _passes(unet, xf: torch.Tensor, passes) -> torch.Tensor:
     return acc / len(passes)
 
 
-def _predict_along(unet, image: np.ndarray, axis: int, out: np.ndarray, *, image_size: int, in_channels: int, batch_size: int,
+def _predict_along(unet, image: np.ndarray, axis: int, out: list, *, image_size: int, in_channels: int, batch_size: int,
                    passes, stretch: float, tick) -> None:
     """Add the class probabilities of every plane along `axis` (0: the slices; 1, 2: side planes, data/planes.py)
-    of `image` to `out` (K, z, y, x)."""
+    of `image` to ``out[0]`` (K, z, y, x; made at the first batch, when K is known)."""
     from ..data.planes import fit_plane, side_view, unfit_plane
 
     dev = next(unet.parameters()).device
@@ -147,7 +147,9 @@ def _predict_along(unet, image: np.ndarray, axis: int, out: np.ndarray, *, image
         xf = (fit_plane(x, image_size, stretch, side=side) if axis else fit_to_size(x, image_size)).to(dev)
         acc = _passes(unet, xf, passes).cpu()
         acc = (unfit_plane(acc, shape, stretch, side=side) if axis else unfit_from_size(acc, shape)).numpy()  # (n, K, a, b)
-        side_view(np.moveaxis(out, 0, -1), axis)[i0:i0 + len(idx)] += np.moveaxis(acc, 1, -1)
+        if out[0] is None:
+            out[0] = np.zeros((acc.shape[1], *image.shape), np.float32)
+        side_view(np.moveaxis(out[0], 0, -1), axis)[i0:i0 + len(idx)] += np.moveaxis(acc, 1, -1)
         tick(len(idx))
 
 
@@ -166,11 +168,7 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
               else [(flip, gamma, MC_DROPOUT_P) for flip, gamma in variants for _ in range(n_mc)])
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    k = int(unet.segmentation_head[0].out_channels) if hasattr(unet, "segmentation_head") else None
-    if k is None:
-        with torch.no_grad():
-            k = int(unet(fit_to_size(torch.zeros(1, in_channels, 1, 1), image_size).to(next(unet.parameters()).device)).shape[1])
-    probs = np.zeros((k, *image.shape), np.float32)
+    out: list = [None]
     total, done = sum(image.shape[a] for a in planes), [0]
 
     def tick(n):
@@ -179,11 +177,12 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
             progress(done[0], total)
 
     for axis in planes:
-        _predict_along(unet, image, int(axis), probs, image_size=image_size, in_channels=in_channels, batch_size=batch_size,
+        _predict_along(unet, image, int(axis), out, image_size=image_size, in_channels=in_channels, batch_size=batch_size,
                        passes=passes, stretch=stretch, tick=tick)
     torch.random.set_rng_state(gen_state)
+    probs = out[0]
     probs /= np.clip(probs.sum(0, keepdims=True), 1e-8, None)
-    z = image.shape[0]
+    z, k = image.shape[0], probs.shape[0]
     ent = -(probs * np.log(np.clip(probs, 1e-8, 1.0))).sum(0) / np.log(k)
     labels = probs.argmax(0).astype(np.uint8)
     method = "+".join(m for m, on in (("tta", tta), (f"mc-dropout-{n_mc}", n_mc > 0)) if on) or "single"
