@@ -97,6 +97,7 @@ def test_default_recipe_trains_on_side_planes_and_beats_fill_between(hippo, tmp_
     meta = read_meta(out)
     semi = meta["training"]["semi_supervised"]
     assert meta["planes"] == [0, 1, 2] and semi["planes_used"] and semi["fill_between_prediction"] is False
+    assert semi["rounds"] == 0 and len(semi["pseudo_slices_per_phase"]) == 1  # resolved: no self-training round without unlabelled volumes
     pred = api.predict(out, img, labels=sparse)
     assert all(np.array_equal(pred.labels[z], sparse[z]) for z in zs)
     un = np.ones(lab.shape[0], bool)

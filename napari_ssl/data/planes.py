@@ -5,7 +5,7 @@ crosses those slices in one row each: a coronal or sagittal plane of the study i
 rows are known and whose other rows are unknown (``IGNORE``). Training the same 2-D U-Net on those planes as
 well (loss on the known rows only) shows it the structure's extent and shape along the slice axis, which the
 annotated slices alone never show; predicting the study along the three axes and averaging the probabilities
-gives each voxel three views (benchmarks/RESULTS.md, "Orthogonal planes", for the measurement that chose it).
+gives each voxel three views (benchmarks/RESULTS.md, "Side planes, chosen on validation volumes", for the measurement that chose it).
 
 Planes are resampled to square pixels and centred in the slices' own square before the usual resize
 (``fit_plane``): with 2.5 mm slices and 0.94 mm pixels a side plane is stretched 2.7x along the slice axis, so the
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .labelled_slices import LabelledVolume, WeightedSamples, fit_to_size, slice_stack, unfit_from_size
+from .sparse_labels import labelled_slices
 
 IGNORE = 255  # target value of pixels no label decides (the loss skips them)
 SIDE_AXES = (1, 2)
@@ -51,10 +52,7 @@ def fit_plane(x: torch.Tensor, size: int, stretch: float = 1.0, mode: str = "bil
     seen at the same scale), then resized to `size`."""
     rows = _stretched_rows(x.shape[-2], stretch)
     if rows != x.shape[-2]:
-        if mode == "nearest":
-            x = F.interpolate(x, size=(rows, x.shape[-1]), mode="nearest")
-        else:
-            x = F.interpolate(x, size=(rows, x.shape[-1]), mode=mode, align_corners=False)
+        x = F.interpolate(x, size=(rows, x.shape[-1]), mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
     x = F.pad(x, _square_pad(rows, x.shape[-1], side))
     return fit_to_size(x, size, mode=mode)
 
@@ -62,8 +60,8 @@ def fit_plane(x: torch.Tensor, size: int, stretch: float = 1.0, mode: str = "bil
 def unfit_plane(y: torch.Tensor, shape: tuple[int, int], stretch: float = 1.0, side: int = 0) -> torch.Tensor:
     """Inverse of :func:`fit_plane`: (N, K, size, size) -> (N, K, rows, cols) on the source grid."""
     rows, cols = _stretched_rows(shape[0], stretch), int(shape[1])
-    left, _, top, _ = _square_pad(rows, cols, side)
-    sq = max(rows, cols, int(side))
+    left, _, top, bottom = _square_pad(rows, cols, side)
+    sq = top + rows + bottom
     y = unfit_from_size(y, (sq, sq))[..., top:top + rows, left:left + cols]
     if rows != shape[0]:
         y = F.interpolate(y, size=tuple(shape), mode="bilinear", align_corners=False)
@@ -78,8 +76,8 @@ def side_view(array: np.ndarray, axis: int) -> np.ndarray:
 def side_planes(vol: LabelledVolume, axis: int, image_size: int, in_channels: int = 1,
                 z_range: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, C, S, S), targets (N, S, S)) of every plane along `axis` (1 or 2) of the slices in `z_range`:
-    the annotated slices' rows carry the user's labels, every other row is IGNORE. Planes with no annotated row
-    are left out."""
+    the annotated slices' rows carry the user's labels, every other row is IGNORE. None (empty tensors) when no
+    annotated slice lies in `z_range`."""
     z0, z1 = (int(z_range[0]), int(z_range[1])) if z_range is not None else (0, vol.image.shape[0])
     ann = vol.annotated[z0:z1]
     if not ann.any():
@@ -112,4 +110,4 @@ class SidePlanes(WeightedSamples):
 def has_side_information(volumes: list[LabelledVolume]) -> bool:
     """Side planes say something about the slice axis only with two or more annotated slices holding labels in a
     volume (one slice gives each side plane a single row: on validation volumes that hurt at k=1)."""
-    return any(int((v.annotated & v.labels.reshape(v.labels.shape[0], -1).any(1)).sum()) >= 2 for v in volumes)
+    return any(int((v.annotated & labelled_slices(v.labels)).sum()) >= 2 for v in volumes)

@@ -295,7 +295,9 @@ def _train(config: FinetuneConfig, model: _Model, data: PreparedData, dataset: L
                                  else resolve_normalization(pre_meta.get("normalization"), modality))
     unet, info = train_semi_supervised(model.unet, data.volumes, image_size=model.image_size, in_channels=model.in_channels, steps=steps,
                                        cfg=semi_cfg, unlabelled=unlabelled, augment=config.augment, seed=config.seed, **train_kw)
-    return unet, info, {**semi_cfg.as_meta(), "fill_between_prediction": info["fill_between_prediction"], "planes_used": info["planes"],
+    # the recipe's choices as resolved for this run (None in the config: decided from the data)
+    return unet, info, {**semi_cfg.as_meta(), "rounds": info["rounds"], "fill_between_prediction": info["fill_between_prediction"],
+                        "planes_used": info["planes"],
                         "unlabelled_volumes": len(unlabelled), "pseudo_slices_per_phase": info["pseudo_slices"]}
 
 

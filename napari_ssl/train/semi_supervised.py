@@ -53,6 +53,7 @@ from ..data.labelled_slices import (
     slice_stack,
     unfit_from_size,
 )
+from ..data.sparse_labels import labelled_slices
 from .semi_supervised_loss import IGNORE, SemiSupervisedModule
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def fill_between_pseudo(vol: LabelledVolume, limit: int, image_size: int = 0) ->
     from ..active.fill_between import fill_between_slices
 
     ann = vol.annotated
-    held = np.flatnonzero(ann & vol.labels.reshape(vol.labels.shape[0], -1).any(1))
+    held = np.flatnonzero(ann & labelled_slices(vol.labels))
     if held.size < 2:
         return {}
     inside = np.zeros_like(ann)
@@ -214,7 +215,7 @@ def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_c
         conf |= (lab > 0) & (kept == 0)  # a detached blob is confidently not the user's structure
         lab = kept
     # a slice between annotated slices that show the structure cannot be empty: no pseudo-label rather than background
-    held = np.flatnonzero(vol.annotated & vol.labels.reshape(vol.labels.shape[0], -1).any(1))
+    held = np.flatnonzero(vol.annotated & labelled_slices(vol.labels))
     out = {}
     for i, z in enumerate(zs):
         if held.size and held[0] < z < held[-1] and not lab[i].any():
@@ -343,4 +344,5 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
     last = info["phases"][-1] if info["phases"] else {"final_loss": float("nan"), "stopped": False}
     fill_pred = (not planes) if cfg.fill_between_prediction is None else bool(cfg.fill_between_prediction)
     return unet, {"steps": total_steps, "final_loss": last["final_loss"], "stopped": bool(last.get("stopped")),
-                  "pseudo_slices": info["pseudo_slices"], "labelled": labelled, "planes": planes, "fill_between_prediction": fill_pred}
+                  "pseudo_slices": info["pseudo_slices"], "labelled": labelled, "planes": planes, "fill_between_prediction": fill_pred,
+                  "rounds": rounds}
