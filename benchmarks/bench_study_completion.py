@@ -67,6 +67,8 @@ VARIANTS = {
     "semi-random-w1": ("random", {"fill_weight": 1.0, "pseudo_weight": 1.0}, True),
     "semi-random-nofillpred": ("random", {"fill_between_prediction": False}, True),
     "supervised-random-cc": ("random", None, True),
+    "semi-random-axial0.2": ("random", {"rounds": 0, "axial_fraction": 0.2}, True),  # share of annotated slices among
+    "semi-random-axial0.5": ("random", {"rounds": 0, "axial_fraction": 0.5}, True),  # the user's samples (default 0.34)
 }
 
 
@@ -183,7 +185,12 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
     if a.get("save_predictions"):  # the model's own output, before the prediction path's post-processing
         d = os.path.join(a["save_predictions"], method)
         os.makedirs(d, exist_ok=True)
-        np.savez_compressed(os.path.join(d, f"{name[:-7]}_k{k}_s{seed}.npz"), probabilities=pred.probabilities.astype(np.float16))
+        sides = {}
+        if len(planes) > 1:  # each side's own probabilities too (their mean is the prediction), for probing weights
+            sides = {f"probabilities_{p}": predict_array(unet, img, image_size=a["image_size"], in_channels=1,
+                                                         planes=(p,)).probabilities.astype(np.float16) for p in planes}
+        np.savez_compressed(os.path.join(d, f"{name[:-7]}_k{k}_s{seed}.npz"), probabilities=pred.probabilities.astype(np.float16),
+                            **sides)
     fill_pred = semi is not None and bool(info.get("fill_between_prediction"))
     pred = respect_annotation(pred, vol.labels, ann, keep_connected=keep_cc, fill_between=fill_pred)
     return {"method": method, "volume": name, "k": k, "seed": seed, **scores(pred.labels, lab, ann), "dice_raw": raw["dice"],

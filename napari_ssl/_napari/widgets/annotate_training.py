@@ -85,9 +85,7 @@ class TrainingMixin:
         self._train_round += 1
         self.train_button.setEnabled(False)
         self.status.setText(f"Starting the training ({how}) on {self._n_train_slices} annotated slices...")
-        self.progress_bar.setRange(0, 0)  # busy until the first step
-        self.progress_bar.setFormat("starting")
-        self.progress_bar.setVisible(True)
+        self.controls.set_bar(0, 0, "starting")  # 0 of 1 until the first step (not Qt's animated busy bar)
         # the image and labels go to the job as files written off the GUI thread (see jobs.offload_arrays)
         from ...train.jobs import offload_arrays
 

@@ -97,11 +97,14 @@ class TrainControls(QGroupBox):
         bar = self.progress_bar
         # QProgressBar repaints at once (not at the next paint) on a new range or value: 15-20 ms each with
         # software OpenGL; with updates off meanwhile, it is one ordinary repaint when they come back on
+        # An unknown total shows as 0 of 1, never as Qt's busy bar (range 0-0): its animation repaints the bar
+        # every few ms, and each repaint makes the window's GL canvas compose the whole window again
         bar.setUpdatesEnabled(False)
         try:
-            if (bar.minimum(), bar.maximum()) != (0, max(0, total)):
-                bar.setRange(0, max(0, total))
-            bar.setValue(min(value, total) if total else 0)
+            top = max(1, total)
+            if (bar.minimum(), bar.maximum()) != (0, top):
+                bar.setRange(0, top)
+            bar.setValue(min(value, total) if total > 0 else 0)
             bar.setFormat(fmt)
             bar.setVisible(True)
         finally:
