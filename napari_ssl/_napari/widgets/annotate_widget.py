@@ -77,6 +77,9 @@ class AnnotateTrainWidget(ResultLayersMixin, TrainingMixin, JobDockWidget):
         self.fill_between_auto = True  # Train also starts fill between slices (the instant result)
         self._train_round = 0  # Train clicks so far
         self._shown_round = 0  # the round whose prediction is on screen
+        from ..warm_imports import warm_imports
+
+        result_layers.executor().submit(warm_imports)  # off the event loop, before "Create labels layer" needs them
 
         self.controls = TrainControls()
         self.controls.train_button.clicked.connect(self._train_or_stop)
@@ -171,9 +174,11 @@ class AnnotateTrainWidget(ResultLayersMixin, TrainingMixin, JobDockWidget):
         data, state, restored = self._restored_or_blank(vol.shape, folder, image.name)
         layer = self.viewer.add_labels(data, name=name, scale=tuple(image.scale), translate=tuple(image.translate),
                                        metadata=labels_metadata(image, vol, state), opacity=0.6)
+        # paint mode in the next event-loop turn: its first use builds napari's brush-circle overlay, a block about
+        # as long as the layer's own creation with software OpenGL; so the click's freeze comes in two halves
+        QTimer.singleShot(0, lambda: setattr(layer, "mode", "paint") if layer in self.viewer.layers else None)
         self.bind(layer, image, autosave_dir=folder)
         layer.selected_label = 1
-        layer.mode = "paint"
         self.viewer.layers.selection.active = layer
         if restored is not None:
             self.status.setText(f"Restored annotations autosaved {restored.get('saved_at', '')} from {folder}")

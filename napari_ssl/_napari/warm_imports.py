@@ -1,0 +1,22 @@
+"""Modules that the first "Create labels layer" would otherwise import inside the event loop.
+
+napari's Labels layer pulls in pandas (its features table), scikit-image and scipy.linalg; the annotations'
+autosave and fill between pull in SimpleITK. Imported there, they froze the viewer for 0.3-0.5 s of the click
+(more on a loaded machine); imported in the results thread when the Annotate widget is made, they are ready."""
+from __future__ import annotations
+
+import importlib
+
+MODULES = ("pandas", "SimpleITK", "scipy.linalg", "skimage.color", "skimage.color.colorconv", "skimage.exposure", "skimage.util",
+           "napari_ssl.io.atomic", "napari_ssl.active.fill_between")
+
+
+def warm_imports() -> list[str]:
+    """Import MODULES; returns those that failed (an optional one missing is not an error here)."""
+    failed = []
+    for name in MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a warm-up only: the real import reports it where it is needed
+            failed.append(name)
+    return failed
