@@ -200,9 +200,9 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
 def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
     # ver 3: the semi-supervised default without fill-between pseudo-labels; ver 4: side planes (data/planes.py) for the
     # variants (their specs name every setting that differs); ver 5: the default recipe = side planes, no self-training;
-    # save_predictions not in the key
+    # ver 6: three sides fused by their geometric mean (active/predict.py); save_predictions not in the key
     d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"],
-         "enc": a["encoder"], "ver": 1 if spec[1] is None else (4 if spec[1] else 5)}
+         "enc": a["encoder"], "ver": 1 if spec[1] is None else 6}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -6,7 +6,7 @@ import torch
 from study_helpers import dice, quantile_slices
 
 from napari_ssl import api
-from napari_ssl.active.predict import predict_array
+from napari_ssl.active.predict import LOG_EPS, predict_array
 from napari_ssl.data.labelled_slices import LabelledVolume
 from napari_ssl.data.normalize import default_spec, normalize
 from napari_ssl.data.planes import IGNORE, fit_plane, has_side_information, side_planes, slice_stretch, unfit_plane
@@ -72,7 +72,7 @@ def test_fit_plane_stretches_rows_to_square_pixels_and_unfit_inverts_it():
     assert float((back2[0, 0] - smooth[0, 0])[3:-3, 3:-3].abs().max()) < 0.3
 
 
-def test_three_sided_prediction_is_the_mean_of_the_three_sides(hippo):
+def test_three_sided_prediction_is_the_geometric_mean_of_the_three_sides(hippo):
     img, _ = hippo
     x = normalize(img.array, default_spec(img.modality))
     torch.manual_seed(0)
@@ -81,8 +81,11 @@ def test_three_sided_prediction_is_the_mean_of_the_three_sides(hippo):
     both = predict_array(unet, x, image_size=64, planes=(0, 1, 2))
     assert both.probabilities.shape == (3, *x.shape)
     np.testing.assert_allclose(both.probabilities.sum(0), 1.0, atol=1e-4)
-    np.testing.assert_allclose(both.probabilities, np.mean(each, axis=0), atol=1e-4)
-    assert not np.allclose(each[0], each[1], atol=1e-2)  # the sides differ, so the mean is not vacuous
+    geo = np.exp(np.mean(np.log(np.asarray(each) + LOG_EPS), axis=0))
+    np.testing.assert_allclose(both.probabilities, geo / geo.sum(0, keepdims=True), atol=1e-4)
+    assert not np.allclose(each[0], each[1], atol=1e-2)  # the sides differ, so the fusion is not vacuous
+    # and it is not the arithmetic mean: where the sides disagree, the geometric mean is further from the split
+    assert not np.allclose(both.probabilities, np.mean(each, axis=0), atol=1e-3)
 
 
 def test_default_recipe_trains_on_side_planes_and_beats_fill_between(hippo, tmp_path):

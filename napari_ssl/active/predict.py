@@ -129,10 +129,16 @@ def _passes(unet, xf: torch.Tensor, passes) -> torch.Tensor:
     return acc / len(passes)
 
 
+# Three sides are fused by the geometric mean of their class probabilities (the mean of their logs, then normalised):
+# on the validation volumes of benchmarks/RESULTS.md ("Fusing the three sides") it scored above the arithmetic mean
+# at every k with side planes; a voxel needs the sides to agree, so one side's spill stays out. LOG_EPS bounds a log.
+LOG_EPS = 1e-6
+
+
 def _predict_along(unet, image: np.ndarray, axis: int, out: list, *, image_size: int, in_channels: int, batch_size: int,
-                   passes, stretch: float, tick) -> None:
+                   passes, stretch: float, tick, log: bool = False) -> None:
     """Add the class probabilities of every plane along `axis` (0: the slices; 1, 2: side planes, data/planes.py)
-    of `image` to ``out[0]`` (K, z, y, x; made at the first batch, when K is known)."""
+    of `image` to ``out[0]`` (K, z, y, x; made at the first batch, when K is known); with `log`, their logs."""
     from ..data.planes import fit_plane, side_view, unfit_plane
 
     dev = next(unet.parameters()).device
@@ -147,6 +153,8 @@ def _predict_along(unet, image: np.ndarray, axis: int, out: list, *, image_size:
         xf = (fit_plane(x, image_size, stretch, side=side) if axis else fit_to_size(x, image_size)).to(dev)
         acc = _passes(unet, xf, passes).cpu()
         acc = (unfit_plane(acc, shape, stretch, side=side) if axis else unfit_from_size(acc, shape)).numpy()  # (n, K, a, b)
+        if log:
+            acc = np.log(np.clip(acc, 0.0, None) + LOG_EPS)
         if out[0] is None:
             out[0] = np.zeros((acc.shape[1], *image.shape), np.float32)
         side_view(np.moveaxis(out[0], 0, -1), axis)[i0:i0 + len(idx)] += np.moveaxis(acc, 1, -1)
@@ -157,7 +165,8 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
                   tta: bool = False, mc_dropout: int = 0, class_names: Optional[list[str]] = None, seed: int = 0,
                   progress=None, planes: Sequence[int] = (0,), stretch: float = 1.0) -> Prediction:
     """Predict every slice of a normalised (z, y, x) float image in [0, 1]; with ``planes`` (0, 1, 2) also every
-    side plane, the probabilities averaged over the three (``stretch``: slice spacing / pixel size, data/planes.py).
+    side plane, the three sides' probabilities fused by their geometric mean (``stretch``: slice spacing / pixel size,
+    data/planes.py).
     ``progress(planes_done, planes_total)`` is called after each batch when given."""
     if mc_dropout < 0:
         raise NapariSSLError("--mc-dropout must be 0 (off) or a number of passes")
@@ -176,11 +185,16 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
         if progress is not None:
             progress(done[0], total)
 
+    fused = len(planes) > 1
     for axis in planes:
         _predict_along(unet, image, int(axis), out, image_size=image_size, in_channels=in_channels, batch_size=batch_size,
-                       passes=passes, stretch=stretch, tick=tick)
+                       passes=passes, stretch=stretch, tick=tick, log=fused)
     torch.random.set_rng_state(gen_state)
     probs = out[0]
+    if fused:  # the sum of the sides' logs -> their normalised geometric mean, in place (a CT's array is large)
+        probs -= probs.max(0, keepdims=True)
+        probs /= len(planes)
+        np.exp(probs, out=probs)
     probs /= np.clip(probs.sum(0, keepdims=True), 1e-8, None)
     z, k = image.shape[0], probs.shape[0]
     ent = -(probs * np.log(np.clip(probs, 1e-8, 1.0))).sum(0) / np.log(k)

@@ -21,7 +21,7 @@ The recipe (``SemiSupervisedConfig``), chosen on validation volumes of the hippo
    slices that show the structure is dropped for the same reason.
 3. **Side planes** (``planes``, data/planes.py): with two or more annotated slices holding the structure, the
    coronal and sagittal planes of the study train too, each on the rows where it crosses an annotated slice
-   (every other row ignored); the model then predicts the study from the three sides and averages them. On
+   (every other row ignored); the model then predicts the study from the three sides and fuses them (geometric mean). On
    validation volumes this beat both the recipe without it and fill between inside the annotated range
    (benchmarks/RESULTS.md, "Side planes").
 4. **Prediction** (applied by the prediction path with the user's labels): foreground not touching the user's
