@@ -194,15 +194,17 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
     fill_pred = semi is not None and bool(info.get("fill_between_prediction"))
     pred = respect_annotation(pred, vol.labels, ann, keep_connected=keep_cc, fill_between=fill_pred)
     return {"method": method, "volume": name, "k": k, "seed": seed, **scores(pred.labels, lab, ann), "dice_raw": raw["dice"],
-            "train_seconds": t_train, "seconds": time.time() - t0, "pseudo_slices": info.get("pseudo_slices")}
+            "train_seconds": t_train, "seconds": time.time() - t0, "pseudo_slices": info.get("pseudo_slices"),
+            "user_slice_fit": info.get("user_slice_fit")}
 
 
 def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
     # ver 3: the semi-supervised default without fill-between pseudo-labels; ver 4: side planes (data/planes.py) for the
     # variants (their specs name every setting that differs); ver 5: the default recipe = side planes, no self-training;
-    # ver 6: three sides fused by their geometric mean (active/predict.py); save_predictions not in the key
+    # ver 6: three sides fused by their geometric mean (active/predict.py); ver 7: trained again when the model misses the
+    # user's own slices (semi_supervised.train_semi_supervised); save_predictions not in the key
     d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"],
-         "enc": a["encoder"], "ver": 1 if spec[1] is None else 6}
+         "enc": a["encoder"], "ver": 1 if spec[1] is None else 7}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

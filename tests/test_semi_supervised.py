@@ -160,3 +160,28 @@ def test_quality_few_real_slices_reach_dice_on_held_out_volumes(hippo_dir):
 # Today's code: 0.219 (0.224 / 0.149 / 0.282; seed 0, 80 steps, 6 slices). An untrained or mis-wired model (loss sign,
 # targets shifted, weights not transferred back) predicts noise or background everywhere: Dice near 0.
 QUALITY_THRESHOLD = 0.12
+
+
+def test_a_model_that_misses_the_drawn_slices_is_trained_once_more(study):
+    """The guard against a collapsed run (the model answering background even on the user's slices): with a learning
+    rate of 0 the model cannot fit, so the fit check fails and a second training runs; its fit is recorded too."""
+    import torch
+
+    from napari_ssl.data.labelled_slices import LabelledVolume
+    from napari_ssl.data.normalize import default_spec, normalize
+    from napari_ssl.models.unet import build_unet
+    from napari_ssl.train.semi_supervised import train_semi_supervised, user_slice_fit
+
+    img, lab, sparse, zs = study
+    ann = np.zeros(lab.shape[0], bool)
+    ann[zs] = True
+    vol = LabelledVolume(image=normalize(img.array, default_spec(img.modality)).astype(np.float32), labels=sparse, annotated=ann)
+    torch.manual_seed(0)
+    unet = build_unet("mobilenetv3-small-lite", in_channels=1, classes=3)
+    statuses = []
+    unet, info = train_semi_supervised(unet, [vol], image_size=64, in_channels=1, steps=6, batch_size=4, lr=0.0,
+                                       loss="dice-ce", devices="cpu", seed=0,
+                                       emit=lambda e: statuses.append(e["message"]) if e.get("type") == "status" else None)
+    assert len(info["user_slice_fit"]) == 2 and max(info["user_slice_fit"]) < 0.5
+    assert any("training once more" in m for m in statuses)
+    assert user_slice_fit(unet, vol, 64, 1) == pytest.approx(max(info["user_slice_fit"]))
