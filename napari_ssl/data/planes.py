@@ -4,8 +4,9 @@ A user annotates slices along one axis (axis 0 of the canonical grid). Every pla
 crosses those slices in one row each: a coronal or sagittal plane of the study is a 2-D image whose annotated
 rows are known and whose other rows are unknown (``IGNORE``). Training the same 2-D U-Net on those planes as
 well (loss on the known rows only) shows it the structure's extent and shape along the slice axis, which the
-annotated slices alone never show; predicting the study along the three axes and fusing the probabilities (their geometric mean,
-active/predict.py) gives each voxel three views (benchmarks/RESULTS.md, "Side planes, chosen on validation volumes", for the measurement that chose it).
+annotated slices alone never show; predicting the study along the three axes and fusing the probabilities
+(their geometric mean, active/predict.py) gives each voxel three views (benchmarks/RESULTS.md, "Side planes,
+chosen on validation volumes" and "Fusing the three sides", for the measurements that chose them).
 
 Planes are resampled to square pixels and centred in the slices' own square before the usual resize
 (``fit_plane``): with 2.5 mm slices and 0.94 mm pixels a side plane is stretched 2.7x along the slice axis, so the
