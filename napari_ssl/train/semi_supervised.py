@@ -169,6 +169,7 @@ def fill_between_pseudo(vol: LabelledVolume, limit: int, image_size: int = 0) ->
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict_slices(unet: torch.nn.Module, image: np.ndarray, zs: Sequence[int], image_size: int, in_channels: int,
                    batch_size: int = 32) -> np.ndarray:
     """Class probabilities (len(zs), K, y, x) of the given slices of a normalised volume."""
@@ -193,8 +194,7 @@ def user_slice_fit(unet, vol: LabelledVolume, image_size: int, in_channels: int)
     user = vol.labels[ann_z]
     if not (user > 0).any():
         return 1.0
-    with torch.no_grad():
-        fit = predict_slices(unet, vol.image, ann_z, image_size, in_channels).argmax(1)
+    fit = predict_slices(unet, vol.image, ann_z, image_size, in_channels).argmax(1)
     return 2 * float(((fit > 0) & (user > 0)).sum()) / max(1.0, float((fit > 0).sum() + (user > 0).sum()))
 
 
