@@ -12,8 +12,12 @@ MODULES = ("pandas", "SimpleITK", "scipy.linalg", "skimage.color", "skimage.colo
            "napari_ssl.io.atomic", "napari_ssl.active.fill_between")
 
 
+_FROZEN = False
+
+
 def warm_imports() -> list[str]:
     """Import MODULES; returns those that failed (an optional one missing is not an error here)."""
+    global _FROZEN
     failed = []
     for name in MODULES:
         try:
@@ -21,6 +25,10 @@ def warm_imports() -> list[str]:
         except Exception:  # noqa: BLE001 - a warm-up only: the real import reports it where it is needed
             failed.append(name)
     # The viewer's long-lived objects (napari, Qt, these modules) out of the cyclic collector's sight: its full
-    # collections scanned them all, 34-306 ms with the GIL held (a frozen tick); now they scan only newer objects
-    gc.freeze()
+    # collections scanned them all, 34-306 ms with the GIL held (a frozen tick); now they scan only newer objects.
+    # Once per process, at start-up: a later freeze would also pin whatever the session has made and dropped since
+    # (a closed viewer's reference cycles), which the collector could then never free
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN = True
     return failed
