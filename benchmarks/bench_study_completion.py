@@ -69,6 +69,10 @@ VARIANTS = {
     "supervised-random-cc": ("random", None, True),
     "semi-random-axial0.2": ("random", {"rounds": 0, "axial_fraction": 0.2}, True),  # share of annotated slices among
     "semi-random-axial0.5": ("random", {"rounds": 0, "axial_fraction": 0.5}, True),  # the user's samples (default 0.34)
+    # a 4th element: predict_array keywords (the same trained model as the recipe's: training is deterministic per seed)
+    "semi-random-tta": ("random", {}, True, {"tta": True}),  # flips + gamma at prediction (the axial side flips only)
+    # one training, several predictions: the recipe's own row, then a row for each {method: predict_array keywords}
+    "semi-random+tta": ("random", {}, True, {"also": {"semi-random-tta": {"tta": True}, "semi-random-flip": {"tta": "flip"}}}),
 }
 
 
@@ -159,7 +163,9 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
     from napari_ssl.train.finetune import FinetuneConfig, build_initial_model, train_unet
     from napari_ssl.train.semi_supervised import SemiSupervisedConfig, train_semi_supervised
 
-    init, semi, keep_cc = spec
+    init, semi, keep_cc = spec[:3]
+    pkw = dict(spec[3]) if len(spec) > 3 else {}
+    also = pkw.pop("also", {})
     img, lab = load(name)
     ann = np.zeros(lab.shape[0], bool)
     ann[quantile_slices(lab, k)] = True
@@ -180,7 +186,7 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
     t_train = time.time() - t0
     unet = unet.cpu()
     planes = (0, 1, 2) if info.get("planes") else (0,)  # the recipe's side planes: predicted from three sides, as the product does
-    pred = predict_array(unet, img, image_size=a["image_size"], in_channels=1, planes=planes)
+    pred = predict_array(unet, img, image_size=a["image_size"], in_channels=1, planes=planes, **pkw)
     raw = scores(pred.labels, lab, ann)
     if a.get("save_predictions"):  # the model's own output, before the prediction path's post-processing
         d = os.path.join(a["save_predictions"], method)
@@ -193,9 +199,19 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
                             **sides)
     fill_pred = semi is not None and bool(info.get("fill_between_prediction"))
     pred = respect_annotation(pred, vol.labels, ann, keep_connected=keep_cc, fill_between=fill_pred)
-    return {"method": method, "volume": name, "k": k, "seed": seed, **scores(pred.labels, lab, ann), "dice_raw": raw["dice"],
-            "train_seconds": t_train, "seconds": time.time() - t0, "pseudo_slices": info.get("pseudo_slices"),
-            "user_slice_fit": info.get("user_slice_fit")}
+    row = {"method": method, "volume": name, "k": k, "seed": seed, **scores(pred.labels, lab, ann), "dice_raw": raw["dice"],
+           "train_seconds": t_train, "seconds": time.time() - t0, "pseudo_slices": info.get("pseudo_slices"),
+           "user_slice_fit": info.get("user_slice_fit")}
+    if not also:
+        return row
+    rows = [row]
+    for other, okw in also.items():  # the same model, predicted otherwise
+        t1 = time.time()
+        p2 = predict_array(unet, img, image_size=a["image_size"], in_channels=1, planes=planes, **okw)
+        raw2 = scores(p2.labels, lab, ann)
+        p2 = respect_annotation(p2, vol.labels, ann, keep_connected=keep_cc, fill_between=fill_pred)
+        rows.append(dict(row, method=other, **scores(p2.labels, lab, ann), dice_raw=raw2["dice"], predict_seconds=time.time() - t1))
+    return rows
 
 
 def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
@@ -500,8 +516,9 @@ def main(argv=None) -> int:
             for k in ks:
                 for m in methods:
                     key = task_key(m, specs[m], n, k, seed, a)
-                    if key in done:
-                        rows.append(done[key])
+                    extra = [key + "+" + o for o in (specs[m][3].get("also", {}) if len(specs[m]) > 3 else {})]
+                    if key in done and all(e in done for e in extra):
+                        rows.extend(done[e] for e in [key, *extra])
                     else:
                         tasks.append((key, (m, specs[m], n, k, seed, a, pre_dir)))
     print(f"{len(tasks)} trainings to run ({len(rows) - len(names) * len(ks)} cached)", flush=True)
@@ -509,18 +526,19 @@ def main(argv=None) -> int:
 
     with mp.get_context("spawn").Pool(args.workers, initializer=_setup_worker) as pool, open(cache, "a") as f:
         keys = [t[0] for t in tasks]
-        for i, r in enumerate(pool.imap(_run_task, [t[1] for t in tasks])):
-            r["key"] = keys[i]
+        for i, got in enumerate(pool.imap(_run_task, [t[1] for t in tasks])):
             if args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
                 print(f"time limit reached after {i + 1} of {len(tasks)} trainings: summarising what ran", flush=True)
                 pool.terminate()
                 break
-            if "error" in r:
-                print("ERROR", r["method"], r["volume"], r["k"], r["error"], r.get("tb", ""), flush=True)
-            else:
-                f.write(json.dumps(r) + "\n")
-                f.flush()
-            rows.append(r)
+            for r in (got if isinstance(got, list) else [got]):
+                r["key"] = keys[i] + ("" if r["method"] == tasks[i][1][0] else "+" + r["method"])
+                if "error" in r:
+                    print("ERROR", r["method"], r["volume"], r["k"], r["error"], r.get("tb", ""), flush=True)
+                else:
+                    f.write(json.dumps(r) + "\n")
+                    f.flush()
+                rows.append(r)
             if (i + 1) % 20 == 0 or i + 1 == len(tasks):
                 print(f"  {i + 1}/{len(tasks)} trainings, {time.time() - t0:.0f} s", flush=True)
     complete = {n for n in names if all(any(r["method"] == m and r["volume"] == n and r["k"] == k and "error" not in r for r in rows)
@@ -528,7 +546,8 @@ def main(argv=None) -> int:
     if len(complete) < len(names):
         print(f"{len(complete)} of {len(names)} volumes have every method and k: the summary uses those", flush=True)
         rows = [r for r in rows if r["volume"] in complete]
-    summary = summarize(rows, ["fill-between", *methods], ks)
+    also = [o for m in methods if len(specs[m]) > 3 for o in specs[m][3].get("also", {})]
+    summary = summarize(rows, ["fill-between", *methods, *also], ks)
     wall = time.time() - t0
     for m, per in summary.items():
         print(f"{m:28s} " + "  ".join(f"k={k}: {per[str(k)]['dice']:.3f}±{per[str(k)]['dice_sd_over_seeds']:.3f} "

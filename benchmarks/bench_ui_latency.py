@@ -460,7 +460,7 @@ def run_ct(args) -> dict:
     viewer.window.add_dock_widget(widget, name="Annotate & Train")
     widget.image_combo.select(image.name)
     probe = Probe()
-    stalls = probe.watch_stalls()
+    stalls = probe.watch_stalls(args.stall_threshold)
     native_stalls = probe.dump_native_stalls() if args.native_dumps else []
     t_open_settle = time.perf_counter() + 2
     pump_until(app, lambda: time.perf_counter() >= t_open_settle, 30, "the viewer to settle")
@@ -719,6 +719,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ct-timeout", type=float, default=1200.0)
     ap.add_argument("--native-dumps", action="store_true", help="ct: faulthandler dump of every thread at 0.3 s into "
                     "each stall (diagnosis; can crash the run, see Probe.dump_native_stalls)")
+    ap.add_argument("--stall-threshold", type=float, default=0.4, help="ct: seconds without a tick before the watchdog "
+                    "records the GUI thread's stack (stalls_over_400ms_where; diagnosis)")
     ap.add_argument("--profile", action="store_true", help="ct: cProfile the GUI thread over the window (diagnosis; "
                     "slows it down) and write the top calls into the JSON")
     args = ap.parse_args(argv)

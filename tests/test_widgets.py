@@ -382,6 +382,7 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     order = [ly.name for ly in viewer.layers]
     assert order.index(unc.name) < order.index(pred.name) < order.index(labels.name)
     assert viewer.layers.selection.active.name == labels.name and not viewer.layers[image.name + " fill between"].visible
+    assert not unc.visible and "show it with its eye" in widget.status.text()  # the uncertainty arrives hidden; the status says so
     # the list's order matches the number it shows
     shown = [float(widget.suggest_list.item(i).text().split("score ")[1].rstrip(")")) for i in range(widget.suggest_list.count())]
     assert shown == sorted(shown, reverse=True), shown
@@ -397,7 +398,8 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     assert int(widget.annotated_mask().sum()) == before + 1
     wait_until(lambda: np.array_equal(read_annotations(folder)[0][z], expected), 30, "the accepted slice to be autosaved")
 
-    # Train again: warm start from the last model
+    # Train again: warm start from the last model; the uncertainty, which the user has now shown, stays shown
+    unc.visible = True
     assert widget.warm_start.isChecked() and widget.train_button.text() == "Train again"
     first_job = widget.job
     widget.train()
@@ -412,6 +414,7 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     assert meta1["source"]["init"] == "pretrained-encoder" and meta1["source"]["weights"] == Path(pretrained).name
     assert meta2["source"]["init"] == "model" and meta2["source"]["model"] == Path(model1).name
     assert viewer.layers[image.name + " prediction"] is pred  # updated in place
+    assert viewer.layers[image.name + " uncertainty"] is unc and unc.visible and "show it with its eye" not in widget.status.text()
 
 
 def test_fill_between_slices_button(make_napari_viewer, ssl_home):

@@ -51,7 +51,8 @@ def test_result_layers_are_made_ahead_and_results_only_swap_data(make_napari_vie
     assert len(viewer.layers) == n_layers
     assert not any(result_layers.is_placeholder(lay) or lay.name.endswith(result_layers.WAITING_SUFFIX) for lay in viewer.layers)
     pred, unc, fill = final["prediction"], final["uncertainty"], final["fill between"]
-    assert pred.visible and unc.visible and not fill.visible  # the model's answer replaces the instant one on screen
+    assert pred.visible and not fill.visible  # the model's answer replaces the instant one on screen
+    assert not unc.visible and repr(unc.name) in widget.status.text()  # the uncertainty arrives hidden, and the status says where
     assert pred.data.any() and unc.data.max() > 0 and fill.data.any()
     assert tuple(unc.contrast_limits) == (0, result_layers.UNCERTAINTY_LEVELS)  # fixed: never computed from the volume
     assert pred.contour >= 1 and fill.opacity < 0.5 and unc.colormap.map(np.array([0.0]))[0, 3] == 0

@@ -257,6 +257,9 @@ class DemoLoop:
             if not isinstance(res, Finished):
                 raise RuntimeError(res.message or "training failed")
             pred = w.prediction_layer()
+            unc = w.uncertainty_name()
+            if unc in self.viewer.layers:  # it arrives hidden; the demo shows every result, as a user ticking its eye
+                self.viewer.layers[unc].visible = True
             # show a slice the model completed on its own: between the first two annotated slices
             between = [z for z in range(self.annotated[0] + 1, self.annotated[-1]) if z not in self.annotated]
             if between:

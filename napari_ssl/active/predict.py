@@ -171,7 +171,7 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
     if mc_dropout < 0:
         raise NapariSSLError("--mc-dropout must be 0 (off) or a number of passes")
     unet.eval()
-    variants = TTA_VARIANTS if tta else TTA_VARIANTS[:1]
+    variants = TTA_VARIANTS[:2] if tta == "flip" else TTA_VARIANTS if tta else TTA_VARIANTS[:1]
     n_mc = int(mc_dropout)
     passes = ([(flip, gamma, 0.0) for flip, gamma in variants] if n_mc == 0
               else [(flip, gamma, MC_DROPOUT_P) for flip, gamma in variants for _ in range(n_mc)])
@@ -199,7 +199,7 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
     z, k = image.shape[0], probs.shape[0]
     ent = -(probs * np.log(np.clip(probs, 1e-8, 1.0))).sum(0) / np.log(k)
     labels = probs.argmax(0).astype(np.uint8)
-    method = "+".join(m for m, on in (("tta", tta), (f"mc-dropout-{n_mc}", n_mc > 0)) if on) or "single"
+    method = "+".join(m for m, on in (("tta-flip" if tta == "flip" else "tta", tta), (f"mc-dropout-{n_mc}", n_mc > 0)) if on) or "single"
     return Prediction(labels=labels, probabilities=probs, uncertainty=ent.astype(np.float32),
                       slice_uncertainty=ent.reshape(z, -1).mean(1).astype(np.float32),
                       class_names=list(class_names or [f"class {i}" for i in range(1, k)]), passes=len(passes), method=method)

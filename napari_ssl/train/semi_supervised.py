@@ -169,7 +169,6 @@ def fill_between_pseudo(vol: LabelledVolume, limit: int, image_size: int = 0) ->
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict_slices(unet: torch.nn.Module, image: np.ndarray, zs: Sequence[int], image_size: int, in_channels: int,
                    batch_size: int = 32) -> np.ndarray:
     """Class probabilities (len(zs), K, y, x) of the given slices of a normalised volume."""

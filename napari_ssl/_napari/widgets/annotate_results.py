@@ -19,6 +19,16 @@ class ResultLayersMixin:
             result_layers.read_prediction_arrays, (ev.labels, ev.uncertainty, self.labels_layer.data.dtype),
             done=lambda arrays: self._stage_prediction(ev, *arrays), failed=self._error, parent=self)
 
+    def uncertainty_name(self) -> str:
+        return self.image_layer.name + UNCERTAINTY_SUFFIX
+
+    def uncertainty_hint(self) -> str:
+        """A pointer to the uncertainty layer while it is hidden (it arrives hidden), else ''."""
+        name = self.uncertainty_name() if self.image_layer is not None else None
+        if name is None or name not in self.viewer.layers or self.viewer.layers[name].visible:
+            return ""
+        return f" Uncertainty: layer {name!r}, hidden (show it with its eye in the layer list)."
+
     def _result_meta(self, **extra) -> dict:
         return result_metadata(self.labels_layer, **extra)
 
@@ -40,12 +50,15 @@ class ResultLayersMixin:
         base = self.image_layer.name
         geo = {"scale": tuple(self.image_layer.scale), "translate": tuple(self.image_layer.translate)}
         meta = self._result_meta(prediction_of=base, model=ev.model)
-        pname, uname = base + PREDICTION_SUFFIX, base + UNCERTAINTY_SUFFIX
+        pname, uname = base + PREDICTION_SUFFIX, self.uncertainty_name()
         names = ["background", *self.class_names()]
 
-        # each step its own event-loop turn: data into each (hidden, made ahead) layer, then both shown and the
-        # instant fill-between hidden in one turn, so the canvas redraws once (each redraw: 40-60 ms with
-        # software OpenGL on a full-size CT, one late event-loop turn each when they were separate steps)
+        # each step its own event-loop turn: data into each (hidden, made ahead) layer, then the prediction shown and
+        # the instant fill-between hidden in one turn, so the canvas redraws once (each redraw: 40-60 ms with
+        # software OpenGL on a full-size CT, one late event-loop turn each when they were separate steps).
+        # The uncertainty arrives hidden (its eye in the layer list shows it; a later round keeps the user's choice):
+        # the outline over the image is what a reader looks at first, and one layer fewer to draw on every slice
+        # change keeps scrolling a full-size CT fluid (benchmarks/RESULTS.md, UI latency, session 15)
         def uncertainty() -> None:
             if result_layers.claim(self.viewer, uname, unc) is None:
                 result_layers.insert_below(self.viewer, result_layers.new_layer("uncertainty", unc, name=uname, geo=geo),
@@ -62,9 +75,8 @@ class ResultLayersMixin:
             pl.features = {"index": np.arange(len(names)), "name": names}
 
         def show() -> None:
-            for name in (uname, pname):
-                if name in self.viewer.layers:
-                    self.viewer.layers[name].visible = True
+            if pname in self.viewer.layers:
+                self.viewer.layers[pname].visible = True
             fill = self.viewer.layers[base + FILL_BETWEEN_SUFFIX] if base + FILL_BETWEEN_SUFFIX in self.viewer.layers else None
             self._shown_round = self._train_round
             if fill is not None:

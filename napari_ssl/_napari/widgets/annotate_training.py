@@ -154,7 +154,7 @@ class TrainingMixin:
             self.warm_start.setChecked(bool(self.last_model))
             top = f" Top suggestion: slice {self.suggestions[0]['slice']}." if self.suggestions else ""
             self.status.setText(("Stopped; last weights saved. " if ev.stopped else "Done. ") +
-                                f"Model: {self.last_model}.{top}")
+                                f"Model: {self.last_model}.{top}{self.uncertainty_hint()}")
         else:
             self._error(ev.message or "training failed")
         self._update_buttons()

@@ -4,8 +4,8 @@
    identity in metadata) with named, coloured classes. It is autosaved as the user paints.
 2. Paint a few slices; mark slices where the structure is absent as annotated-empty.
 3. Train: fine-tune a U-Net (from a pretrained encoder, or from scratch; warm-started from the last
-   model on later rounds) in a child process, then predict the image: a prediction Labels layer and an
-   uncertainty Image layer appear, with the slices worth annotating next.
+   model on later rounds) in a child process, then predict the image: a prediction Labels layer (an outline)
+   and an uncertainty Image layer (hidden until its eye is ticked) appear, with the slices worth annotating next.
 4. Next slice jumps to the top suggestion; Accept copies the (corrected) prediction of the current slice
    into the annotations; Train again.
 

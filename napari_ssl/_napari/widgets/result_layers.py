@@ -18,8 +18,8 @@ costs 100-400 ms of event-loop time on a CPU with software OpenGL. So:
 And so the image stays readable under the results:
 
 * the prediction is an outline (``contour``) in the class colours, not an opaque fill;
-* the uncertainty leaves confident pixels fully transparent (:func:`uncertainty_colormap`) and
-  sits under the prediction;
+* the uncertainty leaves confident pixels fully transparent (:func:`uncertainty_colormap`), sits under
+  the prediction, and arrives hidden (the widget says where it is);
 * "Fill between slices" (the instant, training-free completion) is a translucent fill.
 """
 from __future__ import annotations
