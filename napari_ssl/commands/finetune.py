@@ -13,11 +13,11 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output model folder (model.safetensors + model.json)")
     p.add_argument("--encoder-weights", metavar="PRETRAIN_DIR", help="pretraining output folder (or encoder .safetensors) to start the encoder from")
     p.add_argument("--init-model", metavar="DIR", help="warm-start from a previous fine-tuned model (active-learning rounds)")
-    p.add_argument("--encoder", help="smp encoder name (default: the pretrained one, else resnet18)")
+    p.add_argument("--encoder", help="smp encoder name (default: the pretrained one, else the compact U-Net on a CPU, resnet18 on a GPU)")
     p.add_argument("--in-channels", type=int, choices=(1, 3), help="1 = single slice, 3 = 2.5D (default: the pretrained model's, else 1)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help="passes over the annotated slices")
-    g.add_argument("--steps", type=int, help="optimiser steps (default 500)")
+    g.add_argument("--steps", type=int, help="optimiser steps (default: about a minute of training, 300-600 by tile size; 500 with --no-auto)")
     p.add_argument("--classes", metavar="NAMES", help='names of labels 1..N, e.g. "anterior,posterior"')
     p.add_argument("--rois", metavar="NAMES",
                    help="RTSTRUCT --labels: the ROIs to take, in order (label values 1, 2, ...; later ones win where they overlap), "
@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--loss", choices=("dice-ce", "jaccard"), default="dice-ce")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, help="tile size fed to the network, a multiple of 32 (default: chosen from the scan and the labels)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 3e-3, the benchmarks' rate)")
     p.add_argument("--encoder-lr-scale", type=float, default=1.0, help="encoder learning rate = lr x this (e.g. 0.1 to protect pretrained features)")
     p.add_argument("--freeze-encoder-steps", type=int, default=0, help="train only the decoder for the first N steps")
     p.add_argument("--transfer-decoder", action="store_true", help="also start the decoder from the pretrained U-Net (in-painting-type methods)")

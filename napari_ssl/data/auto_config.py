@@ -13,8 +13,9 @@ its modality, in-plane size and spacing. From those:
 * **intensity window**: CT gets a window centred on the annotated structure's Hounsfield units
   (at least 400 HU wide, a soft-tissue window for soft tissue; wider for bone or lung); MR keeps the
   per-volume percentiles (MR intensities have no absolute meaning).
-* **encoder and steps**: the per-step cost grows with tile area; on a CPU a tile above 64 px gets the
-  compact U-Net preset, so a first result arrives in about a minute.
+* **encoder and steps**: on a CPU the compact U-Net preset (a resnet18 costs about 4.5x per step); the number of
+  steps is a training-time budget (about a minute on the device, :func:`default_steps`), so a small tile trains
+  longer (up to ``MAX_STEPS``) and a large one still gives a first result in about a minute.
 * **slice range**: the study is predicted from one mean gap between drawn slices below the lowest drawn
   slice to one gap above the highest (bounded by slices marked annotated-empty): the model never saw a
   slice without the structure, so beyond that it finds look-alikes (bowel above the bladder).
@@ -44,7 +45,9 @@ CT_MIN_WIDTH_HU = 400.0
 CT_MAX_WIDTH_HU = 2000.0
 COMPACT_ENCODER = "mobilenetv3-small-lite"
 DEFAULT_ENCODER = "resnet18"
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 300  # the fewest steps the budget gives (a large tile); also the estimate for a slow-setting warning
+MAX_STEPS = 600  # the most it gives (a small tile: the hippocampus crops' 64 px)
+TRAIN_BUDGET_S = 60.0  # estimated seconds of training on an unloaded device
 # Rough seconds per training step (batch 8) on an unloaded 2-core CPU at a 128 px tile; they scale with tile area.
 CPU_SECONDS_PER_STEP_128 = {DEFAULT_ENCODER: 0.9, COMPACT_ENCODER: 0.2}
 
@@ -163,6 +166,16 @@ def estimated_seconds_per_step(encoder: str, image_size: int, batch_size: int = 
     return sec / 20.0 if kind == "gpu" else sec
 
 
+def default_steps(encoder: str, image_size: int, kind: str = "cpu", batch_size: int = 8) -> int:
+    """Steps that fill the training-time budget, in [DEFAULT_STEPS, MAX_STEPS], a multiple of 50.
+
+    A budget, not a count: on the hippocampus crops (64 px) 600 steps beat 300 on every validation volume at k=5
+    (benchmarks/RESULTS.md, session 15) and train in ~30 s; a 128 px CT crop costs 4x per step and keeps 300."""
+    per_step = estimated_seconds_per_step(encoder, int(image_size), batch_size, kind)
+    n = TRAIN_BUDGET_S / max(per_step, 1e-6)
+    return int(min(MAX_STEPS, max(DEFAULT_STEPS, 50 * math.floor(n / 50))))
+
+
 def choose_settings(image: np.ndarray, spacing: Sequence[float], modality: str, labels: np.ndarray, annotated: np.ndarray,
                     *, devices: Optional[str] = "auto", model_meta: Optional[dict] = None,
                     image_size: Optional[int] = None) -> AutoSettings:
@@ -191,8 +204,9 @@ def choose_settings(image: np.ndarray, spacing: Sequence[float], modality: str, 
         reasons["z_range"] = "the structure is continuous: predicted up to one gap between drawn slices beyond the outermost ones"
         if z_range == [0, int(image.shape[0])]:
             z_range = None
-    steps = DEFAULT_STEPS
-    reasons["steps"] = f"~{estimated_seconds_per_step(encoder, size, kind=kind) * steps:.0f} s of training on an unloaded {kind.upper()}"
+    steps = default_steps(encoder, size, kind)
+    reasons["steps"] = (f"about a minute of training: ~{estimated_seconds_per_step(encoder, size, kind=kind) * steps:.0f} s "
+                        f"on an unloaded {kind.upper()} ({DEFAULT_STEPS}-{MAX_STEPS} steps)")
     return AutoSettings(image_size=int(size), spacing_mm=round(float(spacing_mm), 4), roi=roi, z_range=z_range, normalization=norm,
                         encoder=encoder, steps=int(steps), keep_connected=box is not None, reasons=reasons)
 
@@ -246,18 +260,18 @@ def _normalization(image: np.ndarray, modality: str, labels: np.ndarray, annotat
 
 
 def _encoder(meta: dict, from_previous: bool, kind: str, size: int, reasons: dict[str, str]) -> str:
-    """The previous model's or the pretrained encoder; else a compact one where a resnet18 would be slow on a CPU."""
+    """The previous model's or the pretrained encoder; else on a CPU the compact U-Net, on a GPU a resnet18."""
     if from_previous:
         reasons["encoder"] = "kept from the model this one starts from"
         return str(meta.get("encoder_name") or DEFAULT_ENCODER)
     if meta.get("encoder_name"):  # older spellings resolved by models/metadata.py
         reasons["encoder"] = "the pretrained encoder's"
         return str(meta["encoder_name"])
-    if kind == "cpu" and size > MIN_TILE:
-        reasons["encoder"] = (f"compact U-Net: a {DEFAULT_ENCODER} at {size} px would take "
-                              f"~{estimated_seconds_per_step(DEFAULT_ENCODER, size) * DEFAULT_STEPS / 60:.0f} min on this CPU")
+    if kind == "cpu":
+        per = estimated_seconds_per_step(DEFAULT_ENCODER, size) / estimated_seconds_per_step(COMPACT_ENCODER, size)
+        reasons["encoder"] = f"compact U-Net: a {DEFAULT_ENCODER} costs ~{per:.1f}x as much per step on this CPU"
         return COMPACT_ENCODER
-    reasons["encoder"] = f"{DEFAULT_ENCODER} U-Net" + (" (GPU)" if kind == "gpu" else f" (a {size} px tile is cheap)")
+    reasons["encoder"] = f"{DEFAULT_ENCODER} U-Net (GPU)"
     return DEFAULT_ENCODER
 
 
@@ -268,8 +282,8 @@ def slow_setting_warning(*, image_size: Optional[int], encoder: Optional[str], s
     kind = device_kind(devices)
     if kind == "gpu" or not image_size:
         return None
-    enc = encoder or (COMPACT_ENCODER if int(image_size) > MIN_TILE else DEFAULT_ENCODER)
-    n = int(steps or DEFAULT_STEPS)
+    enc = encoder or COMPACT_ENCODER
+    n = int(steps or default_steps(enc, int(image_size), kind, batch_size))
     est = estimated_seconds_per_step(enc, int(image_size), batch_size, kind) * n
     if est <= budget_s:
         return None

@@ -42,7 +42,7 @@ class FinetuneConfig:
     out: str
     encoder_weights: Optional[str] = None  # pretraining output folder or encoder .safetensors
     init_model: Optional[str] = None  # previous fine-tuned model folder (warm start)
-    encoder: Optional[str] = None  # default: the pretrained/init model's, else resnet18
+    encoder: Optional[str] = None  # default: the pretrained/init model's, else the auto settings' (compact on a CPU), else resnet18
     in_channels: Optional[int] = None  # 1, or 3 for 2.5D; default: the pretrained/init model's, else 1
     classes: Optional[list] = None  # names of labels 1..N
     empty_slices: Optional[list] = None  # per image/label pair: slice indices annotated as empty
@@ -52,7 +52,7 @@ class FinetuneConfig:
     loss: str = "dice-ce"
     batch_size: int = 8
     image_size: Optional[int] = None  # default: the pretrained model's, else 64
-    lr: float = 1e-3
+    lr: float = 3e-3  # the rate every study-completion / label-efficiency benchmark trained with
     weight_decay: float = 1e-4
     encoder_lr_scale: float = 1.0
     freeze_encoder_steps: int = 0
@@ -131,7 +131,8 @@ def prepare_data(config: FinetuneConfig, norm_meta: Optional[dict], choose: Opti
     return PreparedData(volumes=volumes, class_names=names, normalization=norm_spec or default_spec(modality), modality=modality, shapes=shapes)
 
 
-def resolve_steps(config: FinetuneConfig, n_samples: int) -> int:
+def resolve_steps(config: FinetuneConfig, n_samples: int, default: Optional[int] = None) -> int:
+    """--steps, else --epochs, else `default` (the data-driven settings' training budget), else DEFAULT_STEPS."""
     if config.steps is not None and config.epochs is not None:
         raise NapariSSLError("give either --epochs or --steps, not both")
     if config.steps is not None:
@@ -142,7 +143,7 @@ def resolve_steps(config: FinetuneConfig, n_samples: int) -> int:
         if config.epochs < 1:
             raise NapariSSLError("--epochs must be at least 1")
         return max(1, int(np.ceil(config.epochs * n_samples / config.batch_size)))
-    return DEFAULT_STEPS
+    return int(default or DEFAULT_STEPS)
 
 
 @torch.no_grad()
@@ -243,7 +244,7 @@ def _finetune(config: FinetuneConfig, emit: Callable[[dict], None], stop_event) 
     emit({"type": "status", "message": "Building the model (the first training steps follow)"})
     model = _build_model(config, num_classes, settings)
     dataset = LabelledSliceDataset(data.volumes, model.image_size, model.in_channels, AugmentConfig() if config.augment else None)
-    steps = resolve_steps(config, len(dataset))
+    steps = resolve_steps(config, len(dataset), _budget_steps(settings, model, config) if settings is not None else None)
     if settings is not None:
         settings.steps, settings.encoder, settings.image_size = steps, model.encoder_name, model.image_size
         emit({"type": "status", "message": "settings: " + settings.summary()})
@@ -263,6 +264,15 @@ def _finetune(config: FinetuneConfig, emit: Callable[[dict], None], stop_event) 
     emit({"type": "checkpoint", "path": os.path.abspath(config.out)})
     emit({"type": "done", "out": os.path.abspath(config.out), "stopped": info["stopped"]})
     return os.path.abspath(config.out)
+
+
+def _budget_steps(settings, model: "_Model", config: FinetuneConfig) -> int:
+    """The settings' training budget in steps for the network actually built (a pretrained encoder may differ)."""
+    from ..data.auto_config import default_steps, device_kind
+
+    if model.encoder_name == settings.encoder and model.image_size == settings.image_size and config.batch_size == 8:
+        return int(settings.steps)
+    return default_steps(model.encoder_name, model.image_size, device_kind(config.devices), config.batch_size)
 
 
 def _build_model(config: FinetuneConfig, num_classes: int, settings) -> _Model:

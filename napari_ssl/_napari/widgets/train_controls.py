@@ -21,7 +21,8 @@ class TrainControls(QGroupBox):
         self.refresh_init_choices()
         self.warm_start = QCheckBox("Warm-start from the last model")
         self.warm_start.setEnabled(False)
-        self.steps = spin_box(0, 1_000_000, 300, special="auto")
+        self.steps = spin_box(0, 1_000_000, 0, special="auto")
+        self.steps.setToolTip("auto: about a minute of training on this device (300-600 steps, fewer for a larger tile)")
         self.image_size = spin_box(0, 1024, 0, step=32, special="auto")
         self.image_size.setToolTip("auto: a crop around the drawn structure at the resolution this device trains "
                                    "in about a minute (napari_ssl/train/auto_config.py)")
