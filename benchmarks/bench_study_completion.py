@@ -302,7 +302,7 @@ def _stage_times(events: list[tuple[float, dict]], t0: float) -> dict:
     return out
 
 
-WIDGET_STEPS = 300  # the Annotate & Train widget's Steps box default (annotate_widget.py); the CLI's default is 500
+WIDGET_STEPS = None  # the Annotate & Train widget's Steps box default: auto (the training budget of data/auto_config.py)
 
 
 def _run_as_widget(cfg: dict, folder: str, on_event) -> None:
@@ -321,8 +321,8 @@ def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = 
                         widget: bool = False) -> dict:
     """Seconds from 'Train' to the prediction with the defaults, through the job the widget runs
     (train_predict_job: fine-tune, then predict the study), semi-supervised on vs off, with the seconds to each stage.
-    widget=False: FinetuneConfig's defaults (= the CLI's, 500 steps), in this process; widget=True: the widget's
-    config (300 steps) in a child process as the widget starts it (click -> prediction event, child start-up included).
+    widget=False: FinetuneConfig's defaults (= the CLI's), in this process; widget=True: the widget's
+    config (Steps on auto) in a child process as the widget starts it (click -> prediction event, child start-up included).
     `profile`: a cProfile of each run, in this process (also with widget=True), its top functions written to PROFILE_<run>.txt."""
     import tempfile
 
@@ -350,7 +350,7 @@ def time_default_recipe(name: str, k: int, work_dir: str, profile: str | None = 
                             "devices": "cpu", "preview_every_s": 5.0},
                "predict": {"image": img, "out": os.path.join(d, "pred"), "annotated_slices": ann, "labels": sparse,
                            "keep_connected": semi, "fill_between": semi, "n": 5, "device": "cpu"}}
-        if widget:  # what the Annotate & Train widget's build_config sends (its Steps box shows 300; classes, empty slices)
+        if widget:  # what the Annotate & Train widget's build_config sends (its Steps box on auto; classes, empty slices)
             cfg["finetune"].update(steps=WIDGET_STEPS, batch_size=8, image_size=None, classes=["anterior", "posterior"], empty_slices=[[]])
         load0 = os.getloadavg()[0]
         prof = None
@@ -465,7 +465,7 @@ def main(argv=None) -> int:
                    help="only time the default recipe (widget job, k=3, one test volume), semi-supervised on vs off")
     p.add_argument("--profile", default=None, help="with --time-default: cProfile each run, top functions to PROFILE_<run>.txt")
     p.add_argument("--widget", action="store_true",
-                   help="with --time-default: the widget's config (300 steps) in a child process, as the widget runs it")
+                   help="with --time-default: the widget's config (Steps on auto) in a child process, as the widget runs it")
     p.add_argument("--order", default="supervised,semi", help="with --time-default: runs in this order (supervised, semi; repeatable)")
     p.add_argument("--ct-overhead", action="store_true", help="only measure what the semi-supervised terms add on the full-size CT (time, memory)")
     p.add_argument("--time-limit-min", type=float, default=0,

@@ -2,7 +2,7 @@
 
 On ../shared/data/tcia_cervical_ct (296 x 512 x 512 CT, RTSTRUCT with the liver and the urinary bladder), for each
 structure: the RTSTRUCT mask drawn on 3 slices (the 1/4, 2/4, 3/4 quantiles of its extent along the slice axis) is
-the user's annotation; the config the widget builds on Train (its defaults: Steps 300, Image size auto, Batch 8,
+the user's annotation; the config the widget builds on Train (its defaults: Steps auto, Image size auto, Batch 8,
 Device CPU, from scratch) runs as the same child-process job the widget starts (napari_ssl.train.jobs:
 train_predict_job through train.runner.JobRunner). Recorded: seconds from the click (config built, job started)
 to the whole-series prediction arriving (the "prediction" event and its labels file read), CPU seconds and peak
@@ -37,8 +37,8 @@ import ct_reference as ref  # noqa: E402
 DATA = os.environ.get("NAPARI_SSL_DATA", os.path.join(os.path.dirname(HERE), "..", "shared", "data"))
 CT = os.path.join(DATA, "tcia_cervical_ct", "CT_images")
 RT = os.path.join(DATA, "tcia_cervical_ct", "RTstruct.dcm")
-# the widget's defaults (napari_ssl/_napari/widgets/annotate_widget.py): Steps 300, Image size 0 ("auto"), Batch 8, CPU
-WIDGET_DEFAULTS = {"steps": 300, "image_size": None, "batch_size": 8, "semi_supervised": True}
+# the widget's defaults (napari_ssl/_napari/widgets/train_controls.py): Steps 0 ("auto"), Image size 0 ("auto"), Batch 8, CPU
+WIDGET_DEFAULTS = {"steps": None, "image_size": None, "batch_size": 8, "semi_supervised": True}
 
 
 def loadavg() -> list[float]:
@@ -107,7 +107,8 @@ def run_job(config: dict) -> dict:
             "child_peak_rss_mb_polled": round(hwm),
             "milestones_s": {k: round(v, 1) for k, v in events}, "loadavg_before": load0, "loadavg_after": loadavg(),
             "settings": settings, "auto": meta.get("auto"), "image_size": meta.get("image_size"), "encoder": meta.get("encoder_name"),
-            "normalization": meta.get("normalization")}
+            "normalization": meta.get("normalization"), "steps": (meta.get("training") or {}).get("steps"),
+            "lr": (meta.get("training") or {}).get("lr")}
 
 
 def main(argv=None) -> int:
@@ -201,7 +202,7 @@ def plot(result: dict, path: str) -> None:
     a2.set_ylabel("seconds from Train to whole-series prediction")
     a2.legend(fontsize=8)
     load = result["loadavg_end"][0]
-    fig.suptitle(f"Time to first mask, {result['device']}, {result['widget_defaults']['steps']} steps, "
+    fig.suptitle(f"Time to first mask, {result['device']}, steps {result['widget_defaults']['steps'] or 'auto'}, "
                  f"3 slices (load {load:.1f} on {result['cpu_count']} cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
