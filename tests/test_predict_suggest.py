@@ -44,7 +44,7 @@ def model(files, tmp_path_factory):
     imgs = [files[1][0], files[4][0]]
     labs = [files[1][1], files[4][1]]
     return api.finetune(imgs, labs, out, classes="anterior,posterior", steps=30, lr=3e-3, image_size=32, batch_size=4,
-                        preview_every_s=0.0, seed=0, semi_supervised=False)  # the model these tests were written for
+                        preview_every_s=0.0, seed=0, semi_supervised=False, encoder="resnet18")  # the model these tests were written for
 
 
 @pytest.fixture(scope="module")
