@@ -337,7 +337,8 @@ def test_annotate_train_next_accept_train_again(make_napari_viewer, ssl_home, pr
     widget.select_pretrained(pretrained)
     assert widget.init_combo.currentData() == pretrained and "encoder:" in widget.init_combo.currentText()
     # the default: Steps and Image size on auto (the training budget and the crop come from data/auto_config.py)
-    assert widget.controls.training_options()["steps"] is None and widget.controls.training_options()["image_size"] is None
+    options = widget.controls.training_options()
+    assert options["steps"] is None and options["image_size"] is None
     widget.steps.setValue(6)
     widget.image_size.setValue(TINY["image_size"])
     widget.batch_size.setValue(TINY["batch_size"])
