@@ -71,6 +71,8 @@ class Init:
     init_from: str | None = None  # pretraining starts from this VARIANTS/FINAL_INITS entry's encoder (hierarchical, --init)
     # issue 11's recipe (train/semi_supervised.py, defaults): the unannotated slices of the labelled volumes as unlabelled data
     semi_supervised: bool = False
+    # with semi_supervised: this many pool volumes (never a labelled one, never a validation one) as unlabelled data
+    unlabelled_volumes: int = 0
     note: str = ""
 
 
@@ -134,6 +136,11 @@ VARIANTS = {v.name: v for v in [
          class_balance=0.5, encoder_lr_scale=0.3, note="position-inpainting, class-balanced cross-entropy, encoder lr x0.3"),
     Init("inpainting-long", "inpainting", dict(INPAINT), pretrain_steps=1200, transfer_decoder=True,
          note="3x longer in-painting pretraining"),
+    # issue 11 across volumes (session 18, chosen with --split val): the recipe with the pool's other volumes as unlabelled data
+    Init("semi", semi_supervised=True, note="the semi-supervised recipe (as the final table's row), for --split val"),
+    Init("semi-unl16", semi_supervised=True, unlabelled_volumes=16,
+         note="the recipe + 16 unlabelled pool volumes (a self-training round: confident pseudo-labels of 32 slices each)"),
+    Init("semi-unl48", semi_supervised=True, unlabelled_volumes=48, note="the recipe + 48 unlabelled pool volumes"),
 ]}
 
 
@@ -147,9 +154,15 @@ def volume_ids() -> list[str]:
 _CACHE: dict = {}
 
 
-def load_split(image_size: int, n_curve: int):
-    """Pool (normalised images + labels) and test (fitted tensors + labels); loaded once per process."""
-    key = (image_size, n_curve)
+VAL_POOL = list(range(5, N_POOL, 10))  # --split val: these 20 pool volumes are scored and never labelled
+
+
+def load_split(image_size: int, n_curve: int, split: str = "test"):
+    """Pool (normalised images + labels) and the scored volumes (fitted tensors + labels); loaded once per process.
+
+    split "test": the 60 held-out volumes are scored; "val": 20 pool volumes (VAL_POOL) are scored instead and
+    left out of the labelled candidates (choices are made there; the test volumes are never looked at)."""
+    key = (image_size, n_curve, split)
     if key in _CACHE:
         return _CACHE[key]
     import torch
@@ -171,6 +184,10 @@ def load_split(image_size: int, n_curve: int):
             test.append((x, lab))
     # labelled candidates: every pool slice that shows some hippocampus
     cand = [(v, z) for v, (_, lab) in enumerate(pool) for z in range(lab.shape[0]) if lab[z].any()]
+    if split == "val":
+        held = set(VAL_POOL)
+        cand = [(v, z) for v, z in cand if v not in held]
+        test = [(fit_to_size(torch.from_numpy(np.ascontiguousarray(pool[v][0]))[:, None], image_size), pool[v][1]) for v in VAL_POOL]
     _CACHE[key] = (pool, test, cand, names)
     return _CACHE[key]
 
@@ -307,10 +324,13 @@ def run_pretrain(init: Init, a: dict) -> dict:
 
 def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) -> str:
     # fields added later: left out of the key at their default (cache stays valid)
-    later = {"freeze_encoder_bn": False, "init_from": None, "head_warmup_steps": 0, "class_balance": 0.0, "semi_supervised": False}
+    later = {"freeze_encoder_bn": False, "init_from": None, "head_warmup_steps": 0, "class_balance": 0.0, "semi_supervised": False,
+             "unlabelled_volumes": 0}
     spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note") and not (kk in later and v == later[kk])},
             "pre": pre_key, "k": k, "seed": seed,
             "steps": a["finetune_steps"], "size": a["image_size"], "encoder": a["encoder"], "curve": a["curve_steps"], "ncurve": a["n_curve"], "v": 2}
+    if a.get("split", "test") != "test":
+        spec["split"] = a["split"]
     if init.semi_supervised:  # the recipe's defaults are part of the run (they changed once: fill-between pseudo-labels off)
         from napari_ssl.train.semi_supervised import SemiSupervisedConfig
 
@@ -342,6 +362,12 @@ def _module_factory(init: Init, ds, num_classes: int):
     return partial(SegmentationModule, head_warmup_steps=init.head_warmup_steps, class_weights=weights)
 
 
+def unlabelled_pool(n: int, labelled: set) -> list[int]:
+    """n pool volumes spread over the pool, none labelled and none of VAL_POOL (the same for either split)."""
+    free = [v for v in range(N_POOL) if v not in labelled and v not in set(VAL_POOL)]
+    return [free[int(i)] for i in np.linspace(0, len(free) - 1, n).round().astype(int)] if n > 0 else []
+
+
 def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) -> dict:
     _setup_worker()
     import torch
@@ -349,7 +375,7 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
     from napari_ssl.data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume
     from napari_ssl.train.finetune import FinetuneConfig, build_initial_model, train_unet
 
-    pool, test, cand, _ = load_split(a["image_size"], a["n_curve"])
+    pool, test, cand, _ = load_split(a["image_size"], a["n_curve"], a.get("split", "test"))
     picks = pick_slices(cand, k, seed)
     by_vol: dict[int, list[int]] = {}
     for v, z in picks:
@@ -383,7 +409,9 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
     if init.semi_supervised:
         from napari_ssl.train.semi_supervised import SemiSupervisedConfig, train_semi_supervised
 
+        unl = unlabelled_pool(init.unlabelled_volumes, {v for v, _ in picks})
         unet, info = train_semi_supervised(unet, vols, image_size=a["image_size"], in_channels=1, steps=steps, cfg=SemiSupervisedConfig(),
+                                           unlabelled=[pool[v][0] for v in unl],
                                            augment=init.augment, seed=seed, **kw)
     else:
         unet, info = train_unet(unet, ds, steps=steps, seed=seed, module_factory=_module_factory(init, ds, len(CLASSES) + 1), **kw)
@@ -648,6 +676,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-baseline", action="store_true", help="with --variants: take random-init runs from the cache only (do not run them)")
     p.add_argument("--from-cache", action="store_true", help="run nothing: summarise the cached runs of this configuration (partial results)")
     p.add_argument("--out", default=OUT_JSON)
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test: score the 60 held-out volumes; val: score 20 pool volumes kept out of the labelled slices (for choices)")
     args = p.parse_args(argv)
     if args.variants == "list":
         for v in VARIANTS.values():
@@ -660,7 +690,7 @@ def main(argv=None) -> int:
         "image_size": args.image_size, "encoder": args.encoder, "device": args.device, "workers": args.workers, "work_dir": args.work_dir,
         "pretrain_steps": args.pretrain_steps or (60 if quick else 400),
         "finetune_steps": args.finetune_steps or (60 if quick else 200),
-        "n_curve": args.n_curve,
+        "n_curve": args.n_curve, "split": args.split,
     }
     a["curve_steps"] = [int(x) for x in args.curve_steps.split(",")] if args.curve_steps else sorted(
         {s for s in (25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000) if s < a["finetune_steps"]} | {a["finetune_steps"]})
@@ -688,11 +718,13 @@ def main(argv=None) -> int:
                 prev = json.load(f)
         except ValueError:
             prev = {}
+    split_note = ({"pool": "200 lowest-numbered volumes", "test": "other 60"} if args.split == "test" else
+                  {"pool": "200 lowest-numbered volumes but the 20 scored", "val": f"pool volumes {VAL_POOL}"})
     section = {
         "command": cmd, "wall_seconds": wall, "load_average": {"start": load_start, "end": os.getloadavg()[0]},
         "cpu_count": os.cpu_count(), "settings": {**a, "ks": ks, "seeds": seeds, "batch_size": 8, "loss": "dice-ce",
                                                            "pretrain_batch": 32,
-                                                           "split": {"pool": "200 lowest-numbered volumes", "test": "other 60"}},
+                                                           "split": split_note},
         "inits": [asdict(i) for i in inits], "pretraining": pre_info, **summary,
         "runs": [{kk: v for kk, v in r.items() if kk not in ("slices",)} for r in results],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

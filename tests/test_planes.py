@@ -9,7 +9,7 @@ from napari_ssl import api
 from napari_ssl.active.predict import LOG_EPS, predict_array
 from napari_ssl.data.labelled_slices import LabelledVolume
 from napari_ssl.data.normalize import default_spec, normalize
-from napari_ssl.data.planes import IGNORE, fit_plane, has_side_information, side_planes, slice_stretch, unfit_plane
+from napari_ssl.data.planes import IGNORE, fit_plane, has_side_information, side_plane_volumes, side_planes, slice_stretch, unfit_plane
 from napari_ssl.models.checkpoint import read_meta
 from napari_ssl.models.unet import build_unet
 from napari_ssl.train.finetune import load_image, load_labels
@@ -47,8 +47,15 @@ def test_side_plane_targets_are_the_annotated_rows_and_nothing_else(hippo):
     # one annotated slice says nothing along the slice axis: no side planes then
     one = np.zeros_like(ann)
     one[zs[1]] = True
-    assert not has_side_information([LabelledVolume(vol.image, np.where(one[:, None, None], lab, 0), one)])
+    single = LabelledVolume(vol.image, np.where(one[:, None, None], lab, 0), one)
+    assert not has_side_information([single])
     assert has_side_information([vol])
+    # one study: its side planes at the configured share; labels spread over studies: only the volumes annotated on
+    # two or more slices give side planes, and only for their share of the annotated slices (3 of 3 + 4 x 1 here)
+    assert side_plane_volumes([vol], 0.34) == ([vol], pytest.approx(0.34))
+    chosen, axial = side_plane_volumes([single, vol, single, single, single], 0.34)
+    assert chosen == [vol] and axial == pytest.approx(1 - 0.66 * 3 / 7)
+    assert side_plane_volumes([single, single], 0.34) == ([], 1.0)
 
 
 def test_fit_plane_stretches_rows_to_square_pixels_and_unfit_inverts_it():

@@ -108,7 +108,26 @@ class SidePlanes(WeightedSamples):
         super().__init__(images, targets, [1.0] * len(images), aug)
 
 
-def has_side_information(volumes: list[LabelledVolume]) -> bool:
+def volume_has_side_information(vol: LabelledVolume) -> bool:
     """Side planes say something about the slice axis only with two or more annotated slices holding labels in a
     volume (one slice gives each side plane a single row: on validation volumes that hurt at k=1)."""
-    return any(int((v.annotated & labelled_slices(v.labels)).sum()) >= 2 for v in volumes)
+    return int((vol.annotated & labelled_slices(vol.labels)).sum()) >= 2
+
+
+def has_side_information(volumes: list[LabelledVolume]) -> bool:
+    return any(volume_has_side_information(v) for v in volumes)
+
+
+def side_plane_volumes(volumes: list[LabelledVolume], axial_fraction: float) -> tuple[list[LabelledVolume], float]:
+    """The volumes whose side planes train (those with side information) and the share of the user's samples
+    that stays with the annotated slices.
+
+    For one study (or several, each annotated on two or more slices) that share is `axial_fraction`. Where some
+    volumes hold a single annotated slice (labels spread over many studies), the side planes get their volumes'
+    share of the annotated slices only: otherwise the planes of one twice-annotated volume took two thirds of
+    every batch from the slices of all the others (bench_label_efficiency: the posterior class collapsed at k=10)."""
+    with_side = [v for v in volumes if volume_has_side_information(v)]
+    if not with_side:
+        return [], 1.0
+    share = sum(int(v.annotated.sum()) for v in with_side) / max(1, sum(int(v.annotated.sum()) for v in volumes))
+    return with_side, 1.0 - (1.0 - float(axial_fraction)) * share

@@ -348,14 +348,16 @@ def _mean_fit(unet, volumes: list[LabelledVolume], image_size: int, in_channels:
 def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image_size: int, in_channels: int, steps: int,
                   cfg: SemiSupervisedConfig, unlabelled: Sequence[np.ndarray], augment: bool, emit: Callable[[dict], None],
                   seed: int, **train_kw) -> tuple[torch.nn.Module, dict]:
-    from ..data.planes import SidePlanes, has_side_information
+    from ..data.planes import SidePlanes, side_plane_volumes
     from .loop import train_unet
 
     aug = AugmentConfig() if augment else None
     labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
-    planes = bool(cfg.planes and has_side_information(volumes))
-    # the user's labels from three sides: annotated slices with probability axial_fraction, else side planes
-    user = MixedSlices(labelled, SidePlanes(volumes, image_size, in_channels, aug), cfg.axial_fraction) if planes else labelled
+    side_volumes, axial_fraction = side_plane_volumes(volumes, cfg.axial_fraction) if cfg.planes else ([], 1.0)
+    planes = bool(side_volumes)
+    # the user's labels from three sides: annotated slices with probability axial_fraction (cfg.axial_fraction for
+    # one study), else the side planes of the volumes annotated on two or more slices
+    user = MixedSlices(labelled, SidePlanes(side_volumes, image_size, in_channels, aug), axial_fraction) if planes else labelled
     rounds = (1 if len(unlabelled) else 0) if cfg.rounds is None else int(cfg.rounds)
     phases = 1 + max(0, rounds)
     bounds = np.linspace(0, steps, phases + 1).round().astype(int)
