@@ -73,6 +73,7 @@ class Init:
     semi_supervised: bool = False
     # with semi_supervised: this many pool volumes (never a labelled one, never a validation one) as unlabelled data
     unlabelled_volumes: int = 0
+    semi_options: dict = field(default_factory=dict)  # with semi_supervised: SemiSupervisedConfig overrides
     note: str = ""
 
 
@@ -141,6 +142,9 @@ VARIANTS = {v.name: v for v in [
     Init("semi-unl16", semi_supervised=True, unlabelled_volumes=16,
          note="the recipe + 16 unlabelled pool volumes (a self-training round: confident pseudo-labels of 32 slices each)"),
     Init("semi-unl48", semi_supervised=True, unlabelled_volumes=48, note="the recipe + 48 unlabelled pool volumes"),
+    Init("semi-allplanes", semi_supervised=True, semi_options={"min_side_share": 0.0},
+         note="side planes from every volume annotated on 2+ slices, however few of the annotated slices they hold"),
+    Init("semi-noplanes", semi_supervised=True, semi_options={"planes": False}, note="the recipe without side planes"),
 ]}
 
 
@@ -325,7 +329,7 @@ def run_pretrain(init: Init, a: dict) -> dict:
 def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) -> str:
     # fields added later: left out of the key at their default (cache stays valid)
     later = {"freeze_encoder_bn": False, "init_from": None, "head_warmup_steps": 0, "class_balance": 0.0, "semi_supervised": False,
-             "unlabelled_volumes": 0}
+             "unlabelled_volumes": 0, "semi_options": {}}
     spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note") and not (kk in later and v == later[kk])},
             "pre": pre_key, "k": k, "seed": seed,
             "steps": a["finetune_steps"], "size": a["image_size"], "encoder": a["encoder"], "curve": a["curve_steps"], "ncurve": a["n_curve"], "v": 2}
@@ -334,7 +338,7 @@ def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) ->
     if init.semi_supervised:  # the recipe's defaults are part of the run (they changed once: fill-between pseudo-labels off)
         from napari_ssl.train.semi_supervised import SemiSupervisedConfig
 
-        spec["semi"] = asdict(SemiSupervisedConfig())
+        spec["semi"] = asdict(SemiSupervisedConfig(**init.semi_options))
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -410,8 +414,8 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
         from napari_ssl.train.semi_supervised import SemiSupervisedConfig, train_semi_supervised
 
         unl = unlabelled_pool(init.unlabelled_volumes, {v for v, _ in picks})
-        unet, info = train_semi_supervised(unet, vols, image_size=a["image_size"], in_channels=1, steps=steps, cfg=SemiSupervisedConfig(),
-                                           unlabelled=[pool[v][0] for v in unl],
+        unet, info = train_semi_supervised(unet, vols, image_size=a["image_size"], in_channels=1, steps=steps,
+                                           cfg=SemiSupervisedConfig(**init.semi_options), unlabelled=[pool[v][0] for v in unl],
                                            augment=init.augment, seed=seed, **kw)
     else:
         unet, info = train_unet(unet, ds, steps=steps, seed=seed, module_factory=_module_factory(init, ds, len(CLASSES) + 1), **kw)

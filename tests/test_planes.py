@@ -56,6 +56,8 @@ def test_side_plane_targets_are_the_annotated_rows_and_nothing_else(hippo):
     chosen, axial = side_plane_volumes([single, vol, single, single, single], 0.34)
     assert chosen == [vol] and axial == pytest.approx(1 - 0.66 * 3 / 7)
     assert side_plane_volumes([single, single], 0.34) == ([], 1.0)
+    assert side_plane_volumes([single, vol, single, single, single], 0.34, min_share=0.5) == ([], 1.0)  # 3 of 7 < half
+    assert side_plane_volumes([single, vol], 0.34, min_share=0.5)[0] == [vol]  # 3 of 4
 
 
 def test_fit_plane_stretches_rows_to_square_pixels_and_unfit_inverts_it():

@@ -118,16 +118,20 @@ def has_side_information(volumes: list[LabelledVolume]) -> bool:
     return any(volume_has_side_information(v) for v in volumes)
 
 
-def side_plane_volumes(volumes: list[LabelledVolume], axial_fraction: float) -> tuple[list[LabelledVolume], float]:
+def side_plane_volumes(volumes: list[LabelledVolume], axial_fraction: float,
+                       min_share: float = 0.0) -> tuple[list[LabelledVolume], float]:
     """The volumes whose side planes train (those with side information) and the share of the user's samples
     that stays with the annotated slices.
 
     For one study (or several, each annotated on two or more slices) that share is `axial_fraction`. Where some
     volumes hold a single annotated slice (labels spread over many studies), the side planes get their volumes'
     share of the annotated slices only: otherwise the planes of one twice-annotated volume took two thirds of
-    every batch from the slices of all the others (bench_label_efficiency: the posterior class collapsed at k=10)."""
+    every batch from the slices of all the others (bench_label_efficiency: the posterior class collapsed at k=10).
+    No side planes at all when those volumes hold less than `min_share` of the annotated slices."""
     with_side = [v for v in volumes if volume_has_side_information(v)]
     if not with_side:
         return [], 1.0
     share = sum(int(v.annotated.sum()) for v in with_side) / max(1, sum(int(v.annotated.sum()) for v in volumes))
+    if share < min_share:
+        return [], 1.0
     return with_side, 1.0 - (1.0 - float(axial_fraction)) * share

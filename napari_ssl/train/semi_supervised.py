@@ -78,6 +78,9 @@ class SemiSupervisedConfig:
     min_fit_dice: float = 0.5  # no model pseudo-labels for a volume until the model's foreground Dice on its annotated slices reaches this
     planes: bool = True  # also train on the side planes' annotated rows and predict from three sides (data/planes.py)
     axial_fraction: float = 0.34  # with planes: share of the user's samples that are annotated slices (the rest side planes)
+    # side planes only when the volumes annotated on two or more slices hold at least this share of the annotated slices
+    # (one study: all of them; labels scattered one slice per study over many studies: none)
+    min_side_share: float = 0.5
     # prediction: between annotated slices, each class from fill between slices; None: on unless side planes were used
     fill_between_prediction: Optional[bool] = None
 
@@ -353,7 +356,7 @@ def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image
 
     aug = AugmentConfig() if augment else None
     labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
-    side_volumes, axial_fraction = side_plane_volumes(volumes, cfg.axial_fraction) if cfg.planes else ([], 1.0)
+    side_volumes, axial_fraction = side_plane_volumes(volumes, cfg.axial_fraction, cfg.min_side_share) if cfg.planes else ([], 1.0)
     planes = bool(side_volumes)
     # the user's labels from three sides: annotated slices with probability axial_fraction (cfg.axial_fraction for
     # one study), else the side planes of the volumes annotated on two or more slices
