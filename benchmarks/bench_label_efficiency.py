@@ -368,7 +368,8 @@ def _module_factory(init: Init, ds, num_classes: int):
 
 def unlabelled_pool(n: int, labelled: set) -> list[int]:
     """n pool volumes spread over the pool, none labelled and none of VAL_POOL (the same for either split)."""
-    free = [v for v in range(N_POOL) if v not in labelled and v not in set(VAL_POOL)]
+    held = labelled | set(VAL_POOL)
+    free = [v for v in range(N_POOL) if v not in held]
     return [free[int(i)] for i in np.linspace(0, len(free) - 1, n).round().astype(int)] if n > 0 else []
 
 

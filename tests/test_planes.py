@@ -9,7 +9,7 @@ from napari_ssl import api
 from napari_ssl.active.predict import LOG_EPS, predict_array
 from napari_ssl.data.labelled_slices import LabelledVolume
 from napari_ssl.data.normalize import default_spec, normalize
-from napari_ssl.data.planes import IGNORE, fit_plane, has_side_information, side_plane_volumes, side_planes, slice_stretch, unfit_plane
+from napari_ssl.data.planes import IGNORE, fit_plane, side_plane_volumes, side_planes, slice_stretch, unfit_plane, volume_has_side_information
 from napari_ssl.models.checkpoint import read_meta
 from napari_ssl.models.unet import build_unet
 from napari_ssl.train.finetune import load_image, load_labels
@@ -48,8 +48,8 @@ def test_side_plane_targets_are_the_annotated_rows_and_nothing_else(hippo):
     one = np.zeros_like(ann)
     one[zs[1]] = True
     single = LabelledVolume(vol.image, np.where(one[:, None, None], lab, 0), one)
-    assert not has_side_information([single])
-    assert has_side_information([vol])
+    assert not volume_has_side_information(single)
+    assert volume_has_side_information(vol)
     # one study: its side planes at the configured share; labels spread over studies: only the volumes annotated on
     # two or more slices give side planes, and only for their share of the annotated slices (3 of 3 + 4 x 1 here)
     assert side_plane_volumes([vol], 0.34) == ([vol], pytest.approx(0.34))

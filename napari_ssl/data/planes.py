@@ -114,10 +114,6 @@ def volume_has_side_information(vol: LabelledVolume) -> bool:
     return int((vol.annotated & labelled_slices(vol.labels)).sum()) >= 2
 
 
-def has_side_information(volumes: list[LabelledVolume]) -> bool:
-    return any(volume_has_side_information(v) for v in volumes)
-
-
 def side_plane_volumes(volumes: list[LabelledVolume], axial_fraction: float,
                        min_share: float = 0.0) -> tuple[list[LabelledVolume], float]:
     """The volumes whose side planes train (those with side information) and the share of the user's samples
