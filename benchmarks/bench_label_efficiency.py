@@ -145,6 +145,16 @@ VARIANTS = {v.name: v for v in [
     Init("semi-allplanes", semi_supervised=True, semi_options={"min_side_share": 0.0},
          note="side planes from every volume annotated on 2+ slices, however few of the annotated slices they hold"),
     Init("semi-noplanes", semi_supervised=True, semi_options={"planes": False}, note="the recipe without side planes"),
+    # session 19 (--split val): weak/strong consistency on unannotated slices (train/consistency.py, FixMatch-style)
+    Init("semi-cons", semi_supervised=True, semi_options={"consistency": 1.0},
+         note="the recipe + consistency (weight 1, threshold 0.95) on the labelled volumes' unannotated slices"),
+    Init("semi-cons-unl16", semi_supervised=True, unlabelled_volumes=16, semi_options={"consistency": 1.0, "rounds": 0},
+         note="the recipe + consistency on the labelled volumes' other slices and 16 unlabelled pool volumes (no self-training round)"),
+    Init("semi-cons-unl48", semi_supervised=True, unlabelled_volumes=48, semi_options={"consistency": 1.0, "rounds": 0},
+         note="as semi-cons-unl16 with 48 unlabelled pool volumes"),
+    Init("semi-cons0.8-unl48", semi_supervised=True, unlabelled_volumes=48, semi_options={"consistency": 1.0, "rounds": 0,
+                                                                                             "consistency_threshold": 0.8},
+         note="as semi-cons-unl48, teacher threshold 0.8"),
 ]}
 
 

@@ -61,6 +61,13 @@ VARIANTS = {
     "semi-random-planes-r0": ("random", {"rounds": 0}, True),  # side planes, no self-training phase (= the default since ver 5)
     "semi-random-planes-r1": ("random", {"rounds": 1}, True),  # side planes + a self-training phase (the ver-4 default)
     "semi-random-nofill": ("random", {"fill_between": False}, True),  # the default since ver 3
+    "semi-random-noprop": ("random", {"propagate_prediction": False}, True),  # the default before session 19
+    # the default, and the same model predicted without the carried prior (session 19)
+    "semi-random+noprop": ("random", {}, True, {"also": {"semi-random-noprop-same": {"propagate": False}}}),
+    "semi-random-prop3": ("random", {"propagate_pseudo": 3}, True),  # + carried pseudo-labels, 3 slices each side
+    "semi-random-prop6": ("random", {"propagate_pseudo": 6}, True),
+    "semi-random-cons": ("random", {"consistency": 1.0}, True),  # + weak/strong consistency on the unannotated slices (session 19)
+    "semi-random-cons0.8": ("random", {"consistency": 1.0, "consistency_threshold": 0.8}, True),
     "semi-random-fill": ("random", {"fill_between": True}, True),  # the default before ver 3 (the first test table)
     "semi-random-2rounds": ("random", {"rounds": 2}, True),
     "semi-random-conf0.8": ("random", {"confidence": 0.8}, True),
@@ -198,6 +205,11 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
         np.savez_compressed(os.path.join(d, f"{name[:-7]}_k{k}_s{seed}.npz"), probabilities=pred.probabilities.astype(np.float16),
                             **sides)
     fill_pred = semi is not None and bool(info.get("fill_between_prediction"))
+    from napari_ssl.active.propagate import apply_propagation
+
+    prop = semi is not None and SemiSupervisedConfig(**semi).propagate_prediction
+    if prop:  # as predict_volume does with the recipe's model
+        apply_propagation(pred, img, vol.labels, ann)
     pred = respect_annotation(pred, vol.labels, ann, keep_connected=keep_cc, fill_between=fill_pred)
     row = {"method": method, "volume": name, "k": k, "seed": seed, **scores(pred.labels, lab, ann), "dice_raw": raw["dice"],
            "train_seconds": t_train, "seconds": time.time() - t0, "pseudo_slices": info.get("pseudo_slices"),
@@ -207,8 +219,12 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
     rows = [row]
     for other, okw in also.items():  # the same model, predicted otherwise
         t1 = time.time()
+        okw = dict(okw)
+        prop2 = okw.pop("propagate", prop)
         p2 = predict_array(unet, img, image_size=a["image_size"], in_channels=1, planes=planes, **okw)
         raw2 = scores(p2.labels, lab, ann)
+        if prop2:
+            apply_propagation(p2, img, vol.labels, ann)
         p2 = respect_annotation(p2, vol.labels, ann, keep_connected=keep_cc, fill_between=fill_pred)
         rows.append(dict(row, method=other, **scores(p2.labels, lab, ann), dice_raw=raw2["dice"], predict_seconds=time.time() - t1))
     return rows
@@ -218,9 +234,10 @@ def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
     # ver 3: the semi-supervised default without fill-between pseudo-labels; ver 4: side planes (data/planes.py) for the
     # variants (their specs name every setting that differs); ver 5: the default recipe = side planes, no self-training;
     # ver 6: three sides fused by their geometric mean (active/predict.py); ver 7: trained again when the model misses the
-    # user's own slices (semi_supervised.train_semi_supervised); save_predictions not in the key
+    # user's own slices (semi_supervised.train_semi_supervised); ver 8: plain fine-tuning's sampler when nothing is added, and
+    # the user's outermost slices carried outward as the prior beyond them (active/propagate.py); save_predictions not in the key
     d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"],
-         "enc": a["encoder"], "ver": 1 if spec[1] is None else 7}
+         "enc": a["encoder"], "ver": 1 if spec[1] is None else 8}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -113,13 +113,16 @@ def finetune(images: Sequence[ImageLike] | ImageLike, labels: Sequence[LabelsLik
 
 def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
             device: Optional[str] = None, labels: Optional[LabelsLike] = None, empty_slices: Sequence[int] = (),
-            keep_connected: Optional[bool] = None, fill_between: Optional[bool] = None, progress=None) -> Prediction:
+            keep_connected: Optional[bool] = None, fill_between: Optional[bool] = None, propagate: Optional[bool] = None,
+            progress=None) -> Prediction:
     """Segment every slice; returns labels, probabilities, voxel and slice uncertainty on the image's canonical grid.
 
     With the user's `labels` (and `empty_slices`), the annotated slices come back exactly as drawn (annotated-empty
     slices empty); `keep_connected` also drops predicted foreground that does not touch the user's labels in 3-D;
-    `fill_between`: between annotated slices, each class is the interpolation of the user's slices (beyond them, the model's).
-    Both default (None) to what the model's semi-supervised recipe recorded in model.json (off for supervised models).
+    `fill_between`: between annotated slices, each class is the interpolation of the user's slices (beyond them, the model's);
+    `propagate`: beyond the outermost annotated slices, the model is weighted by the user's slices carried outward along the
+    image (active/propagate.py). All default (None) to what the model's semi-supervised recipe recorded in model.json (off for
+    supervised models).
     ``progress(slices_done, slices_total)`` is called as batches finish."""
     from .active.predict import predict_volume
 
@@ -130,15 +133,16 @@ def predict(model: PathLike, image: ImageLike, *, tta: bool = False, mc_dropout:
         from .data.training_labels import load_labels
 
         annotation = annotation_from(load_labels(labels, vol), empty_slices)
-        if keep_connected is None or fill_between is None:  # default: what the model's training recipe recommends
+        if keep_connected is None or fill_between is None or propagate is None:  # default: what the model's training recipe recommends
             from .active.predict import load_segmentation_model_meta
 
             semi = (load_segmentation_model_meta(os.fspath(model)).get("training") or {}).get("semi_supervised") or {}
             keep_connected = bool(semi.get("connected_to_annotation", False)) if keep_connected is None else keep_connected
             fill_between = bool(semi.get("fill_between_prediction", False)) if fill_between is None else fill_between
+            propagate = bool(semi.get("propagate_prediction", False)) if propagate is None else propagate
     return predict_volume(os.fspath(model), vol, tta=tta, mc_dropout=mc_dropout, batch_size=batch_size, device=device,
                           annotation=annotation, keep_connected=bool(keep_connected), fill_between=bool(fill_between),
-                          progress=progress)
+                          propagate=bool(propagate), progress=progress)
 
 
 def save_prediction(prediction: Prediction, image: ImageLike, out: PathLike, *, probabilities: Optional[PathLike] = None,

@@ -209,14 +209,16 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
                    device: Optional[str] = None, loaded: Optional[tuple[torch.nn.Module, dict]] = None,
                    annotation: Optional[tuple[np.ndarray, np.ndarray]] = None, keep_connected: bool = False,
                    fill_between: bool = False, progress=None, roi: Optional[list] = None, z_range: Optional[list] = None,
-                   seeds: Optional[np.ndarray] = None) -> Prediction:
+                   seeds: Optional[np.ndarray] = None, propagate: bool = False) -> Prediction:
     """Predict a :class:`~napari_ssl.io.Volume` (canonical grid) with the model in `model_dir`
     (or `loaded`, the (unet, meta) pair of :func:`load_segmentation_model`, to predict many volumes).
 
     ``annotation``: the user's (labels, annotated-slice mask) on this volume's grid: those slices come back
     exactly as drawn (see :mod:`napari_ssl.active.respect_annotation`); ``keep_connected`` also drops predicted
     foreground not touching the user's labels in 3-D; ``fill_between``: between annotated slices, each class
-    comes from fill between slices (the interpolation of the user's slices).
+    comes from fill between slices (the interpolation of the user's slices); ``propagate``: beyond the outermost
+    annotated slices, the model's probabilities are weighted by the user's slices carried outward along the image's
+    motion (:mod:`napari_ssl.active.propagate`).
 
     Predicting the study the model was just trained on (train/auto_config.py): `roi` ([y0, y1, x0, x1]) and
     `z_range` ([z0, z1)) limit prediction to the crop and slices the structure can occupy (background
@@ -257,6 +259,14 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
         unc[z0:z1, y0:y1, x0:x1] = pred.uncertainty
         pred.labels, pred.probabilities, pred.uncertainty = labels, probs, unc
         pred.slice_uncertainty = unc.reshape(volume.shape[0], -1).mean(1).astype(np.float32)
+    if annotation is not None and propagate:
+        from .propagate import apply_propagation, label_box
+
+        lab_a, ann_a = np.asarray(annotation[0]), np.asarray(annotation[1], bool)
+        if (np.where(ann_a[:, None, None], lab_a, 0) > 0).any():
+            by0, by1, bx0, bx1 = label_box(lab_a, ann_a, volume.shape[1:])
+            box_img = normalize(np.asarray(volume.array[:, by0:by1, bx0:bx1]), spec)
+            apply_propagation(pred, box_img, lab_a, ann_a, z_limits=(z0, z1), image_is_box=True)
     if seeds is not None and (meta.get("auto") or {}).get("keep_connected", False):
         pred.labels = keep_seeded_components(pred.labels, seeds)
     if annotation is not None:

@@ -23,6 +23,11 @@ def add_arguments(p) -> None:
     p.add_argument("--fill-between", action="store_true", default=None,
                    help="with --labels: between annotated slices, each class from fill between slices, the model beyond them "
                         "(default: as the model's recipe says)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--propagate", dest="propagate", action="store_true", default=None,
+                   help="with --labels: beyond the outermost annotated slices, weight the model by those slices carried outward "
+                        "along the image (optical flow) (default: as the model's recipe says)")
+    g.add_argument("--no-propagate", dest="propagate", action="store_false", help="with --labels: do not")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help='"cpu" or "cuda" (default: cuda when available)')
     p.add_argument("--json", action="store_true",
@@ -39,8 +44,8 @@ def run(args) -> int:
     from ..errors import NapariSSLError
     from ..progress_print import slice_progress
 
-    if (args.empty_slices or args.keep_connected or args.fill_between) and not args.labels:
-        raise NapariSSLError("--empty-slices / --keep-connected / --fill-between need --labels (the annotation they refer to)")
+    if (args.empty_slices or args.keep_connected or args.fill_between or args.propagate) and not args.labels:
+        raise NapariSSLError("--empty-slices / --keep-connected / --fill-between / --propagate need --labels (the annotation they refer to)")
     for path in (args.out, args.probabilities, args.uncertainty):  # before minutes of prediction, not after
         folder = os.path.dirname(os.path.abspath(path)) if path else ""
         if folder and not os.path.isdir(folder):
@@ -49,7 +54,7 @@ def run(args) -> int:
     progress = slice_progress(sys.stderr)
     pred = api.predict(args.model, vol, tta=args.tta, mc_dropout=args.mc_dropout, batch_size=args.batch_size, device=args.device,
                        labels=args.labels, empty_slices=parse_index_list(args.empty_slices), keep_connected=args.keep_connected,
-                       fill_between=args.fill_between, progress=progress)
+                       fill_between=args.fill_between, propagate=args.propagate, progress=progress)
     api.save_prediction(pred, vol, args.out, probabilities=args.probabilities, uncertainty=args.uncertainty)
     counts = {name: int((pred.labels == i + 1).sum()) for i, name in enumerate(pred.class_names)}
     if args.json:

@@ -108,7 +108,8 @@ def predict_job(config: dict, events: EventSink, stop_event) -> str:
                           device=None if device in (None, "auto") else device, annotation=annotation,
                           keep_connected=bool(config.get("keep_connected", False)),
                           fill_between=bool(config.get("fill_between", False)), progress=_predict_progress(events),
-                          roi=config.get("roi"), z_range=config.get("z_range"), seeds=config.get("seeds"))
+                          roi=config.get("roi"), z_range=config.get("z_range"), seeds=config.get("seeds"),
+                          propagate=bool(config.get("propagate", False)))
     emit(Status("Predicting the whole image: ranking the slices to annotate next"))
     suggestions = suggest_in_study(pred, annotated, None if annotation is None else annotation[0], n=int(config.get("n", 5)),
                                    score=config.get("score"))
@@ -219,6 +220,7 @@ def _same_study_prediction(finetune: Any, model_dir: str) -> dict:
     semi = (meta.get("training") or {}).get("semi_supervised") or {}
     if semi.get("fill_between_prediction") is False:  # the recipe's own choice (off when the model predicts from three sides)
         out["fill_between"] = False
+    out["propagate"] = bool(semi.get("propagate_prediction", False))
     if labels and isinstance(labels[0], np.ndarray):
         out["seeds"] = labels[0]
     return out

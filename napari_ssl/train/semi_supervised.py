@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -55,6 +56,7 @@ from ..data.labelled_slices import (
     unfit_from_size,
 )
 from ..data.sparse_labels import labelled_slices
+from .consistency import WEAK, UnlabelledSlices, WithUnlabelled
 from .semi_supervised_loss import IGNORE, SemiSupervisedModule
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,15 @@ class SemiSupervisedConfig:
     min_side_share: float = 0.5
     # prediction: between annotated slices, each class from fill between slices; None: on unless side planes were used
     fill_between_prediction: Optional[bool] = None
+    # prediction: beyond the outermost annotated slices, the model weighted by the user's slices carried outward along the
+    # image's motion (active/propagate.py; chosen on validation volumes, session 19)
+    propagate_prediction: bool = True
+    # training: this many slices beyond the outermost annotated ones each side, labelled by carrying the user's slices
+    # outward (active/propagate.py), as pseudo-labels at fill_weight (0 = off)
+    propagate_pseudo: int = 0
+    # weak/strong consistency on unannotated slices (train/consistency.py): weight (0 = off) and teacher confidence
+    consistency: float = 0.0
+    consistency_threshold: float = 0.95
 
     def as_meta(self) -> dict:
         return asdict(self)
@@ -268,12 +279,23 @@ class PseudoSlices(WeightedSamples):
 # ----------------------------------------------------------------------------- training
 
 def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_size: int) -> list[tuple]:
-    """(image, slice, target, weight) of the fill-between pseudo-labels of every volume (phase 0 on)."""
+    """(image, slice, target, weight) of the fill-between and carried pseudo-labels of every volume (phase 0 on)."""
     items: list = []
     if cfg.fill_between and cfg.fill_weight > 0:
         for vol in volumes:
             for z, t in fill_between_pseudo(vol, cfg.max_pseudo_slices, image_size).items():
                 items.append((vol.image, z, t, cfg.fill_weight))
+    if cfg.propagate_pseudo > 0 and cfg.fill_weight > 0:
+        from ..active.propagate import propagate_labels
+
+        for vol in volumes:
+            held = np.flatnonzero(vol.annotated & labelled_slices(vol.labels))
+            if held.size == 0:
+                continue
+            r = int(cfg.propagate_pseudo)
+            carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (int(held[0]) - r, int(held[-1]) + r + 1))
+            for z in np.flatnonzero(done):
+                items.append((vol.image, int(z), carried[z], cfg.fill_weight))
     return items
 
 
@@ -344,6 +366,19 @@ def train_semi_supervised(unet: torch.nn.Module, volumes: list[LabelledVolume], 
     return unet, info
 
 
+def _consistency_slices(volumes: list[LabelledVolume], unlabelled: Sequence[np.ndarray], image_size: int, in_channels: int,
+                        augment: bool) -> Optional[UnlabelledSlices]:
+    """The unannotated slices the consistency term draws from: the annotated volumes' other slices (within the
+    structure's z-range where one is known) and every slice of the unlabelled volumes; None when there are none."""
+    sources = []
+    for v in volumes:
+        z0, z1 = v.z_range if v.z_range is not None else (0, v.image.shape[0])
+        sources.append((v.image, [z for z in range(int(z0), int(z1)) if not v.annotated[z]]))
+    sources += [(img, range(img.shape[0])) for img in unlabelled]
+    ds = UnlabelledSlices(sources, image_size, in_channels, WEAK if augment else None)
+    return ds if len(ds) else None
+
+
 def _mean_fit(unet, volumes: list[LabelledVolume], image_size: int, in_channels: int) -> float:
     return float(np.mean([user_slice_fit(unet, v, image_size, in_channels) for v in volumes])) if volumes else 1.0
 
@@ -367,6 +402,11 @@ def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image
     fill_items = _fill_items(volumes, cfg, image_size)
     fill_zs = [{z for (img, z, _, _) in fill_items if img is vol.image} for vol in volumes]
     rng = np.random.default_rng(seed)
+    unl_set = _consistency_slices(volumes, unlabelled, image_size, in_channels, augment) if cfg.consistency > 0 else None
+    # nothing beyond the user's slices (one slice per study across studies, no side planes, no rounds): plain fine-tuning,
+    # the same sampler and loss, so the recipe cannot differ from it by sample order alone
+    plain = not planes and not fill_items and rounds == 0 and unl_set is None
+    factory = partial(SemiSupervisedModule, consistency=cfg.consistency, consistency_threshold=cfg.consistency_threshold)
     info: dict = {"phases": [], "pseudo_slices": []}
     model_items: list = []
     total_steps = 0
@@ -378,9 +418,12 @@ def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image
         info["pseudo_slices"].append(len(items))
         if n <= 0:
             continue
-        ds = MixedSlices(user, PseudoSlices(items, image_size, in_channels, aug), cfg.labelled_fraction)
-        unet, ph = train_unet(unet, ds, steps=n, seed=seed + p, module_factory=SemiSupervisedModule,
-                              **_phase_kw(train_kw, emit, total_steps, steps))
+        if plain:
+            unet, ph = train_unet(unet, labelled, steps=n, seed=seed + p, **_phase_kw(train_kw, emit, total_steps, steps))
+        else:
+            ds = MixedSlices(user, PseudoSlices(items, image_size, in_channels, aug), cfg.labelled_fraction)
+            ds = WithUnlabelled(ds, unl_set) if unl_set is not None else ds
+            unet, ph = train_unet(unet, ds, steps=n, seed=seed + p, module_factory=factory, **_phase_kw(train_kw, emit, total_steps, steps))
         total_steps += ph["steps"]
         info["phases"].append(ph)
         if ph.get("stopped"):

@@ -47,9 +47,33 @@ def semi_supervised_loss(logits: torch.Tensor, target: torch.Tensor, weight: tor
 
 
 class SemiSupervisedModule(SegmentationModule):
+    """Fine-tuning on the user's slices and weighted pseudo-labels; with ``consistency`` > 0 and batches carrying
+    ``u_image`` (train/consistency.py), plus the weak/strong consistency term, ramped up linearly over the first
+    ``consistency_ramp`` of the steps."""
+
+    def __init__(self, unet: torch.nn.Module, *, consistency: float = 0.0, consistency_threshold: float = 0.95,
+                 consistency_ramp: float = 0.2, **kw):
+        super().__init__(unet, **kw)
+        self.consistency = float(consistency)
+        self.consistency_threshold = float(consistency_threshold)
+        self.consistency_ramp = float(consistency_ramp)
+
     def training_step(self, batch, batch_idx):
-        logits = self.unet(batch["image"])
-        loss = semi_supervised_loss(logits, batch["target"], batch["weight"], self.loss_kind, self.class_weights)
+        x = batch["image"]
+        if self.consistency > 0 and "u_image" in batch:
+            from .consistency import consistency_loss, strong_view
+
+            u = batch["u_image"]
+            with torch.no_grad():
+                teacher = self.unet(u).float().softmax(1)
+            logits_all = self.unet(torch.cat([x, strong_view(u)]))
+            logits, lu = logits_all[:x.shape[0]], logits_all[x.shape[0]:]
+            ramp = min(1.0, (self.global_step + 1) / max(1.0, self.consistency_ramp * self.total_steps))
+            extra = self.consistency * ramp * consistency_loss(lu, teacher, self.consistency_threshold)
+        else:
+            logits = self.unet(x)
+            extra = 0.0
+        loss = semi_supervised_loss(logits, batch["target"], batch["weight"], self.loss_kind, self.class_weights) + extra
         self.last_loss = float(loss.detach())
-        self.log("loss", loss, prog_bar=False, on_step=True, batch_size=batch["image"].shape[0])
+        self.log("loss", loss, prog_bar=False, on_step=True, batch_size=x.shape[0])
         return loss

@@ -1,0 +1,131 @@
+"""Carry the user's outermost annotated slices outward, slice by slice, along the image's own motion (optical
+flow between neighbouring slices, TV-L1), and use the carried labels as a spatial prior for the model beyond
+the annotated range (Sli2Vol-style propagation, Yeung et al. 2021, without a learned flow).
+
+Why: with one annotated slice the model knows what the structure looks like but not where it goes: on
+validation volumes (benchmarks/RESULTS.md, "Session 19") its answers ten slices away lay beside the structure
+(Dice ~0 with about the right area), while the carried labels still overlapped it (Dice ~0.6). The product of
+the two (each class's model probability times its blurred carried mask) keeps the model's decision of where
+the structure ends and the flow's of where it is.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+# chosen on 8 validation volumes of the hippocampus pool at k=1 (benchmarks/RESULTS.md, "Session 19")
+PRIOR_SIGMA = 1.0  # in-plane blur of the carried masks (flow pixels)
+PRIOR_FLOOR = 1e-3  # prior of a class where the carried mask does not put it
+FLOW_SIDE = 96  # the flow is computed at most this many pixels across (a 512 px CT slice is subsampled)
+
+
+def label_box(labels: np.ndarray, annotated: np.ndarray, shape: tuple) -> tuple[int, int, int, int]:
+    """In-plane box of the annotated labels with a margin of half its size (at least 8 px): the structure drifts."""
+    fg = (np.where(annotated[:, None, None], labels, 0) > 0).any(0)
+    ys, xs = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+    my = max(8, (ys[-1] - ys[0] + 1) // 2)
+    mx = max(8, (xs[-1] - xs[0] + 1) // 2)
+    return max(0, ys[0] - my), min(shape[0], ys[-1] + 1 + my), max(0, xs[0] - mx), min(shape[1], xs[-1] + 1 + mx)
+
+
+def _small(sl: np.ndarray, f: int) -> np.ndarray:
+    """Block mean by f (the flow's resolution)."""
+    if f == 1:
+        return sl.astype(np.float32)
+    h, w = (sl.shape[0] // f) * f, (sl.shape[1] // f) * f
+    return sl[:h, :w].reshape(h // f, f, w // f, f).mean((1, 3)).astype(np.float32)
+
+
+def propagate_labels(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray, z_limits: Optional[tuple[int, int]] = None,
+                     image_is_box: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """(carried labels (z, y, x) uint8, bool per slice: carried there, the in-plane box used).
+
+    From the first and the last annotated slice holding labels, outward to `z_limits` ([z0, z1), default the
+    volume): each slice's position map into the seed slice is the previous one composed with the flow between
+    the two slices, and the seed's labels are read through it (nearest), so labels are resampled once, not once per
+    slice. Slices between annotated ones are left to the model and fill between. `image`: normalised (z, y, x), or
+    only the in-plane box of :func:`label_box` with `image_is_box` (a full-size CT need not be normalised whole)."""
+    from scipy.ndimage import map_coordinates
+    from skimage.registration import optical_flow_tvl1
+
+    lab = np.asarray(labels)
+    ann = np.asarray(annotated, bool)
+    out = np.zeros(lab.shape, np.uint8)
+    done = np.zeros(lab.shape[0], bool)
+    held = np.flatnonzero(ann & (lab.reshape(lab.shape[0], -1) > 0).any(1))
+    if held.size == 0:
+        return out, done, (0, lab.shape[1], 0, lab.shape[2])
+    y0, y1, x0, x1 = label_box(lab, ann, lab.shape[1:])
+
+    def img(z):
+        return image[z] if image_is_box else image[z, y0:y1, x0:x1]
+
+    f = max(1, int(np.ceil(max(y1 - y0, x1 - x0) / FLOW_SIDE)))
+    lo_z, hi_z = (0, lab.shape[0]) if z_limits is None else (max(0, int(z_limits[0])), min(lab.shape[0], int(z_limits[1])))
+    for seed_z, step, end in ((int(held[0]), -1, lo_z - 1), (int(held[-1]), 1, hi_z)):
+        seed = lab[seed_z, y0:y1, x0:x1]
+        prev = _small(img(seed_z), f)
+        h, w = prev.shape
+        pos = np.mgrid[0:h, 0:w].astype(np.float32)  # where each pixel of the current slice lies in the seed slice
+        grid = pos.copy()
+        for z in range(seed_z + step, end, step):
+            if ann[z]:
+                break
+            cur = _small(img(z), f)
+            v, u = optical_flow_tvl1(cur, prev)  # cur(x) ~ prev(x + (v, u))
+            pos = np.stack([map_coordinates(pos[i], [grid[0] + v, grid[1] + u], order=1, mode="nearest") for i in range(2)])
+            # the seed's labels read at full resolution through the (upsampled) position map
+            py = np.repeat(np.repeat(pos[0], f, 0), f, 1) * f + (f - 1) / 2.0
+            px = np.repeat(np.repeat(pos[1], f, 0), f, 1) * f + (f - 1) / 2.0
+            full_y = np.full(seed.shape, -1.0, np.float32)
+            full_x = np.full(seed.shape, -1.0, np.float32)
+            full_y[:py.shape[0], :py.shape[1]] = py
+            full_x[:px.shape[0], :px.shape[1]] = px
+            carried = map_coordinates(seed, [full_y, full_x], order=0, mode="constant", cval=0)
+            out[z, y0:y1, x0:x1] = carried
+            done[z] = True
+            prev = cur
+    return out, done, (y0, y1, x0, x1)
+
+
+def fuse_with_prior(probabilities: np.ndarray, carried: np.ndarray, done: np.ndarray, box: tuple[int, int, int, int],
+                    sigma: float = PRIOR_SIGMA, floor: float = PRIOR_FLOOR) -> np.ndarray:
+    """Probabilities (K, z, y, x) with each carried slice's classes weighted by the blurred carried masks (product,
+    renormalised); outside `box` the carried mask is background. Other slices unchanged. Changed in place."""
+    from scipy.ndimage import gaussian_filter
+
+    k = probabilities.shape[0]
+    y0, y1, x0, x1 = box
+    outside = np.ones(probabilities.shape[2:], bool)
+    outside[y0:y1, x0:x1] = False
+    bg_only = np.full((k, 1), floor, np.float32)
+    bg_only[0] = 1.0 + floor
+    for z in np.flatnonzero(done):
+        c_box = carried[z, y0:y1, x0:x1]
+        q = np.stack([gaussian_filter((c_box == c).astype(np.float32), sigma) if sigma > 0 else (c_box == c).astype(np.float32)
+                      for c in range(k)])
+        pz = probabilities[:, z]
+        pz[:, y0:y1, x0:x1] *= q + floor
+        if outside.any():
+            pz[:, outside] *= bg_only
+        pz /= np.clip(pz.sum(0, keepdims=True), 1e-12, None)
+    return probabilities
+
+
+def apply_propagation(pred, image: np.ndarray, labels: np.ndarray, annotated: np.ndarray,
+                      z_limits: Optional[tuple[int, int]] = None, image_is_box: bool = False) -> np.ndarray:
+    """Fuse `pred` (a Prediction on the labels' grid, changed in place) with the user's outermost slices carried
+    outward; its labels, uncertainty and slice uncertainty follow the fused probabilities. `image`: the normalised
+    volume (or its :func:`label_box` with `image_is_box`). Returns the bool per slice: fused there."""
+    carried, done, box = propagate_labels(image, labels, annotated, z_limits, image_is_box)
+    if not done.any():
+        return done
+    fuse_with_prior(pred.probabilities, carried, done, box)
+    k = pred.probabilities.shape[0]
+    for z in np.flatnonzero(done):
+        p = pred.probabilities[:, z]
+        pred.labels[z] = p.argmax(0)
+        pred.uncertainty[z] = -(p * np.log(np.clip(p, 1e-8, 1.0))).sum(0) / np.log(k)
+    pred.slice_uncertainty = pred.uncertainty.reshape(pred.uncertainty.shape[0], -1).mean(1).astype(np.float32)
+    return done
