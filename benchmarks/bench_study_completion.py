@@ -66,6 +66,9 @@ VARIANTS = {
     "semi-random+noprop": ("random", {}, True, {"also": {"semi-random-noprop-same": {"propagate": False}}}),
     "semi-random-prop3": ("random", {"propagate_pseudo": 3}, True),  # + carried pseudo-labels, 3 slices each side
     "semi-random-prop6": ("random", {"propagate_pseudo": 6}, True),
+    "semi-random-prop10": ("random", {"propagate_pseudo": 10}, True),
+    "semi-random-prop16": ("random", {"propagate_pseudo": 16}, True),
+    "semi-random-prop6-w1": ("random", {"propagate_pseudo": 6, "fill_weight": 1.0}, True),
     "semi-random-cons": ("random", {"consistency": 1.0}, True),  # + weak/strong consistency on the unannotated slices (session 19)
     "semi-random-cons0.8": ("random", {"consistency": 1.0, "consistency_threshold": 0.8}, True),
     "semi-random-fill": ("random", {"fill_between": True}, True),  # the default before ver 3 (the first test table)

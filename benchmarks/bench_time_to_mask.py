@@ -108,7 +108,20 @@ def run_job(config: dict) -> dict:
             "milestones_s": {k: round(v, 1) for k, v in events}, "loadavg_before": load0, "loadavg_after": loadavg(),
             "settings": settings, "auto": meta.get("auto"), "image_size": meta.get("image_size"), "encoder": meta.get("encoder_name"),
             "normalization": meta.get("normalization"), "steps": (meta.get("training") or {}).get("steps"),
-            "lr": (meta.get("training") or {}).get("lr")}
+            "lr": (meta.get("training") or {}).get("lr"), "model_dir": res["out"]}
+
+
+def predict_without_propagation(config: dict, model_dir: str, volume) -> np.ndarray:
+    """The job's own prediction of the same model again, without carrying the drawn slices outward (ablation)."""
+    from napari_ssl.active.predict import predict_volume
+    from napari_ssl.train.jobs import _same_study_prediction
+
+    pc = dict(config["predict"])
+    pc.update(_same_study_prediction(config["finetune"], model_dir))
+    pred = predict_volume(model_dir, volume, annotation=(pc["labels"], np.asarray(pc["annotated_slices"], bool)),
+                          keep_connected=bool(pc.get("keep_connected")), fill_between=bool(pc.get("fill_between")),
+                          roi=pc.get("roi"), z_range=pc.get("z_range"), seeds=pc.get("seeds"), propagate=False)
+    return pred.labels
 
 
 def main(argv=None) -> int:
@@ -117,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--structures", default="liver,urinary_bladder")
     ap.add_argument("--slices", type=int, default=3)
     ap.add_argument("--compare-today", action="store_true", help="also run with data-driven defaults off")
+    ap.add_argument("--ablate-propagation", action="store_true",
+                    help="also predict each trained model again without carrying the drawn slices outward (Dice only)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_time_to_mask"))
     ap.add_argument("--replot", action="store_true", help="only redraw the plot from the JSON at --out")
     args = ap.parse_args(argv)
@@ -149,6 +164,12 @@ def main(argv=None) -> int:
                 r["dice"] = round(ref.dice(pred, truth), 4)
                 r["predicted_slices"] = int(pred.any((1, 2)).sum())
                 r["dice_unannotated_slices"] = round(ref.dice(np.delete(pred, slices, 0), np.delete(truth, slices, 0)), 4)
+                model_dir = r.pop("model_dir")
+                if args.ablate_propagation:
+                    t = time.perf_counter()
+                    plain = predict_without_propagation(cfg, model_dir, volume) > 0
+                    r["without_propagation"] = {"dice": round(ref.dice(plain, truth), 4), "predict_seconds": round(time.perf_counter() - t, 1)}
+                    print(json.dumps({roi: {name: {"without_propagation": r["without_propagation"]}}}), flush=True)
                 row[name] = r
                 print(json.dumps({roi: {name: {k: r[k] for k in ("dice", "seconds_to_prediction", "child_cpu_s",
                                                                  "child_peak_rss_mb_polled", "predicted_slices", "settings")}}}),

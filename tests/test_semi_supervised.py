@@ -56,6 +56,13 @@ def test_semi_supervised_run_keeps_pseudo_labels_in_memory_and_predict_respects_
     assert not pred.labels[empty].any()
     raw = api.predict(out, img)
     assert not all(np.array_equal(raw.labels[z], sparse[z]) for z in zs)  # so the check above is not vacuous
+    # beyond the outermost annotated slices the recipe's prediction carries the drawing outward (model.json says so);
+    # inside them nothing changes
+    assert semi["propagate_prediction"]
+    noprop = api.predict(out, img, labels=sparse, empty_slices=[empty], propagate=False)
+    lo, hi = min(zs), max(zs) + 1
+    assert np.array_equal(pred.labels[lo:hi], noprop.labels[lo:hi])
+    assert not np.array_equal(np.delete(pred.labels, np.s_[lo:hi], 0), np.delete(noprop.labels, np.s_[lo:hi], 0))
     # the default recipe's prediction (fill between inside the annotated range, the model beyond, connected to the
     # user's labels): useful on the unannotated slices, and at least as good there as the interpolation alone
     fused = api.predict(out, img, labels=sparse, empty_slices=[empty], keep_connected=True, fill_between=True)
@@ -98,6 +105,10 @@ def test_cli_switch_and_unlabelled(study, hippo_dir, tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "semi"), "--image", image, "--labels", lab_path, "--out", pred_path]) == 0
     back = load_labels(pred_path, img)
     assert all(np.array_equal(back[z], sparse[z]) for z in zs)
+    assert main(["predict", "--model", str(tmp_path / "semi"), "--image", image, "--labels", lab_path, "--out", pred_path, "--no-propagate"]) == 0
+    assert all(np.array_equal(load_labels(pred_path, img)[z], sparse[z]) for z in zs)
+    assert main(["predict", "--model", str(tmp_path / "semi"), "--image", image, "--out", pred_path, "--propagate"]) == 2
+    assert "--propagate" in capsys.readouterr().err
 
 
 def test_pseudo_label_loss_ignores_unknown_pixels_and_components_touch_the_user():
