@@ -265,7 +265,9 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
         lab_a, ann_a = np.asarray(annotation[0]), np.asarray(annotation[1], bool)
         if (np.where(ann_a[:, None, None], lab_a, 0) > 0).any():
             by0, by1, bx0, bx1 = label_box(lab_a, ann_a, volume.shape[1:])
-            box_img = normalize(np.asarray(volume.array[:, by0:by1, bx0:bx1]), spec)
+            # only the slices predicted are read (np.zeros pages that are never written cost no memory)
+            box_img = np.zeros((volume.shape[0], by1 - by0, bx1 - bx0), np.float32)
+            box_img[z0:z1] = normalize(np.asarray(volume.array[z0:z1, by0:by1, bx0:bx1]), spec)
             apply_propagation(pred, box_img, lab_a, ann_a, z_limits=(z0, z1), image_is_box=True)
     if seeds is not None and (meta.get("auto") or {}).get("keep_connected", False):
         pred.labels = keep_seeded_components(pred.labels, seeds)

@@ -75,14 +75,15 @@ def propagate_labels(image: np.ndarray, labels: np.ndarray, annotated: np.ndarra
             cur = _small(img(z), f)
             v, u = optical_flow_tvl1(cur, prev)  # cur(x) ~ prev(x + (v, u))
             pos = np.stack([map_coordinates(pos[i], [grid[0] + v, grid[1] + u], order=1, mode="nearest") for i in range(2)])
-            # the seed's labels read at full resolution through the (upsampled) position map
-            py = np.repeat(np.repeat(pos[0], f, 0), f, 1) * f + (f - 1) / 2.0
-            px = np.repeat(np.repeat(pos[1], f, 0), f, 1) * f + (f - 1) / 2.0
-            full_y = np.full(seed.shape, -1.0, np.float32)
-            full_x = np.full(seed.shape, -1.0, np.float32)
-            full_y[:py.shape[0], :py.shape[1]] = py
-            full_x[:px.shape[0], :px.shape[1]] = px
-            carried = map_coordinates(seed, [full_y, full_x], order=0, mode="constant", cval=0)
+            # the seed's labels read at full resolution: the displacement upsampled (x f), added to each full-resolution pixel
+            if f == 1:
+                coords = pos
+            else:
+                disp = (pos - grid) * f
+                up = np.repeat(np.repeat(disp, f, 1), f, 2)
+                up = np.pad(up, ((0, 0), (0, seed.shape[0] - up.shape[1]), (0, seed.shape[1] - up.shape[2])), mode="edge")
+                coords = np.mgrid[0:seed.shape[0], 0:seed.shape[1]].astype(np.float32) + up
+            carried = map_coordinates(seed, [coords[0], coords[1]], order=0, mode="constant", cval=0)
             out[z, y0:y1, x0:x1] = carried
             done[z] = True
             prev = cur

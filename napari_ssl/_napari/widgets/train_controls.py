@@ -29,8 +29,9 @@ class TrainControls(QGroupBox):
         self.batch_size = spin_box(1, 1024, 8)
         self.semi_supervised = QCheckBox("Learn from unannotated slices too")
         self.semi_supervised.setChecked(True)
-        self.semi_supervised.setToolTip("Semi-supervised: the image's unannotated slices also train, through pseudo-labels "
-                                        "kept only for this run (fill between slices, confident predictions); never saved as annotation")
+        self.semi_supervised.setToolTip("Semi-supervised: the image's unannotated slices help too: the side (coronal, sagittal) "
+                                        "planes train on the rows crossing your slices, and beyond your outermost slices the drawing "
+                                        "is carried along the image to guide the result. Kept only for this run; never saved as annotation")
         self.device = device_combo()
         self.train_button = QPushButton("Train")
         # where a warning about the chosen settings shows (e.g. slow on this machine): see show_settings_note
