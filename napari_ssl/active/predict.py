@@ -263,7 +263,7 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
         from .propagate import apply_propagation, label_box
 
         lab_a, ann_a = np.asarray(annotation[0]), np.asarray(annotation[1], bool)
-        if (np.where(ann_a[:, None, None], lab_a, 0) > 0).any():
+        if (lab_a[np.flatnonzero(ann_a)] > 0).any():
             by0, by1, bx0, bx1 = label_box(lab_a, ann_a, volume.shape[1:])
             # only the slices predicted are read (np.zeros pages that are never written cost no memory)
             box_img = np.zeros((volume.shape[0], by1 - by0, bx1 - bx0), np.float32)

@@ -22,7 +22,7 @@ FLOW_SIDE = 96  # the flow is computed at most this many pixels across (a 512 px
 
 def label_box(labels: np.ndarray, annotated: np.ndarray, shape: tuple) -> tuple[int, int, int, int]:
     """In-plane box of the annotated labels with a margin of half its size (at least 8 px): the structure drifts."""
-    fg = (np.where(annotated[:, None, None], labels, 0) > 0).any(0)
+    fg = (np.asarray(labels)[np.flatnonzero(annotated)] > 0).any(0)  # the annotated slices only (no full-size temporary)
     ys, xs = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
     my = max(8, (ys[-1] - ys[0] + 1) // 2)
     mx = max(8, (xs[-1] - xs[0] + 1) // 2)
@@ -53,7 +53,8 @@ def propagate_labels(image: np.ndarray, labels: np.ndarray, annotated: np.ndarra
     ann = np.asarray(annotated, bool)
     out = np.zeros(lab.shape, np.uint8)
     done = np.zeros(lab.shape[0], bool)
-    held = np.flatnonzero(ann & (lab.reshape(lab.shape[0], -1) > 0).any(1))
+    ann_z = np.flatnonzero(ann)
+    held = ann_z[(lab[ann_z].reshape(ann_z.size, -1) > 0).any(1)] if ann_z.size else ann_z
     if held.size == 0:
         return out, done, (0, lab.shape[1], 0, lab.shape[2])
     y0, y1, x0, x1 = label_box(lab, ann, lab.shape[1:])
