@@ -205,6 +205,21 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
                       class_names=list(class_names or [f"class {i}" for i in range(1, k)]), passes=len(passes), method=method)
 
 
+def _to_volume_grid(pred: Prediction, shape: tuple, z0: int, z1: int, roi: Optional[list]) -> None:
+    """`pred` of the crop [z0:z1, roi] placed on the whole volume's grid (background elsewhere), in place."""
+    y0, y1, x0, x1 = (int(v) for v in roi) if roi is not None else (0, shape[1], 0, shape[2])
+    k = pred.probabilities.shape[0]
+    labels = np.zeros(shape, np.uint8)
+    labels[z0:z1, y0:y1, x0:x1] = pred.labels
+    probs = np.zeros((k,) + tuple(shape), np.float32)
+    probs[0] = 1.0  # background where nothing was predicted
+    probs[:, z0:z1, y0:y1, x0:x1] = pred.probabilities
+    unc = np.zeros(shape, np.float32)
+    unc[z0:z1, y0:y1, x0:x1] = pred.uncertainty
+    pred.labels, pred.probabilities, pred.uncertainty = labels, probs, unc
+    pred.slice_uncertainty = unc.reshape(shape[0], -1).mean(1).astype(np.float32)
+
+
 def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int = 0, batch_size: int = 64,
                    device: Optional[str] = None, loaded: Optional[tuple[torch.nn.Module, dict]] = None,
                    annotation: Optional[tuple[np.ndarray, np.ndarray]] = None, keep_connected: bool = False,
@@ -248,27 +263,11 @@ def predict_volume(model_dir: str, volume, *, tta: bool = False, mc_dropout: int
                          tta=tta, mc_dropout=mc_dropout, class_names=meta.get("class_names"), progress=progress,
                          planes=planes, stretch=slice_stretch(volume.spacing))
     if roi is not None or z_range is not None:
-        y0, y1, x0, x1 = (int(v) for v in roi) if roi is not None else (0, volume.shape[1], 0, volume.shape[2])
-        k = pred.probabilities.shape[0]
-        labels = np.zeros(volume.shape, np.uint8)
-        labels[z0:z1, y0:y1, x0:x1] = pred.labels
-        probs = np.zeros((k,) + tuple(volume.shape), np.float32)
-        probs[0] = 1.0  # background where nothing was predicted
-        probs[:, z0:z1, y0:y1, x0:x1] = pred.probabilities
-        unc = np.zeros(volume.shape, np.float32)
-        unc[z0:z1, y0:y1, x0:x1] = pred.uncertainty
-        pred.labels, pred.probabilities, pred.uncertainty = labels, probs, unc
-        pred.slice_uncertainty = unc.reshape(volume.shape[0], -1).mean(1).astype(np.float32)
+        _to_volume_grid(pred, tuple(volume.shape), z0, z1, roi)
     if annotation is not None and propagate:
-        from .propagate import apply_propagation, label_box
+        from .propagate import propagate_on_volume
 
-        lab_a, ann_a = np.asarray(annotation[0]), np.asarray(annotation[1], bool)
-        if (lab_a[np.flatnonzero(ann_a)] > 0).any():
-            by0, by1, bx0, bx1 = label_box(lab_a, ann_a, volume.shape[1:])
-            # only the slices predicted are read (np.zeros pages that are never written cost no memory)
-            box_img = np.zeros((volume.shape[0], by1 - by0, bx1 - bx0), np.float32)
-            box_img[z0:z1] = normalize(np.asarray(volume.array[z0:z1, by0:by1, bx0:bx1]), spec)
-            apply_propagation(pred, box_img, lab_a, ann_a, z_limits=(z0, z1), image_is_box=True)
+        propagate_on_volume(pred, volume, spec, annotation[0], annotation[1], (z0, z1))
     if seeds is not None and (meta.get("auto") or {}).get("keep_connected", False):
         pred.labels = keep_seeded_components(pred.labels, seeds)
     if annotation is not None:

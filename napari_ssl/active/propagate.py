@@ -131,3 +131,18 @@ def apply_propagation(pred, image: np.ndarray, labels: np.ndarray, annotated: np
         pred.uncertainty[z] = -(p * np.log(np.clip(p, 1e-8, 1.0))).sum(0) / np.log(k)
     pred.slice_uncertainty = pred.uncertainty.reshape(pred.uncertainty.shape[0], -1).mean(1).astype(np.float32)
     return done
+
+
+def propagate_on_volume(pred, volume, spec: dict, labels: np.ndarray, annotated: np.ndarray, z_limits: tuple[int, int]) -> np.ndarray:
+    """:func:`apply_propagation` for a prediction of a whole :class:`~napari_ssl.io.Volume`: only the labels' box of the
+    predicted slices is normalised (with the model's intensity `spec`), not the whole series."""
+    from ..data.normalize import normalize
+
+    lab, ann = np.asarray(labels), np.asarray(annotated, bool)
+    if not (lab[np.flatnonzero(ann)] > 0).any():
+        return np.zeros(lab.shape[0], bool)
+    y0, y1, x0, x1 = label_box(lab, ann, volume.shape[1:])
+    z0, z1 = int(z_limits[0]), int(z_limits[1])
+    box = np.zeros((volume.shape[0], y1 - y0, x1 - x0), np.float32)  # pages never written cost no memory
+    box[z0:z1] = normalize(np.asarray(volume.array[z0:z1, y0:y1, x0:x1]), spec)
+    return apply_propagation(pred, box, lab, ann, z_limits=(z0, z1), image_is_box=True)
