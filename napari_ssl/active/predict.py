@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..data.labelled_slices import fit_to_size, slice_stack, unfit_from_size
 from ..errors import NapariSSLError
+from .entropy import normalised_entropy
 
 MC_DROPOUT_P = 0.2
 # (flip left-right, gamma): identity first
@@ -197,7 +198,7 @@ def predict_array(unet: torch.nn.Module, image: np.ndarray, *, image_size: int, 
         np.exp(probs, out=probs)
     probs /= np.clip(probs.sum(0, keepdims=True), 1e-8, None)
     z, k = image.shape[0], probs.shape[0]
-    ent = -(probs * np.log(np.clip(probs, 1e-8, 1.0))).sum(0) / np.log(k)
+    ent = normalised_entropy(probs)
     labels = probs.argmax(0).astype(np.uint8)
     method = "+".join(m for m, on in (("tta-flip" if tta == "flip" else "tta", tta), (f"mc-dropout-{n_mc}", n_mc > 0)) if on) or "single"
     return Prediction(labels=labels, probabilities=probs, uncertainty=ent.astype(np.float32),

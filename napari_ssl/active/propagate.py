@@ -101,6 +101,7 @@ def fuse_with_prior(probabilities: np.ndarray, carried: np.ndarray, done: np.nda
     y0, y1, x0, x1 = box
     outside = np.ones(probabilities.shape[2:], bool)
     outside[y0:y1, x0:x1] = False
+    any_outside = bool(outside.any())
     bg_only = np.full((k, 1), floor, np.float32)
     bg_only[0] = 1.0 + floor
     for z in np.flatnonzero(done):
@@ -109,7 +110,7 @@ def fuse_with_prior(probabilities: np.ndarray, carried: np.ndarray, done: np.nda
                       for c in range(k)])
         pz = probabilities[:, z]
         pz[:, y0:y1, x0:x1] *= q + floor
-        if outside.any():
+        if any_outside:
             pz[:, outside] *= bg_only
         pz /= np.clip(pz.sum(0, keepdims=True), 1e-12, None)
     return probabilities
@@ -123,12 +124,13 @@ def apply_propagation(pred, image: np.ndarray, labels: np.ndarray, annotated: np
     carried, done, box = propagate_labels(image, labels, annotated, z_limits, image_is_box)
     if not done.any():
         return done
+    from .entropy import normalised_entropy
+
     fuse_with_prior(pred.probabilities, carried, done, box)
-    k = pred.probabilities.shape[0]
     for z in np.flatnonzero(done):
         p = pred.probabilities[:, z]
         pred.labels[z] = p.argmax(0)
-        pred.uncertainty[z] = -(p * np.log(np.clip(p, 1e-8, 1.0))).sum(0) / np.log(k)
+        pred.uncertainty[z] = normalised_entropy(p)
     pred.slice_uncertainty = pred.uncertainty.reshape(pred.uncertainty.shape[0], -1).mean(1).astype(np.float32)
     return done
 
