@@ -155,6 +155,13 @@ VARIANTS = {v.name: v for v in [
     Init("semi-cons0.8-unl48", semi_supervised=True, unlabelled_volumes=48, semi_options={"consistency": 1.0, "rounds": 0,
                                                                                              "consistency_threshold": 0.8},
          note="as semi-cons-unl48, teacher threshold 0.8"),
+    # session 20 (--split val): each labelled slice carried to its neighbours along the image's motion (active/propagate.py)
+    Init("semi-prop3", semi_supervised=True, semi_options={"propagate_pseudo": 3},
+         note="the recipe + each labelled slice carried 3 slices each way in its own volume, as pseudo-labels (weight 0.5)"),
+    Init("semi-prop6", semi_supervised=True, semi_options={"propagate_pseudo": 6},
+         note="as semi-prop3, 6 slices each way"),
+    Init("semi-prop3-w1", semi_supervised=True, semi_options={"propagate_pseudo": 3, "fill_weight": 1.0},
+         note="as semi-prop3 at full weight"),
 ]}
 
 

@@ -64,6 +64,9 @@ VARIANTS = {
     "semi-random-noprop": ("random", {"propagate_prediction": False}, True),  # the default before session 19
     # the default, and the same model predicted without the carried prior (session 19)
     "semi-random+noprop": ("random", {}, True, {"also": {"semi-random-noprop-same": {"propagate": False}}}),
+    # the default, and the same model with the carried classes not split across the structure's axis (session 20)
+    "semi-random+nosplit": ("random", {}, True, {"also": {"semi-random-noprop-same": {"propagate": False},
+                                                           "semi-random-nosplit-same": {"split_classes": False}}}),
     "semi-random-prop3": ("random", {"propagate_pseudo": 3}, True),  # + carried pseudo-labels, 3 slices each side
     "semi-random-prop6": ("random", {"propagate_pseudo": 6}, True),
     "semi-random-prop10": ("random", {"propagate_pseudo": 10}, True),
@@ -224,10 +227,11 @@ def run_trained(method: str, spec: tuple, name: str, k: int, seed: int, a: dict,
         t1 = time.time()
         okw = dict(okw)
         prop2 = okw.pop("propagate", prop)
+        split2 = okw.pop("split_classes", True)
         p2 = predict_array(unet, img, image_size=a["image_size"], in_channels=1, planes=planes, **okw)
         raw2 = scores(p2.labels, lab, ann)
         if prop2:
-            apply_propagation(p2, img, vol.labels, ann)
+            apply_propagation(p2, img, vol.labels, ann, split_classes=split2)
         p2 = respect_annotation(p2, vol.labels, ann, keep_connected=keep_cc, fill_between=fill_pred)
         rows.append(dict(row, method=other, **scores(p2.labels, lab, ann), dice_raw=raw2["dice"], predict_seconds=time.time() - t1))
     return rows
@@ -238,9 +242,11 @@ def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
     # variants (their specs name every setting that differs); ver 5: the default recipe = side planes, no self-training;
     # ver 6: three sides fused by their geometric mean (active/predict.py); ver 7: trained again when the model misses the
     # user's own slices (semi_supervised.train_semi_supervised); ver 8: plain fine-tuning's sampler when nothing is added, and
-    # the user's outermost slices carried outward as the prior beyond them (active/propagate.py); save_predictions not in the key
+    # the user's outermost slices carried outward as the prior beyond them (active/propagate.py); ver 9: the carried classes
+    # split across the structure's axis and the foreground's split among classes taken from them (session 20);
+    # save_predictions not in the key
     d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"],
-         "enc": a["encoder"], "ver": 1 if spec[1] is None else 8}
+         "enc": a["encoder"], "ver": 1 if spec[1] is None else 9}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -10,7 +10,7 @@ the structure ends and the flow's of where it is.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -38,16 +38,21 @@ def _small(sl: np.ndarray, f: int) -> np.ndarray:
 
 
 def propagate_labels(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray, z_limits: Optional[tuple[int, int]] = None,
-                     image_is_box: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+                     image_is_box: bool = False, spacing: Optional[Sequence[float]] = None,
+                     split_classes: bool = True) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """(carried labels (z, y, x) uint8, bool per slice: carried there, the in-plane box used).
 
     From the first and the last annotated slice holding labels, outward to `z_limits` ([z0, z1), default the
     volume): each slice's position map into the seed slice is the previous one composed with the flow between
     the two slices, and the seed's labels are read through it (nearest), so labels are resampled once, not once per
     slice. Slices between annotated ones are left to the model and fill between. `image`: normalised (z, y, x), or
-    only the in-plane box of :func:`label_box` with `image_is_box` (a full-size CT need not be normalised whole)."""
+    only the in-plane box of :func:`label_box` with `image_is_box` (a full-size CT need not be normalised whole).
+    With `split_classes`, a seed slice showing several classes side by side along the structure's axis has each
+    side's carried classes split by planes across that axis (:mod:`napari_ssl.active.axis_split`; `spacing` in mm)."""
     from scipy.ndimage import map_coordinates
     from skimage.registration import optical_flow_tvl1
+
+    from .axis_split import split_along_axis
 
     lab = np.asarray(labels)
     ann = np.asarray(annotated, bool)
@@ -70,6 +75,7 @@ def propagate_labels(image: np.ndarray, labels: np.ndarray, annotated: np.ndarra
         h, w = prev.shape
         pos = np.mgrid[0:h, 0:w].astype(np.float32)  # where each pixel of the current slice lies in the seed slice
         grid = pos.copy()
+        side = []
         for z in range(seed_z + step, end, step):
             if ann[z]:
                 break
@@ -87,14 +93,20 @@ def propagate_labels(image: np.ndarray, labels: np.ndarray, annotated: np.ndarra
             carried = map_coordinates(seed, [coords[0], coords[1]], order=0, mode="constant", cval=0)
             out[z, y0:y1, x0:x1] = carried
             done[z] = True
+            side.append(z)
             prev = cur
+        if split_classes:
+            split_along_axis(out, side, seed_z, lab[seed_z], spacing or (1.0, 1.0, 1.0))
     return out, done, (y0, y1, x0, x1)
 
 
 def fuse_with_prior(probabilities: np.ndarray, carried: np.ndarray, done: np.ndarray, box: tuple[int, int, int, int],
                     sigma: float = PRIOR_SIGMA, floor: float = PRIOR_FLOOR) -> np.ndarray:
-    """Probabilities (K, z, y, x) with each carried slice's classes weighted by the blurred carried masks (product,
-    renormalised); outside `box` the carried mask is background. Other slices unchanged. Changed in place."""
+    """Probabilities (K, z, y, x) of each carried slice fused with the blurred carried masks; other slices unchanged;
+    changed in place. Foreground is the model's times the carried one (product, renormalised); the split of the
+    foreground among classes is the carried masks' where they hold one (the model's elsewhere): trained on a slice or
+    two, the model tells the structure from its surroundings far better than its parts from each other (benchmarks/
+    RESULTS.md, "Session 20"). Outside `box` the carried mask is background. With one class: the plain product."""
     from scipy.ndimage import gaussian_filter
 
     k = probabilities.shape[0]
@@ -109,19 +121,28 @@ def fuse_with_prior(probabilities: np.ndarray, carried: np.ndarray, done: np.nda
         q = np.stack([gaussian_filter((c_box == c).astype(np.float32), sigma) if sigma > 0 else (c_box == c).astype(np.float32)
                       for c in range(k)])
         pz = probabilities[:, z]
-        pz[:, y0:y1, x0:x1] *= q + floor
+        pb = pz[:, y0:y1, x0:x1]
+        fg_model = np.clip(1.0 - pb[0], 0.0, 1.0)
+        share = q[1:] + floor * pb[1:] / np.clip(fg_model, 1e-12, None)  # the carried split; the model's where none
+        share /= np.clip(share.sum(0, keepdims=True), 1e-12, None)
+        fg = fg_model * (q[1:].sum(0) + floor)
+        bg = pb[0] * (q[0] + floor)
+        total = np.clip(fg + bg, 1e-12, None)
+        pb[0] = bg / total
+        pb[1:] = share * (fg / total)
         if any_outside:
             pz[:, outside] *= bg_only
-        pz /= np.clip(pz.sum(0, keepdims=True), 1e-12, None)
+            pz /= np.clip(pz.sum(0, keepdims=True), 1e-12, None)
     return probabilities
 
 
 def apply_propagation(pred, image: np.ndarray, labels: np.ndarray, annotated: np.ndarray,
-                      z_limits: Optional[tuple[int, int]] = None, image_is_box: bool = False) -> np.ndarray:
+                      z_limits: Optional[tuple[int, int]] = None, image_is_box: bool = False,
+                      spacing: Optional[Sequence[float]] = None, split_classes: bool = True) -> np.ndarray:
     """Fuse `pred` (a Prediction on the labels' grid, changed in place) with the user's outermost slices carried
     outward; its labels, uncertainty and slice uncertainty follow the fused probabilities. `image`: the normalised
     volume (or its :func:`label_box` with `image_is_box`). Returns the bool per slice: fused there."""
-    carried, done, box = propagate_labels(image, labels, annotated, z_limits, image_is_box)
+    carried, done, box = propagate_labels(image, labels, annotated, z_limits, image_is_box, spacing, split_classes)
     if not done.any():
         return done
     from .entropy import normalised_entropy
@@ -147,4 +168,4 @@ def propagate_on_volume(pred, volume, spec: dict, labels: np.ndarray, annotated:
     z0, z1 = int(z_limits[0]), int(z_limits[1])
     box = np.zeros((volume.shape[0], y1 - y0, x1 - x0), np.float32)  # pages never written cost no memory
     box[z0:z1] = normalize(np.asarray(volume.array[z0:z1, y0:y1, x0:x1]), spec)
-    return apply_propagation(pred, box, lab, ann, z_limits=(z0, z1), image_is_box=True)
+    return apply_propagation(pred, box, lab, ann, z_limits=(z0, z1), image_is_box=True, spacing=volume.spacing)
