@@ -5,8 +5,9 @@ the annotated range (Sli2Vol-style propagation, Yeung et al. 2021, without a lea
 Why: with one annotated slice the model knows what the structure looks like but not where it goes: on
 validation volumes (benchmarks/RESULTS.md, "Session 19") its answers ten slices away lay beside the structure
 (Dice ~0 with about the right area), while the carried labels still overlapped it (Dice ~0.6). The product of
-the two (each class's model probability times its blurred carried mask) keeps the model's decision of where
-the structure ends and the flow's of where it is.
+the two foregrounds keeps the model's decision of where the structure ends and the flow's of where it is; the
+carried masks, split across the structure's axis where the drawn slice shows its parts side by side
+(:mod:`napari_ssl.active.axis_split`), decide how the foreground splits among classes ("Session 20").
 """
 from __future__ import annotations
 
