@@ -106,3 +106,26 @@ def test_two_structures_side_by_side_are_left_as_carried():
         carried = labels.copy()
         assert not split_along_axis(carried, list(range(16, 30)), 15, labels[15]), (drift, gap)
         assert np.array_equal(carried, labels)
+
+
+def test_with_one_class_the_fusion_is_the_plain_product():
+    """A single-class structure (a CT organ): the fused probability is the model's times the blurred carried mask,
+    renormalised, exactly as before the classes were split by the carried masks."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    p1 = rng.uniform(0.01, 0.99, (4, 40, 40)).astype(np.float32)
+    probs = np.stack([1 - p1, p1])
+    carried = np.zeros((4, 40, 40), np.uint8)
+    carried[:, 10:25, 12:30] = 1
+    done = np.array([False, True, True, True])
+    box = (5, 35, 5, 35)
+    fused = fuse_with_prior(probs.copy(), carried, done, box, sigma=1.0, floor=1e-3)
+    for z in range(4):
+        q1 = np.zeros((40, 40), np.float32)
+        q1[5:35, 5:35] = gaussian_filter((carried[z, 5:35, 5:35] == 1).astype(np.float32), 1.0)
+        q0 = np.zeros((40, 40), np.float32)
+        q0[5:35, 5:35] = gaussian_filter((carried[z, 5:35, 5:35] == 0).astype(np.float32), 1.0)
+        q0[(q0 == 0) & (q1 == 0)] = 1.0  # outside the box: background
+        want = p1[z] * (q1 + 1e-3) / (p1[z] * (q1 + 1e-3) + (1 - p1[z]) * (q0 + 1e-3)) if done[z] else p1[z]
+        np.testing.assert_allclose(fused[1, z], want, atol=1e-5)
