@@ -56,7 +56,7 @@ def score(path: str, k: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ks", default="1,2,3,5")
-    p.add_argument("--work-dir", default="/tmp/napari_ssl_bench/study_completion")
+    p.add_argument("--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "napari_ssl_bench", "study_completion"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "probe_axis_split.json"))
     a = p.parse_args(argv)
     pdir = os.path.join(a.work_dir, "predictions", "val", "semi-random")
