@@ -38,6 +38,15 @@ def _small(sl: np.ndarray, f: int) -> np.ndarray:
     return sl[:h, :w].reshape(h // f, f, w // f, f).mean((1, 3)).astype(np.float32)
 
 
+def _full_resolution(pos: np.ndarray, grid: np.ndarray, f: int, shape: tuple) -> np.ndarray:
+    """Where each full-resolution pixel lies in the seed slice: the flow's displacement upsampled (x f) and added."""
+    if f == 1:
+        return pos
+    up = np.repeat(np.repeat((pos - grid) * f, f, 1), f, 2)
+    up = np.pad(up, ((0, 0), (0, shape[0] - up.shape[1]), (0, shape[1] - up.shape[2])), mode="edge")
+    return np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32) + up
+
+
 def propagate_labels(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray, z_limits: Optional[tuple[int, int]] = None,
                      image_is_box: bool = False, spacing: Optional[Sequence[float]] = None,
                      split_classes: bool = True) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
@@ -83,14 +92,7 @@ def propagate_labels(image: np.ndarray, labels: np.ndarray, annotated: np.ndarra
             cur = _small(img(z), f)
             v, u = optical_flow_tvl1(cur, prev)  # cur(x) ~ prev(x + (v, u))
             pos = np.stack([map_coordinates(pos[i], [grid[0] + v, grid[1] + u], order=1, mode="nearest") for i in range(2)])
-            # the seed's labels read at full resolution: the displacement upsampled (x f), added to each full-resolution pixel
-            if f == 1:
-                coords = pos
-            else:
-                disp = (pos - grid) * f
-                up = np.repeat(np.repeat(disp, f, 1), f, 2)
-                up = np.pad(up, ((0, 0), (0, seed.shape[0] - up.shape[1]), (0, seed.shape[1] - up.shape[2])), mode="edge")
-                coords = np.mgrid[0:seed.shape[0], 0:seed.shape[1]].astype(np.float32) + up
+            coords = _full_resolution(pos, grid, f, seed.shape)
             carried = map_coordinates(seed, [coords[0], coords[1]], order=0, mode="constant", cval=0)
             out[z, y0:y1, x0:x1] = carried
             done[z] = True
