@@ -129,3 +129,33 @@ def test_with_one_class_the_fusion_is_the_plain_product():
         q0[(q0 == 0) & (q1 == 0)] = 1.0  # outside the box: background
         want = p1[z] * (q1 + 1e-3) / (p1[z] * (q1 + 1e-3) + (1 - p1[z]) * (q0 + 1e-3)) if done[z] else p1[z]
         np.testing.assert_allclose(fused[1, z], want, atol=1e-5)
+
+
+def test_on_the_real_ct_lung_lobes_and_femurs_are_left_as_carried(data_dir):
+    """Other anatomy, 2.5 mm slices: the lobes of one lung (parts split by an oblique fissure, not across the lung's axis)
+    and the two femurs (two structures side by side) drawn on one slice: the guards leave the carried classes as they are."""
+    import os
+    import sys
+
+    from napari_ssl.data.normalize import default_spec, normalize
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import ct_reference as ref
+
+    ct = data_dir / "tcia_cervical_ct"
+    vol = load_image(str(ct / "CT_images"))
+    for rois in (["lung_upper_lobe_left", "lung_lower_lobe_left"], ["femur_left", "femur_right"]):
+        truth = np.zeros(vol.shape, np.uint8)
+        for i, roi in enumerate(rois, 1):
+            truth[ref.rasterise_roi(str(ct / "RTstruct.dcm"), vol, roi) & (truth == 0)] = i
+        z = ref.quantile_slices(truth > 0, 1)[0]
+        assert set(np.unique(truth[z])) == {0, 1, 2}  # both classes on the drawn slice
+        lo, hi = max(0, z - 12), min(vol.shape[0], z + 13)
+        image = np.zeros(vol.shape, np.float32)
+        image[lo:hi] = normalize(np.asarray(vol.array[lo:hi]), default_spec(vol.modality))
+        ann = np.zeros(vol.shape[0], bool)
+        ann[z] = True
+        drawn = np.where(ann[:, None, None], truth, 0).astype(np.uint8)
+        kept, done, _ = propagate_labels(image, drawn, ann, (lo, hi), spacing=vol.spacing, split_classes=False)
+        split, _, _ = propagate_labels(image, drawn, ann, (lo, hi), spacing=vol.spacing, split_classes=True)
+        assert done.sum() == hi - lo - 1 and np.array_equal(kept, split), rois
