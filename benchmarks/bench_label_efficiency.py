@@ -162,6 +162,12 @@ VARIANTS = {v.name: v for v in [
          note="as semi-prop3, 6 slices each way"),
     Init("semi-prop3-w1", semi_supervised=True, semi_options={"propagate_pseudo": 3, "fill_weight": 1.0},
          note="as semi-prop3 at full weight"),
+    # session 21 (--split val): the best pretrained init of the table, alone and with the carried pseudo-labels
+    Init("position-inpainting-val", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
+         note="position-inpainting (the table's init, chosen on test) as a variant, for --split val"),
+    Init("position-inpainting-prop3", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
+         semi_supervised=True, semi_options={"propagate_pseudo": 3},
+         note="position-inpainting init + each labelled slice carried 3 slices each way as pseudo-labels (semi-prop3)"),
 ]}
 
 

@@ -68,6 +68,10 @@ VARIANTS = {
     "semi-random+nosplit": ("random", {}, True, {"also": {"semi-random-noprop-same": {"propagate": False},
                                                            "semi-random-nosplit-same": {"split_classes": False}}}),
     "semi-random-prop3": ("random", {"propagate_pseudo": 3}, True),  # + carried pseudo-labels, 3 slices each side
+    # session 21: a study drawn on one slice gets side planes from that slice carried 3 (the default since) / 6 slices each way
+    "semi-random-cplanes3": ("random", {"carried_planes": 3}, True),
+    "semi-random-cplanes6": ("random", {"carried_planes": 6}, True),
+    "semi-random-nocplanes": ("random", {"carried_planes": 0}, True),  # the default before session 21
     "semi-random-prop6": ("random", {"propagate_pseudo": 6}, True),
     "semi-random-prop10": ("random", {"propagate_pseudo": 10}, True),
     "semi-random-prop16": ("random", {"propagate_pseudo": 16}, True),
@@ -243,10 +247,11 @@ def task_key(method: str, spec, name: str, k: int, seed: int, a: dict) -> str:
     # ver 6: three sides fused by their geometric mean (active/predict.py); ver 7: trained again when the model misses the
     # user's own slices (semi_supervised.train_semi_supervised); ver 8: plain fine-tuning's sampler when nothing is added, and
     # the user's outermost slices carried outward as the prior beyond them (active/propagate.py); ver 9: the carried classes
-    # split across the structure's axis and the foreground's split among classes taken from them (session 20);
+    # split across the structure's axis and the foreground's split among classes taken from them (session 20); ver 10: a study
+    # drawn on one slice gets side planes from that slice carried 3 slices each way (carried_planes, session 21);
     # save_predictions not in the key
     d = {"m": method, "spec": spec, "v": name, "k": k, "s": seed, "steps": a["steps"], "lr": a["lr"], "size": a["image_size"],
-         "enc": a["encoder"], "ver": 1 if spec[1] is None else 9}
+         "enc": a["encoder"], "ver": 1 if spec[1] is None else 10}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

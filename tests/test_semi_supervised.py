@@ -318,3 +318,37 @@ def test_the_drawn_slice_carried_outward_follows_the_real_structure(hippo_dir):
     near = pred.labels[z + 1] > 0
     assert 2 * (near & (truth[z + 1] > 0)).sum() / (near.sum() + (truth[z + 1] > 0).sum()) > 0.5
     np.testing.assert_allclose(pred.probabilities[:, fused].sum(0), 1.0, atol=1e-4)
+
+
+def test_a_study_drawn_on_one_slice_gets_side_planes_from_it_carried(hippo_dir):
+    """One study, one drawn slice: the side planes train on that slice carried 3 slices each way (the axial samples stay
+    the user's own slice; the carried labels are never written back); across studies (one slice each) nothing changes."""
+    import torch
+
+    from napari_ssl.data.planes import side_plane_volumes
+    from napari_ssl.models.unet import build_unet
+    from napari_ssl.train.semi_supervised import SemiSupervisedConfig, _with_carried, train_semi_supervised
+
+    vol = _one_slice_volumes(hippo_dir, ("hippocampus_001.nii.gz",))[0]
+    img = load_image(str(hippo_dir / "images" / "hippocampus_001.nii.gz"))
+    truth = load_labels(str(hippo_dir / "labels" / "hippocampus_001.nii.gz"), img)
+    z = int(np.flatnonzero(vol.annotated)[0])
+    kept = vol.labels.copy()
+    (plane,) = _with_carried([vol], 3)
+    assert np.flatnonzero(plane.annotated).tolist() == list(range(z - 3, z + 4))
+    assert np.array_equal(plane.labels[z], vol.labels[z]) and np.array_equal(vol.labels, kept)  # the user's labels untouched
+    for d in (-3, 3):
+        t, c = truth[z + d] > 0, plane.labels[z + d] > 0
+        assert 2 * (t & c).sum() / (t.sum() + c.sum()) > 0.5, d
+    assert side_plane_volumes([plane], 0.34)[0] and not side_plane_volumes([vol], 0.34)[0]
+    assert _with_carried([vol], 0)[0] is vol
+    two = _one_slice_volumes(hippo_dir, ("hippocampus_001.nii.gz", "hippocampus_003.nii.gz"))
+    assert _with_carried(two, 3) is two
+    kw = dict(image_size=64, in_channels=1, steps=4, batch_size=4, lr=3e-3, loss="dice-ce", devices="cpu", seed=0)
+    torch.manual_seed(0)
+    _, info = train_semi_supervised(build_unet("mobilenetv3-small-lite", in_channels=1, classes=3), [vol],
+                                    cfg=SemiSupervisedConfig(min_fit_dice=0.0), **kw)
+    assert info["planes"] and len(info["labelled"]) == 1  # side planes on; one axial sample, the user's slice
+    _, info = train_semi_supervised(build_unet("mobilenetv3-small-lite", in_channels=1, classes=3), [vol],
+                                    cfg=SemiSupervisedConfig(min_fit_dice=0.0, carried_planes=0), **kw)
+    assert not info["planes"]

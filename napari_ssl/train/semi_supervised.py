@@ -23,7 +23,8 @@ The recipe (``SemiSupervisedConfig``), chosen on validation volumes of the hippo
    coronal and sagittal planes of the study train too, each on the rows where it crosses an annotated slice
    (every other row ignored); the model then predicts the study from the three sides and fuses them (geometric mean). On
    validation volumes this beat both the recipe without it and fill between inside the annotated range
-   (benchmarks/RESULTS.md, "Side planes").
+   (benchmarks/RESULTS.md, "Side planes"). One study drawn on one slice (``carried_planes``): its side planes train
+   on that slice carried a few slices each way along the image's motion (validation k=1: .539 -> .580, "Session 21").
 4. **Prediction** (applied by the prediction path with the user's labels): foreground not touching the user's
    labels in 3-D is dropped and the annotated slices come back exactly as drawn; without side planes
    (``fill_between_prediction``: None = only then), each class between its outermost annotated slices is the
@@ -97,6 +98,9 @@ class SemiSupervisedConfig:
     # training: this many slices beyond the outermost annotated ones each side, labelled by carrying the user's slices
     # outward (active/propagate.py), as pseudo-labels at fill_weight (0 = off)
     propagate_pseudo: int = 0
+    # one study drawn on one slice: its side planes from that slice carried this many slices each way (active/propagate.py;
+    # 0 = off; chosen on validation volumes, session 21). Other cases keep their side planes from the user's slices only.
+    carried_planes: int = 3
     # weak/strong consistency on unannotated slices (train/consistency.py): weight (0 = off) and teacher confidence
     consistency: float = 0.0
     consistency_threshold: float = 0.95
@@ -170,6 +174,23 @@ def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_
             for z in np.flatnonzero(done):
                 items.append((vol.image, int(z), carried[z], cfg.fill_weight))
     return items
+
+
+def _with_carried(volumes: list[LabelledVolume], radius: int) -> list[LabelledVolume]:
+    """Where one study is drawn on one slice (no side planes otherwise): the study with that slice carried `radius`
+    slices each way added as annotated slices, for its side planes only (the axial samples stay the user's own slice).
+    Why: the side planes show the structure along its length, which one axial slice cannot; on 16 validation volumes
+    at k=1 the result rose from .539 to .580 Dice, better on 15 (benchmarks/RESULTS.md, "Session 21"). Not measured
+    across studies (many volumes of one slice each), so left out there."""
+    from ..active.propagate import propagate_labels
+
+    held = np.flatnonzero(volumes[0].annotated & labelled_slices(volumes[0].labels)) if len(volumes) == 1 else []
+    if radius <= 0 or len(held) != 1:
+        return volumes
+    vol, z = volumes[0], int(held[0])
+    carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (z - radius, z + radius + 1), spacing=vol.spacing)
+    labels = np.where(done[:, None, None], carried, vol.labels).astype(vol.labels.dtype)
+    return [LabelledVolume(image=vol.image, labels=labels, annotated=vol.annotated | done, spacing=vol.spacing, z_range=vol.z_range)]
 
 
 def _model_items(unet, volumes: list[LabelledVolume], fill_zs: list[set], unlabelled: Sequence[np.ndarray], image_size: int,
@@ -264,7 +285,8 @@ def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image
 
     aug = AugmentConfig() if augment else None
     labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
-    side_volumes, axial_fraction = side_plane_volumes(volumes, cfg.axial_fraction, cfg.min_side_share) if cfg.planes else ([], 1.0)
+    plane_source = _with_carried(volumes, int(cfg.carried_planes))
+    side_volumes, axial_fraction = side_plane_volumes(plane_source, cfg.axial_fraction, cfg.min_side_share) if cfg.planes else ([], 1.0)
     planes = bool(side_volumes)
     # the user's labels from three sides: annotated slices with probability axial_fraction (cfg.axial_fraction for
     # one study), else the side planes of the volumes annotated on two or more slices
