@@ -168,6 +168,8 @@ VARIANTS = {v.name: v for v in [
     Init("position-inpainting-prop3", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          semi_supervised=True, semi_options={"propagate_pseudo": 3},
          note="position-inpainting init + each labelled slice carried 3 slices each way as pseudo-labels (semi-prop3)"),
+    Init("semi-cplanes", semi_supervised=True, semi_options={"carried_planes_across": True},
+         note="the recipe + side planes of every volume from its labelled slice carried 3 slices each way"),
 ]}
 
 
@@ -288,6 +290,26 @@ def evaluate(unet, test, vols=None, batch: int = 256) -> dict:
     return {"per_class": per.mean(0).tolist(), "mean": float(per.mean()), "per_volume_mean": per.mean(1).tolist()}
 
 
+def evaluate_three_sides(unet, split: str, image_size: int) -> dict:
+    """As :func:`evaluate`, with the model predicting each scored volume from three sides (axial, coronal, sagittal,
+    fused), as the product predicts with a model trained on side planes (active/predict.py)."""
+    from napari_ssl.active.predict import predict_array
+    from napari_ssl.data.normalize import default_spec, normalize
+    from napari_ssl.train.finetune import load_image, load_labels
+
+    names = volume_ids()
+    ids = list(VAL_POOL) if split == "val" else list(range(N_POOL, len(names)))
+    per = []
+    for i in ids:
+        img = load_image(os.path.join(DATA, "images", names[i]))
+        lab = load_labels(os.path.join(DATA, "labels", names[i]), img)
+        pred = predict_array(unet, normalize(img.array, default_spec(img.modality)).astype(np.float32), image_size=image_size,
+                             in_channels=1, planes=(0, 1, 2))
+        per.append(dice_per_class(pred.labels, lab))
+    per = np.asarray(per)
+    return {"per_class": per.mean(0).tolist(), "mean": float(per.mean()), "per_volume_mean": per.mean(1).tolist()}
+
+
 # ----------------------------------------------------------------------------- tasks
 
 def _setup_worker():
@@ -362,6 +384,7 @@ def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) ->
         from napari_ssl.train.semi_supervised import SemiSupervisedConfig
 
         spec["semi"] = asdict(SemiSupervisedConfig(**init.semi_options))
+        spec["three_sides"] = 1  # session 21: a run trained on side planes is scored predicting from three sides
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -445,7 +468,10 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
         unet, info = train_unet(unet, ds, steps=steps, seed=seed, module_factory=_module_factory(init, ds, len(CLASSES) + 1), **kw)
     t_train = time.time() - t0
     unet = unet.cpu()
-    final = evaluate(unet, test)
+    # a model trained on side planes predicts from three sides, as the product does with it (session 21: one study drawn on
+    # one slice gets side planes, so the k=1 rows of the recipe)
+    three = init.semi_supervised and info.get("planes")
+    final = evaluate_three_sides(unet, a.get("split", "test"), a["image_size"]) if three else evaluate(unet, test)
     curve[steps] = evaluate(unet, test, curve_vols)["mean"]
     return {"init": init.name, "k": k, "seed": seed, "dice": final["mean"], "dice_per_class": final["per_class"],
             "curve": {str(s): v for s, v in sorted(curve.items())}, "train_seconds": t_train, "total_seconds": time.time() - t0,

@@ -101,6 +101,7 @@ class SemiSupervisedConfig:
     # one study drawn on one slice: its side planes from that slice carried this many slices each way (active/propagate.py;
     # 0 = off; chosen on validation volumes, session 21). Other cases keep their side planes from the user's slices only.
     carried_planes: int = 3
+    carried_planes_across: bool = False  # also for every study of several drawn on one slice each (probe, off)
     # weak/strong consistency on unannotated slices (train/consistency.py): weight (0 = off) and teacher confidence
     consistency: float = 0.0
     consistency_threshold: float = 0.95
@@ -176,21 +177,27 @@ def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_
     return items
 
 
-def _with_carried(volumes: list[LabelledVolume], radius: int) -> list[LabelledVolume]:
+def _with_carried(volumes: list[LabelledVolume], radius: int, across: bool = False) -> list[LabelledVolume]:
     """Where one study is drawn on one slice (no side planes otherwise): the study with that slice carried `radius`
     slices each way added as annotated slices, for its side planes only (the axial samples stay the user's own slice).
     Why: the side planes show the structure along its length, which one axial slice cannot; on 16 validation volumes
-    at k=1 the result rose from .539 to .580 Dice, better on 15 (benchmarks/RESULTS.md, "Session 21"). Not measured
-    across studies (many volumes of one slice each), so left out there."""
+    at k=1 the result rose from .539 to .580 Dice, better on 15 (benchmarks/RESULTS.md, "Session 21"). Across studies
+    (many volumes of one slice each) only with `across` (off by default)."""
     from ..active.propagate import propagate_labels
 
-    held = np.flatnonzero(volumes[0].annotated & labelled_slices(volumes[0].labels)) if len(volumes) == 1 else []
-    if radius <= 0 or len(held) != 1:
+    if radius <= 0 or (len(volumes) != 1 and not across):
         return volumes
-    vol, z = volumes[0], int(held[0])
-    carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (z - radius, z + radius + 1), spacing=vol.spacing)
-    labels = np.where(done[:, None, None], carried, vol.labels).astype(vol.labels.dtype)
-    return [LabelledVolume(image=vol.image, labels=labels, annotated=vol.annotated | done, spacing=vol.spacing, z_range=vol.z_range)]
+    out = []
+    for vol in volumes:
+        held = np.flatnonzero(vol.annotated & labelled_slices(vol.labels))
+        if len(held) != 1:
+            out.append(vol)
+            continue
+        z = int(held[0])
+        carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (z - radius, z + radius + 1), spacing=vol.spacing)
+        labels = np.where(done[:, None, None], carried, vol.labels).astype(vol.labels.dtype)
+        out.append(LabelledVolume(image=vol.image, labels=labels, annotated=vol.annotated | done, spacing=vol.spacing, z_range=vol.z_range))
+    return out
 
 
 def _model_items(unet, volumes: list[LabelledVolume], fill_zs: list[set], unlabelled: Sequence[np.ndarray], image_size: int,
@@ -285,7 +292,7 @@ def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image
 
     aug = AugmentConfig() if augment else None
     labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
-    plane_source = _with_carried(volumes, int(cfg.carried_planes))
+    plane_source = _with_carried(volumes, int(cfg.carried_planes), cfg.carried_planes_across)
     side_volumes, axial_fraction = side_plane_volumes(plane_source, cfg.axial_fraction, cfg.min_side_share) if cfg.planes else ([], 1.0)
     planes = bool(side_volumes)
     # the user's labels from three sides: annotated slices with probability axial_fraction (cfg.axial_fraction for
