@@ -299,8 +299,10 @@ def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image
 
     aug = AugmentConfig() if augment else None
     labelled = LabelledSliceDataset(volumes, image_size, in_channels, aug)
-    plane_source = _with_carried(volumes, int(cfg.carried_planes), cfg.carried_planes_across)
-    side_volumes, axial_fraction = side_plane_volumes(plane_source, cfg.axial_fraction, cfg.min_side_share) if cfg.planes else ([], 1.0)
+    side_volumes, axial_fraction = ([], 1.0)
+    if cfg.planes:
+        plane_source = _with_carried(volumes, int(cfg.carried_planes), cfg.carried_planes_across)
+        side_volumes, axial_fraction = side_plane_volumes(plane_source, cfg.axial_fraction, cfg.min_side_share)
     planes = bool(side_volumes)
     # the user's labels from three sides: annotated slices with probability axial_fraction (cfg.axial_fraction for
     # one study), else the side planes of the volumes annotated on two or more slices
