@@ -187,7 +187,8 @@ VAL_POOL = list(range(5, N_POOL, 10))  # --split val: these 20 pool volumes are 
 
 
 def load_split(image_size: int, n_curve: int, split: str = "test"):
-    """Pool (normalised images + labels) and the scored volumes (fitted tensors + labels); loaded once per process.
+    """Pool (normalised images + labels), the scored volumes (fitted tensors + labels), the labelled candidates and the
+    scored volumes as normalised images + labels (for predicting them whole); loaded once per process.
 
     split "test": the 60 held-out volumes are scored; "val": 20 pool volumes (VAL_POOL) are scored instead and
     left out of the labelled candidates (choices are made there; the test volumes are never looked at)."""
@@ -201,23 +202,20 @@ def load_split(image_size: int, n_curve: int, split: str = "test"):
     from napari_ssl.train.finetune import load_image, load_labels
 
     names = volume_ids()
-    pool, test = [], []
+    pool, scored = [], []
     for i, f in enumerate(names):
         img = load_image(os.path.join(DATA, "images", f))
         lab = load_labels(os.path.join(DATA, "labels", f), img)
         arr = normalize(img.array, default_spec(img.modality))
-        if i < N_POOL:
-            pool.append((arr, lab))
-        else:
-            x = fit_to_size(torch.from_numpy(np.ascontiguousarray(arr))[:, None], image_size)
-            test.append((x, lab))
+        (pool if i < N_POOL else scored).append((arr, lab))
     # labelled candidates: every pool slice that shows some hippocampus
     cand = [(v, z) for v, (_, lab) in enumerate(pool) for z in range(lab.shape[0]) if lab[z].any()]
     if split == "val":
         held = set(VAL_POOL)
         cand = [(v, z) for v, z in cand if v not in held]
-        test = [(fit_to_size(torch.from_numpy(np.ascontiguousarray(pool[v][0]))[:, None], image_size), pool[v][1]) for v in VAL_POOL]
-    _CACHE[key] = (pool, test, cand, names)
+        scored = [pool[v] for v in VAL_POOL]
+    test = [(fit_to_size(torch.from_numpy(np.ascontiguousarray(arr))[:, None], image_size), lab) for arr, lab in scored]
+    _CACHE[key] = (pool, test, cand, scored)
     return _CACHE[key]
 
 
@@ -290,21 +288,15 @@ def evaluate(unet, test, vols=None, batch: int = 256) -> dict:
     return {"per_class": per.mean(0).tolist(), "mean": float(per.mean()), "per_volume_mean": per.mean(1).tolist()}
 
 
-def evaluate_three_sides(unet, split: str, image_size: int) -> dict:
-    """As :func:`evaluate`, with the model predicting each scored volume from three sides (axial, coronal, sagittal,
-    fused), as the product predicts with a model trained on side planes (active/predict.py)."""
+def evaluate_three_sides(unet, scored: list, image_size: int) -> dict:
+    """As :func:`evaluate`, with the model predicting each scored volume ((normalised image, labels) of
+    :func:`load_split`) from three sides (axial, coronal, sagittal, fused), as the product predicts with a model
+    trained on side planes (active/predict.py)."""
     from napari_ssl.active.predict import predict_array
-    from napari_ssl.data.normalize import default_spec, normalize
-    from napari_ssl.train.finetune import load_image, load_labels
 
-    names = volume_ids()
-    ids = list(VAL_POOL) if split == "val" else list(range(N_POOL, len(names)))
     per = []
-    for i in ids:
-        img = load_image(os.path.join(DATA, "images", names[i]))
-        lab = load_labels(os.path.join(DATA, "labels", names[i]), img)
-        pred = predict_array(unet, normalize(img.array, default_spec(img.modality)).astype(np.float32), image_size=image_size,
-                             in_channels=1, planes=(0, 1, 2))
+    for arr, lab in scored:
+        pred = predict_array(unet, np.asarray(arr, np.float32), image_size=image_size, in_channels=1, planes=(0, 1, 2))
         per.append(dice_per_class(pred.labels, lab))
     per = np.asarray(per)
     return {"per_class": per.mean(0).tolist(), "mean": float(per.mean()), "per_volume_mean": per.mean(1).tolist()}
@@ -426,7 +418,7 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
     from napari_ssl.data.labelled_slices import AugmentConfig, LabelledSliceDataset, LabelledVolume
     from napari_ssl.train.finetune import FinetuneConfig, build_initial_model, train_unet
 
-    pool, test, cand, _ = load_split(a["image_size"], a["n_curve"], a.get("split", "test"))
+    pool, test, cand, scored = load_split(a["image_size"], a["n_curve"], a.get("split", "test"))
     picks = pick_slices(cand, k, seed)
     by_vol: dict[int, list[int]] = {}
     for v, z in picks:
@@ -471,7 +463,7 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
     # a model trained on side planes predicts from three sides, as the product does with it (session 21: one study drawn on
     # one slice gets side planes, so the k=1 rows of the recipe)
     three = init.semi_supervised and info.get("planes")
-    final = evaluate_three_sides(unet, a.get("split", "test"), a["image_size"]) if three else evaluate(unet, test)
+    final = evaluate_three_sides(unet, scored, a["image_size"]) if three else evaluate(unet, test)
     curve[steps] = evaluate(unet, test, curve_vols)["mean"]
     return {"init": init.name, "k": k, "seed": seed, "dice": final["mean"], "dice_per_class": final["per_class"],
             "curve": {str(s): v for s, v in sorted(curve.items())}, "train_seconds": t_train, "total_seconds": time.time() - t0,

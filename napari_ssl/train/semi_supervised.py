@@ -196,11 +196,9 @@ def _with_carried(volumes: list[LabelledVolume], radius: int, across: bool = Fal
         z = int(held[0])
         carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (z - radius, z + radius + 1), spacing=vol.spacing)
         held_carried = done & (carried > 0).reshape(len(done), -1).any(1)
-        for side in (range(z - 1, -1, -1), range(z + 1, len(done))):  # outward, up to the first slice the structure is lost on:
-            lost = False                                              # a carried empty slice is not a claim of background
-            for i in side:
-                lost = lost or not held_carried[i]
-                held_carried[i] &= not lost
+        # outward, up to the first slice the structure is lost on: a carried empty slice is not a claim of background
+        for side in (np.arange(z - 1, -1, -1), np.arange(z + 1, len(done))):
+            held_carried[side] = np.logical_and.accumulate(held_carried[side])
         labels = np.where(held_carried[:, None, None], carried, vol.labels).astype(vol.labels.dtype)
         out.append(LabelledVolume(image=vol.image, labels=labels, annotated=vol.annotated | held_carried, spacing=vol.spacing,
                                   z_range=vol.z_range))
