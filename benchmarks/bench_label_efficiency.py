@@ -91,8 +91,9 @@ FINAL_INITS = [
     Init("position-inpainting", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position",
          note="hierarchical: simclr-position, then in-painting from that encoder (--init); whole U-Net transferred"),
     Init("semi-supervised", semi_supervised=True,
-         note="random init + issue 11's semi-supervised recipe (SemiSupervisedConfig defaults, fixed on study-completion validation volumes): "
-              "the k labelled slices' volumes, their unannotated slices as unlabelled data (model pseudo-labels)"),
+         note="random init + issue 11's semi-supervised recipe (SemiSupervisedConfig defaults, chosen on validation volumes): "
+              "the k labelled slices' volumes; labels scattered one slice per volume are carried 6 slices each way in their "
+              "own volume as pseudo-labels (session 22); one volume drawn on one slice gets carried side planes (session 21)"),
 ]
 
 # Probed variants (--variants): name -> Init. Results land in the JSON's "variants" section.
@@ -170,6 +171,11 @@ VARIANTS = {v.name: v for v in [
          note="position-inpainting init + each labelled slice carried 3 slices each way as pseudo-labels (semi-prop3)"),
     Init("semi-cplanes", semi_supervised=True, semi_options={"carried_planes_across": True},
          note="the recipe + side planes of every volume from its labelled slice carried 3 slices each way"),
+    Init("semi-prop10", semi_supervised=True, semi_options={"propagate_pseudo": 10}, note="as semi-prop3, 10 slices each way"),
+    Init("semi-prop16", semi_supervised=True, semi_options={"propagate_pseudo": 16}, note="as semi-prop3, 16 slices each way"),
+    # session 22 (--split val): the carried pseudo-labels with self-training on unlabelled pool volumes
+    Init("semi-prop3-unl48", semi_supervised=True, unlabelled_volumes=48, semi_options={"propagate_pseudo": 3},
+         note="semi-prop3 + 48 unlabelled pool volumes (one self-training round: confident pseudo-labels of 32 slices each)"),
 ]}
 
 

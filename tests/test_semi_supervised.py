@@ -217,9 +217,9 @@ def _one_slice_volumes(hippo_dir, names):
 
 
 def test_with_nothing_beyond_the_drawn_slices_the_recipe_is_plain_fine_tuning(hippo_dir):
-    """One slice in each of two studies: no side planes, no pseudo-labels, no consistency; the recipe must then train
-    exactly as plain fine-tuning (same samples, same loss), not a reshuffled copy of it (benchmarks/RESULTS.md,
-    session 19: a different sample order alone put the recipe below random init across studies)."""
+    """One slice in each of two studies, carried pseudo-labels off: no side planes, no pseudo-labels, no consistency; the
+    recipe must then train exactly as plain fine-tuning (same samples, same loss), not a reshuffled copy of it
+    (benchmarks/RESULTS.md, session 19: a different sample order alone put the recipe below random init across studies)."""
     import torch
 
     from napari_ssl.data.labelled_slices import AugmentConfig, LabelledSliceDataset
@@ -233,14 +233,14 @@ def test_with_nothing_beyond_the_drawn_slices_the_recipe_is_plain_fine_tuning(hi
     a, _ = train_unet(build_unet("mobilenetv3-small-lite", in_channels=1, classes=3), LabelledSliceDataset(vols, 64, 1, AugmentConfig()), **kw)
     torch.manual_seed(0)
     b, info = train_semi_supervised(build_unet("mobilenetv3-small-lite", in_channels=1, classes=3), vols, image_size=64, in_channels=1,
-                                    cfg=SemiSupervisedConfig(min_fit_dice=0.0), **kw)
+                                    cfg=SemiSupervisedConfig(min_fit_dice=0.0, propagate_pseudo=0), **kw)
     assert not info["planes"] and info["pseudo_slices"] == [0]
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # with the consistency term the same run differs (it is a real extra term, not a no-op)
     torch.manual_seed(0)
     c, _ = train_semi_supervised(build_unet("mobilenetv3-small-lite", in_channels=1, classes=3), vols, image_size=64, in_channels=1,
-                                 cfg=SemiSupervisedConfig(min_fit_dice=0.0, consistency=1.0), **kw)
+                                 cfg=SemiSupervisedConfig(min_fit_dice=0.0, consistency=1.0, propagate_pseudo=0), **kw)
     assert not all(torch.equal(sa[k], c.state_dict()[k]) for k in sa)
 
 
@@ -352,3 +352,47 @@ def test_a_study_drawn_on_one_slice_gets_side_planes_from_it_carried(hippo_dir):
     _, info = train_semi_supervised(build_unet("mobilenetv3-small-lite", in_channels=1, classes=3), [vol],
                                     cfg=SemiSupervisedConfig(min_fit_dice=0.0, carried_planes=0), **kw)
     assert not info["planes"]
+
+
+def test_labels_scattered_over_studies_are_carried_to_their_neighbours_as_pseudo_labels(hippo_dir):
+    """One drawn slice in each of two studies (no side planes): by default each is carried 6 slices each way in its own
+    study as training pseudo-labels (benchmarks/RESULTS.md, "Session 22"); the carried targets follow the expert's
+    structure, the user's labels are untouched; one study drawn on two slices trains its side planes and carries nothing."""
+    import torch
+
+    from napari_ssl.models.unet import build_unet
+    from napari_ssl.train.semi_supervised import SemiSupervisedConfig, _fill_items, carry_radius, train_semi_supervised
+
+    names = ("hippocampus_001.nii.gz", "hippocampus_003.nii.gz")
+    vols = _one_slice_volumes(hippo_dir, names)
+    kept = [v.labels.copy() for v in vols]
+    cfg = SemiSupervisedConfig(min_fit_dice=0.0)
+    assert carry_radius(cfg, planes=False) == 6 and carry_radius(cfg, planes=True) == 0
+    assert carry_radius(SemiSupervisedConfig(propagate_pseudo=0), planes=False) == 0
+    items = _fill_items(vols, cfg, 64, carry=6)
+    assert 16 <= len(items) <= 24 and all(w == cfg.fill_weight for *_, w in items)  # up to 12 per study (fewer at a study's end)
+    for vol, name in zip(vols, names):
+        img = load_image(str(hippo_dir / "images" / name))
+        truth = load_labels(str(hippo_dir / "labels" / name), img)
+        z = int(np.flatnonzero(vol.annotated)[0])
+        mine = {int(zz): t for image, zz, t, _ in items if image is vol.image}
+        assert z not in mine and set(mine) <= set(range(z - 6, z + 7))
+        near = [d for d in (-1, 1) if z + d in mine]
+        fg = [(truth[z + d] > 0, mine[z + d] > 0) for d in near]
+        assert near and all(2 * (t & c).sum() / (t.sum() + c.sum()) > 0.6 for t, c in fg), name
+    kw = dict(image_size=64, in_channels=1, steps=4, batch_size=4, lr=3e-3, loss="dice-ce", devices="cpu", seed=0)
+    torch.manual_seed(0)
+    _, info = train_semi_supervised(build_unet("mobilenetv3-small-lite", in_channels=1, classes=3), vols, cfg=cfg, **kw)
+    assert not info["planes"] and info["carried_pseudo"] == 6 and info["pseudo_slices"][0] == len(items)
+    assert all(np.array_equal(v.labels, k) for v, k in zip(vols, kept))  # pseudo-labels never written into the user's labels
+    assert len(info["labelled"]) == 2  # the user's samples stay the two drawn slices
+    # one study drawn on two slices: side planes, nothing carried as pseudo-labels
+    img = load_image(str(hippo_dir / "images" / names[0]))
+    lab = load_labels(str(hippo_dir / "labels" / names[0]), img)
+    ann = np.zeros(lab.shape[0], bool)
+    ann[quantile_slices(lab, 2)] = True
+    from napari_ssl.data.labelled_slices import LabelledVolume
+
+    one = LabelledVolume(image=vols[0].image, labels=np.where(ann[:, None, None], lab, 0), annotated=ann)
+    _, info = train_semi_supervised(build_unet("mobilenetv3-small-lite", in_channels=1, classes=3), [one], cfg=cfg, **kw)
+    assert info["planes"] and info["carried_pseudo"] == 0 and info["pseudo_slices"] == [0]

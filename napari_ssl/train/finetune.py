@@ -307,7 +307,7 @@ def _train(config: FinetuneConfig, model: _Model, data: PreparedData, dataset: L
                                        cfg=semi_cfg, unlabelled=unlabelled, augment=config.augment, seed=config.seed, **train_kw)
     # the recipe's choices as resolved for this run (None in the config: decided from the data)
     return unet, info, {**semi_cfg.as_meta(), "rounds": info["rounds"], "fill_between_prediction": info["fill_between_prediction"],
-                        "planes_used": info["planes"],
+                        "planes_used": info["planes"], "carried_pseudo": info["carried_pseudo"],
                         "unlabelled_volumes": len(unlabelled), "pseudo_slices_per_phase": info["pseudo_slices"]}
 
 

@@ -25,7 +25,10 @@ The recipe (``SemiSupervisedConfig``), chosen on validation volumes of the hippo
    validation volumes this beat both the recipe without it and fill between inside the annotated range
    (benchmarks/RESULTS.md, "Side planes"). One study drawn on one slice (``carried_planes``): its side planes train
    on that slice carried a few slices each way along the image's motion (validation k=1: .539 -> .580, "Session 21").
-4. **Prediction** (applied by the prediction path with the user's labels): foreground not touching the user's
+4. **Labels scattered over studies** (``propagate_pseudo``; by default only where no side planes train, i.e. no study
+   holds half of the annotated slices): each drawn slice carried a few slices each way along its own study's motion
+   (active/propagate.py) becomes pseudo-labels at ``fill_weight`` (benchmarks/RESULTS.md, "Session 22").
+5. **Prediction** (applied by the prediction path with the user's labels): foreground not touching the user's
    labels in 3-D is dropped and the annotated slices come back exactly as drawn; without side planes
    (``fill_between_prediction``: None = only then), each class between its outermost annotated slices is the
    interpolation of the user's slices and the model's beyond them.
@@ -96,8 +99,10 @@ class SemiSupervisedConfig:
     # image's motion (active/propagate.py; chosen on validation volumes, session 19)
     propagate_prediction: bool = True
     # training: this many slices beyond the outermost annotated ones each side, labelled by carrying the user's slices
-    # outward (active/propagate.py), as pseudo-labels at fill_weight (0 = off)
-    propagate_pseudo: int = 0
+    # outward (active/propagate.py), as pseudo-labels at fill_weight (0 = off). None: SCATTERED_CARRY where no side planes
+    # train (labels scattered over studies; validation k=2/5/10 +0.07/+0.11/+0.10 at the default budget, session 22), else
+    # 0 (within one study, where the side planes train, it changed nothing on validation, session 20)
+    propagate_pseudo: Optional[int] = None
     # one study drawn on one slice: its side planes from that slice carried this many slices each way (active/propagate.py;
     # 0 = off; chosen on validation volumes, session 21). Other cases keep their side planes from the user's slices only.
     carried_planes: int = 3
@@ -156,22 +161,37 @@ class PseudoSlices(WeightedSamples):
 
 # ----------------------------------------------------------------------------- training
 
-def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_size: int) -> list[tuple]:
-    """(image, slice, target, weight) of the fill-between and carried pseudo-labels of every volume (phase 0 on)."""
+SCATTERED_CARRY = 6  # slices each way the user's slices are carried as pseudo-labels when no side planes train
+
+
+def carry_radius(cfg: SemiSupervisedConfig, planes: bool) -> int:
+    """Slices each way the user's slices are carried as training pseudo-labels: ``cfg.propagate_pseudo``, or by default
+    SCATTERED_CARRY when no side planes train. Why: labels scattered one slice per study over several studies give the
+    model a handful of slices; each carried a few slices along its own study's motion adds nearby, still reliable shapes
+    (benchmarks/RESULTS.md, "Session 22"). One study drawn on two or more slices has its side planes instead."""
+    if cfg.propagate_pseudo is not None:
+        return max(0, int(cfg.propagate_pseudo))
+    return 0 if planes else SCATTERED_CARRY
+
+
+def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_size: int, carry: int = 0) -> list[tuple]:
+    """(image, slice, target, weight) of the fill-between pseudo-labels and of the user's slices carried `carry` slices
+    outward (0: none) in every volume (phase 0 on)."""
     items: list = []
     if cfg.fill_between and cfg.fill_weight > 0:
         for vol in volumes:
             for z, t in fill_between_pseudo(vol, cfg.max_pseudo_slices, image_size).items():
                 items.append((vol.image, z, t, cfg.fill_weight))
-    if cfg.propagate_pseudo > 0 and cfg.fill_weight > 0:
+    if carry > 0 and cfg.fill_weight > 0:
         from ..active.propagate import propagate_labels
 
         for vol in volumes:
             held = np.flatnonzero(vol.annotated & labelled_slices(vol.labels))
             if held.size == 0:
                 continue
-            r = int(cfg.propagate_pseudo)
-            carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (int(held[0]) - r, int(held[-1]) + r + 1))
+            r = int(carry)
+            carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (int(held[0]) - r, int(held[-1]) + r + 1),
+                                                spacing=vol.spacing)
             for z in np.flatnonzero(done):
                 items.append((vol.image, int(z), carried[z], cfg.fill_weight))
     return items
@@ -308,7 +328,8 @@ def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image
     rounds = (1 if len(unlabelled) else 0) if cfg.rounds is None else int(cfg.rounds)
     phases = 1 + max(0, rounds)
     bounds = np.linspace(0, steps, phases + 1).round().astype(int)
-    fill_items = _fill_items(volumes, cfg, image_size)
+    carry = carry_radius(cfg, planes)
+    fill_items = _fill_items(volumes, cfg, image_size, carry)
     fill_zs = [{z for (img, z, _, _) in fill_items if img is vol.image} for vol in volumes]
     rng = np.random.default_rng(seed)
     unl_set = _consistency_slices(volumes, unlabelled, image_size, in_channels, augment) if cfg.consistency > 0 else None
@@ -341,4 +362,4 @@ def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image
     fill_pred = (not planes) if cfg.fill_between_prediction is None else bool(cfg.fill_between_prediction)
     return unet, {"steps": total_steps, "final_loss": last["final_loss"], "stopped": bool(last.get("stopped")),
                   "pseudo_slices": info["pseudo_slices"], "labelled": labelled, "planes": planes, "fill_between_prediction": fill_pred,
-                  "rounds": rounds}
+                  "rounds": rounds, "carried_pseudo": carry}
