@@ -173,6 +173,10 @@ VARIANTS = {v.name: v for v in [
          note="the recipe + side planes of every volume from its labelled slice carried 3 slices each way"),
     Init("semi-prop10", semi_supervised=True, semi_options={"propagate_pseudo": 10}, note="as semi-prop3, 10 slices each way"),
     Init("semi-prop16", semi_supervised=True, semi_options={"propagate_pseudo": 16}, note="as semi-prop3, 16 slices each way"),
+    Init("semi-prop6-w1", semi_supervised=True, semi_options={"propagate_pseudo": 6, "fill_weight": 1.0},
+         note="the recipe (carried 6 each way across studies) with the carried pseudo-labels at full weight"),
+    Init("semi-prop6-r1", semi_supervised=True, semi_options={"propagate_pseudo": 6, "rounds": 1},
+         note="the recipe (carried 6 each way across studies) + one self-training round (model pseudo-labels of the labelled volumes' other slices)"),
     # semi-fade10 (not taken; patch benchmarks/results/session22_carried_fade.diff): semi_options {"carried_full_share_until": 10}
     # session 22 (--split val): the carried pseudo-labels with self-training on unlabelled pool volumes
     Init("semi-prop3-unl48", semi_supervised=True, unlabelled_volumes=48, semi_options={"propagate_pseudo": 3},
