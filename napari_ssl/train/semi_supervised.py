@@ -100,7 +100,7 @@ class SemiSupervisedConfig:
     propagate_prediction: bool = True
     # training: this many slices beyond the outermost annotated ones each side, labelled by carrying the user's slices
     # outward (active/propagate.py), as pseudo-labels at fill_weight (0 = off). None: SCATTERED_CARRY where no side planes
-    # train (labels scattered over studies; validation k=2/5/10 +0.07/+0.11/+0.10 at the default budget, session 22), else
+    # train (labels scattered over studies; validation k=2/5/10 +0.12/+0.14/+0.10 at the default budget, session 22), else
     # 0 (within one study, where the side planes train, it changed nothing on validation, session 20)
     propagate_pseudo: Optional[int] = None
     # one study drawn on one slice: its side planes from that slice carried this many slices each way (active/propagate.py;
