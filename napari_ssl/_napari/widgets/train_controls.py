@@ -31,7 +31,9 @@ class TrainControls(QGroupBox):
         self.semi_supervised.setChecked(True)
         self.semi_supervised.setToolTip("Semi-supervised: the image's unannotated slices help too: the side (coronal, sagittal) "
                                         "planes train on the rows crossing your slices, and beyond your outermost slices the drawing "
-                                        "is carried along the image to guide the result. Kept only for this run; never saved as annotation")
+                                        "is carried along the image to guide the result; slices drawn one per image over several images "
+                                        "are carried a few slices along their own image and train too. Kept only for this run; never saved "
+                                        "as annotation")
         self.device = device_combo()
         self.train_button = QPushButton("Train")
         # where a warning about the chosen settings shows (e.g. slow on this machine): see show_settings_note
