@@ -26,8 +26,9 @@ The recipe (``SemiSupervisedConfig``), chosen on validation volumes of the hippo
    (benchmarks/RESULTS.md, "Side planes"). One study drawn on one slice (``carried_planes``): its side planes train
    on that slice carried a few slices each way along the image's motion (validation k=1: .539 -> .580, "Session 21").
 4. **Labels scattered over studies** (``propagate_pseudo``; by default only where no side planes train, i.e. no study
-   holds half of the annotated slices): each drawn slice carried a few slices each way along its own study's motion
-   (active/propagate.py) becomes pseudo-labels at ``fill_weight`` (benchmarks/RESULTS.md, "Session 22").
+   holds half of the annotated slices, and at most 10 drawn slices hold the structure): each drawn slice carried a few
+   slices each way along its own study's motion (active/propagate.py) becomes pseudo-labels at ``fill_weight``
+   (benchmarks/RESULTS.md, "Session 22").
 5. **Prediction** (applied by the prediction path with the user's labels): foreground not touching the user's
    labels in 3-D is dropped and the annotated slices come back exactly as drawn; without side planes
    (``fill_between_prediction``: None = only then), each class between its outermost annotated slices is the
@@ -100,8 +101,9 @@ class SemiSupervisedConfig:
     propagate_prediction: bool = True
     # training: this many slices beyond the outermost annotated ones each side, labelled by carrying the user's slices
     # outward (active/propagate.py), as pseudo-labels at fill_weight (0 = off). None: SCATTERED_CARRY where no side planes
-    # train (labels scattered over studies; validation k=2/5/10 +0.12/+0.14/+0.10 at the default budget, session 22), else
-    # 0 (within one study, where the side planes train, it changed nothing on validation, session 20)
+    # train and at most 10 drawn slices hold the structure (labels scattered over studies; validation k=2/5/10
+    # +0.12/+0.14/+0.10 at the default budget, session 22), else 0 (within one study, where the side planes train, it
+    # changed nothing on validation, session 20; with more drawn slices it gained nothing, see carry_radius)
     propagate_pseudo: Optional[int] = None
     # one study drawn on one slice: its side planes from that slice carried this many slices each way (active/propagate.py;
     # 0 = off; chosen on validation volumes, session 21). Other cases keep their side planes from the user's slices only.
@@ -162,16 +164,20 @@ class PseudoSlices(WeightedSamples):
 # ----------------------------------------------------------------------------- training
 
 SCATTERED_CARRY = 6  # slices each way the user's slices are carried as pseudo-labels when no side planes train
+SCATTERED_CARRY_MAX_SLICES = 10  # ... and no more drawn slices than this hold the structure
 
 
-def carry_radius(cfg: SemiSupervisedConfig, planes: bool) -> int:
+def carry_radius(cfg: SemiSupervisedConfig, planes: bool, drawn: int) -> int:
     """Slices each way the user's slices are carried as training pseudo-labels: ``cfg.propagate_pseudo``, or by default
-    SCATTERED_CARRY when no side planes train. Why: labels scattered one slice per study over several studies give the
-    model a handful of slices; each carried a few slices along its own study's motion adds nearby, still reliable shapes
-    (benchmarks/RESULTS.md, "Session 22"). One study drawn on two or more slices has its side planes instead."""
+    SCATTERED_CARRY when no side planes train and at most SCATTERED_CARRY_MAX_SLICES drawn slices (`drawn`) hold the
+    structure. Why: labels scattered one slice per study over several studies give the model a handful of slices; each
+    carried a few slices along its own study's motion adds nearby, still reliable shapes. On validation volumes that
+    gained up to 10 drawn slices and nothing beyond (20, 50), where at a shorter budget the carried half of each batch
+    cost Dice (benchmarks/RESULTS.md, "Session 20" and "Session 22"). One study drawn on two or more slices has its side
+    planes instead."""
     if cfg.propagate_pseudo is not None:
         return max(0, int(cfg.propagate_pseudo))
-    return 0 if planes else SCATTERED_CARRY
+    return 0 if planes or drawn > SCATTERED_CARRY_MAX_SLICES else SCATTERED_CARRY
 
 
 def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_size: int, carry: int = 0) -> list[tuple]:
@@ -328,7 +334,7 @@ def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image
     rounds = (1 if len(unlabelled) else 0) if cfg.rounds is None else int(cfg.rounds)
     phases = 1 + max(0, rounds)
     bounds = np.linspace(0, steps, phases + 1).round().astype(int)
-    carry = carry_radius(cfg, planes)
+    carry = carry_radius(cfg, planes, sum(int((v.annotated & labelled_slices(v.labels)).sum()) for v in volumes))
     fill_items = _fill_items(volumes, cfg, image_size, carry)
     fill_zs = [{z for (img, z, _, _) in fill_items if img is vol.image} for vol in volumes]
     rng = np.random.default_rng(seed)
