@@ -34,6 +34,8 @@ def carried_dice(image: np.ndarray, mask: np.ndarray, z: int, radius: int, spaci
     """Foreground Dice of the labels of slice z carried d slices each way, mean of the two sides, for d in 1..radius."""
     from napari_ssl.active.propagate import propagate_labels
 
+    import ct_reference as ref
+
     ann = np.zeros(mask.shape[0], bool)
     ann[z] = True
     lab = np.where(ann[:, None, None], mask, 0).astype(np.uint8)
@@ -45,8 +47,8 @@ def carried_dice(image: np.ndarray, mask: np.ndarray, z: int, radius: int, spaci
             if not 0 <= zz < mask.shape[0]:
                 continue
             t, c = mask[zz] > 0, (carried[zz] > 0) if done[zz] else np.zeros_like(mask[zz], bool)
-            if t.sum() + c.sum():
-                vals.append(2.0 * float((t & c).sum()) / float(t.sum() + c.sum()))
+            if t.any() or c.any():
+                vals.append(ref.dice(t, c))
         if vals:
             out[d] = float(np.mean(vals))
     return out

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .sparse_labels import labelled_slices
+
 
 @dataclass
 class LabelledVolume:
@@ -31,6 +33,11 @@ class LabelledVolume:
     @property
     def annotated_indices(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(self.annotated)]
+
+    @property
+    def drawn_indices(self) -> np.ndarray:
+        """Indices of the annotated slices holding labels (drawn on; not those marked empty), ascending."""
+        return np.flatnonzero(self.annotated & labelled_slices(self.labels))
 
 
 def slice_stack(image: np.ndarray, z: int, in_channels: int) -> np.ndarray:

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from .labelled_slices import LabelledVolume, WeightedSamples, fit_to_size, slice_stack, unfit_from_size
-from .sparse_labels import labelled_slices
 
 IGNORE = 255  # target value of pixels no label decides (the loss skips them)
 SIDE_AXES = (1, 2)
@@ -111,7 +110,7 @@ class SidePlanes(WeightedSamples):
 def volume_has_side_information(vol: LabelledVolume) -> bool:
     """Side planes say something about the slice axis only with two or more annotated slices holding labels in a
     volume (one slice gives each side plane a single row: on validation volumes that hurt at k=1)."""
-    return int((vol.annotated & labelled_slices(vol.labels)).sum()) >= 2
+    return vol.drawn_indices.size >= 2
 
 
 def side_plane_volumes(volumes: list[LabelledVolume], axial_fraction: float,

@@ -12,7 +12,6 @@ import torch
 from ..data.components import keep_touching
 from ..data.labelled_slices import LabelledVolume, fit_to_size, slice_stack, unfit_from_size
 from ..data.planes import IGNORE
-from ..data.sparse_labels import labelled_slices
 
 
 def nearest_unannotated(annotated: np.ndarray, limit: int) -> list[int]:
@@ -43,7 +42,7 @@ def fill_between_pseudo(vol: LabelledVolume, limit: int, image_size: int = 0) ->
     from ..active.fill_between import fill_between_slices
 
     ann = vol.annotated
-    held = np.flatnonzero(ann & labelled_slices(vol.labels))
+    held = vol.drawn_indices
     if held.size < 2:
         return {}
     inside = np.zeros_like(ann)
@@ -124,7 +123,7 @@ def model_pseudo(unet, vol: LabelledVolume, zs: list[int], image_size: int, in_c
         conf |= (lab > 0) & (kept == 0)  # a detached blob is confidently not the user's structure
         lab = kept
     # a slice between annotated slices that show the structure cannot be empty: no pseudo-label rather than background
-    held = np.flatnonzero(vol.annotated & labelled_slices(vol.labels))
+    held = vol.drawn_indices
     out = {}
     for i, z in enumerate(zs):
         if held.size and held[0] < z < held[-1] and not lab[i].any():

@@ -58,7 +58,6 @@ from ..data.labelled_slices import (
     fit_to_size,
     slice_stack,
 )
-from ..data.sparse_labels import labelled_slices
 from .consistency import WEAK, UnlabelledSlices, WithUnlabelled
 from .pseudo_labels import (  # noqa: F401 (nearest_unannotated, predict_slices: part of this module's API)
     fill_between_pseudo,
@@ -192,11 +191,10 @@ def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_
         from ..active.propagate import propagate_labels
 
         for vol in volumes:
-            held = np.flatnonzero(vol.annotated & labelled_slices(vol.labels))
+            held = vol.drawn_indices
             if held.size == 0:
                 continue
-            r = int(carry)
-            carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (int(held[0]) - r, int(held[-1]) + r + 1),
+            carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (int(held[0]) - carry, int(held[-1]) + carry + 1),
                                                 spacing=vol.spacing)
             for z in np.flatnonzero(done):
                 items.append((vol.image, int(z), carried[z], cfg.fill_weight))
@@ -215,7 +213,7 @@ def _with_carried(volumes: list[LabelledVolume], radius: int, across: bool = Fal
         return volumes
     out = []
     for vol in volumes:
-        held = np.flatnonzero(vol.annotated & labelled_slices(vol.labels))
+        held = vol.drawn_indices
         if len(held) != 1:
             out.append(vol)
             continue
@@ -334,7 +332,7 @@ def _train_phases(unet: torch.nn.Module, volumes: list[LabelledVolume], *, image
     rounds = (1 if len(unlabelled) else 0) if cfg.rounds is None else int(cfg.rounds)
     phases = 1 + max(0, rounds)
     bounds = np.linspace(0, steps, phases + 1).round().astype(int)
-    carry = carry_radius(cfg, planes, sum(int((v.annotated & labelled_slices(v.labels)).sum()) for v in volumes))
+    carry = carry_radius(cfg, planes, sum(v.drawn_indices.size for v in volumes))
     fill_items = _fill_items(volumes, cfg, image_size, carry)
     fill_zs = [{z for (img, z, _, _) in fill_items if img is vol.image} for vol in volumes]
     rng = np.random.default_rng(seed)
