@@ -74,6 +74,7 @@ class Init:
     # with semi_supervised: this many pool volumes (never a labelled one, never a validation one) as unlabelled data
     unlabelled_volumes: int = 0
     semi_options: dict = field(default_factory=dict)  # with semi_supervised: SemiSupervisedConfig overrides
+    oracle_carry: bool = False  # probe: the carried slices get the expert's labels instead of the carried ones (an upper bound)
     note: str = ""
 
 
@@ -177,6 +178,14 @@ VARIANTS = {v.name: v for v in [
          note="the recipe (carried 6 each way across studies) with the carried pseudo-labels at full weight"),
     Init("semi-prop6-r1", semi_supervised=True, semi_options={"propagate_pseudo": 6, "rounds": 1},
          note="the recipe (carried 6 each way across studies) + one self-training round (model pseudo-labels of the labelled volumes' other slices)"),
+    # session 23 (--split val), not taken (patch benchmarks/results/session23_probes.diff; semi_options of the patch):
+    # semi-ring0.2 / semi-ring0.4 {"carried_ring": 0.2 / 0.4}, semi-prop10-ring0.4, semi-decay {"carried_decay": True},
+    # semi-ema {"ema": 0.99}, semi-refresh {"rounds": 1, "refresh_carried": True} (-refresh2: rounds 2; -refresh-c0: confidence 0;
+    # -refresh-agree: "refresh_agree": True)
+    Init("semi-lf0.34", semi_supervised=True, semi_options={"labelled_fraction": 0.34},
+         note="the default with a third of each batch the user's slices (two thirds carried)"),
+    Init("semi-oracle", semi_supervised=True, oracle_carry=True,
+         note="probe: the default with the expert's labels on the carried slices (how much better carrying could do)"),
     # semi-fade10 (not taken; patch benchmarks/results/session22_carried_fade.diff): semi_options {"carried_full_share_until": 10}
     # session 22 (--split val): the carried pseudo-labels with self-training on unlabelled pool volumes
     Init("semi-prop3-unl48", semi_supervised=True, unlabelled_volumes=48, semi_options={"propagate_pseudo": 3},
@@ -377,7 +386,7 @@ def run_pretrain(init: Init, a: dict) -> dict:
 def finetune_key(init: Init, k: int, seed: int, a: dict, pre_key: str | None) -> str:
     # fields added later: left out of the key at their default (cache stays valid)
     later = {"freeze_encoder_bn": False, "init_from": None, "head_warmup_steps": 0, "class_balance": 0.0, "semi_supervised": False,
-             "unlabelled_volumes": 0, "semi_options": {}}
+             "unlabelled_volumes": 0, "semi_options": {}, "oracle_carry": False}
     spec = {"init": {kk: v for kk, v in asdict(init).items() if kk not in ("name", "note") and not (kk in later and v == later[kk])},
             "pre": pre_key, "k": k, "seed": seed,
             "steps": a["finetune_steps"], "size": a["image_size"], "encoder": a["encoder"], "curve": a["curve_steps"], "ncurve": a["n_curve"], "v": 2}
@@ -435,8 +444,10 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
     for v, z in picks:
         by_vol.setdefault(v, []).append(z)
     vols = []
+    truth = {}
     for v, zs in sorted(by_vol.items()):
         img, lab = pool[v]
+        truth[id(img)] = lab
         mask = np.zeros(lab.shape[0], bool)
         mask[zs] = True
         if init.semi_supervised:  # the recipe reads the labels' volume (fill between, 3-D components): only the labelled slices may show
@@ -464,6 +475,8 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
         from napari_ssl.train.semi_supervised import SemiSupervisedConfig, train_semi_supervised
 
         unl = unlabelled_pool(init.unlabelled_volumes, {v for v, _ in picks})
+        if init.oracle_carry:
+            _oracle_carry(truth)
         unet, info = train_semi_supervised(unet, vols, image_size=a["image_size"], in_channels=1, steps=steps,
                                            cfg=SemiSupervisedConfig(**init.semi_options), unlabelled=[pool[v][0] for v in unl],
                                            augment=init.augment, seed=seed, **kw)
@@ -480,6 +493,19 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
             "curve": {str(s): v for s, v in sorted(curve.items())}, "train_seconds": t_train, "total_seconds": time.time() - t0,
             "slices": [[int(v), int(z)] for v, z in picks], "source": {kk: v for kk, v in source.items() if not kk.startswith("_")},
             **({"pseudo_slices": info.get("pseudo_slices")} if init.semi_supervised else {})}
+
+
+def _oracle_carry(truth: dict) -> None:
+    """Probe (this worker process only): the recipe's carried slices keep their places but get the expert's labels."""
+    import napari_ssl.train.semi_supervised as semi
+
+    real = getattr(semi, "_real_carried_pseudo", semi.carried_pseudo)
+    semi._real_carried_pseudo = real
+
+    def oracle(vol, *a, **kw):
+        return [(z, truth[id(vol.image)][z].astype(np.uint8)) for z, _ in real(vol, *a, **kw)]
+
+    semi.carried_pseudo = oracle
 
 
 # ----------------------------------------------------------------------------- scheduling

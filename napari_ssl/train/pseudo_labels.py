@@ -143,3 +143,17 @@ def unlabelled_pseudo(unet, image: np.ndarray, image_size: int, in_channels: int
     lab = probs.argmax(1).astype(np.uint8)
     conf = probs.max(1) >= cfg.confidence
     return [(z, np.where(conf[i], lab[i], IGNORE).astype(np.uint8)) for i, z in enumerate(zs)]
+
+
+
+def carried_pseudo(vol: LabelledVolume, carry: int) -> list[tuple[int, np.ndarray]]:
+    """(slice, labels) of the volume's drawn slices carried `carry` slices each way along the image's motion
+    (active/propagate.py), for the recipe's carried pseudo-labels (none when `carry` <= 0 or nothing is drawn)."""
+    from ..active.propagate import propagate_labels
+
+    held = vol.drawn_indices
+    if carry <= 0 or held.size == 0:
+        return []
+    carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (int(held[0]) - carry, int(held[-1]) + carry + 1),
+                                        spacing=vol.spacing)
+    return [(int(z), carried[z]) for z in np.flatnonzero(done)]

@@ -60,6 +60,7 @@ from ..data.labelled_slices import (
 )
 from .consistency import WEAK, UnlabelledSlices, WithUnlabelled
 from .pseudo_labels import (  # noqa: F401 (nearest_unannotated, predict_slices: part of this module's API)
+    carried_pseudo,
     fill_between_pseudo,
     model_pseudo,
     nearest_unannotated,
@@ -188,16 +189,8 @@ def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_
             for z, t in fill_between_pseudo(vol, cfg.max_pseudo_slices, image_size).items():
                 items.append((vol.image, z, t, cfg.fill_weight))
     if carry > 0 and cfg.fill_weight > 0:
-        from ..active.propagate import propagate_labels
-
         for vol in volumes:
-            held = vol.drawn_indices
-            if held.size == 0:
-                continue
-            carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (int(held[0]) - carry, int(held[-1]) + carry + 1),
-                                                spacing=vol.spacing)
-            for z in np.flatnonzero(done):
-                items.append((vol.image, int(z), carried[z], cfg.fill_weight))
+            items += [(vol.image, z, t, cfg.fill_weight) for z, t in carried_pseudo(vol, carry)]
     return items
 
 
