@@ -182,6 +182,12 @@ VARIANTS = {v.name: v for v in [
     # semi-ring0.2 / semi-ring0.4 {"carried_ring": 0.2 / 0.4}, semi-prop10-ring0.4, semi-decay {"carried_decay": True},
     # semi-ema {"ema": 0.99}, semi-refresh {"rounds": 1, "refresh_carried": True} (-refresh2: rounds 2; -refresh-c0: confidence 0;
     # -refresh-agree: "refresh_agree": True)
+    Init("semi-cons6", semi_supervised=True, semi_options={"consistency": 1.0},
+         note="the default (carried 6 each way) + weak/strong consistency on the labelled volumes' other slices"),
+    Init("semi-cons6-unl48", semi_supervised=True, unlabelled_volumes=48, semi_options={"consistency": 1.0, "rounds": 0},
+         note="the default (carried 6 each way) + consistency on the labelled volumes' other slices and 48 unlabelled pool volumes"),
+    Init("position-inpainting-semi", "inpainting", dict(INPAINT), transfer_decoder=True, init_from="simclr-position", semi_supervised=True,
+         note="position-inpainting init + the default recipe (carried 6 each way across studies)"),
     Init("semi-lf0.34", semi_supervised=True, semi_options={"labelled_fraction": 0.34},
          note="the default with a third of each batch the user's slices (two thirds carried)"),
     Init("semi-oracle", semi_supervised=True, oracle_carry=True,
