@@ -1,5 +1,6 @@
-"""Pseudo-labels of the semi-supervised recipe (napari_ssl.train.semi_supervised): fill between slices and the model's
-confident answers on the unannotated slices of the annotated volumes and on unlabelled volumes. They live in memory for
+"""Pseudo-labels of the semi-supervised recipe (napari_ssl.train.semi_supervised): fill between slices, the user's slices
+carried along the image's motion, and the model's confident answers on the unannotated slices of the annotated volumes and
+on unlabelled volumes. They live in memory for
 one training run; pixels no pseudo-label decides are IGNORE. ``cfg`` is the recipe's SemiSupervisedConfig (not imported
 here: that module imports this one)."""
 from __future__ import annotations
