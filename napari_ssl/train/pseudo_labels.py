@@ -1,8 +1,7 @@
 """Pseudo-labels of the semi-supervised recipe (napari_ssl.train.semi_supervised): fill between slices, the user's slices
 carried along the image's motion, and the model's confident answers on the unannotated slices of the annotated volumes and
-on unlabelled volumes. They live in memory for
-one training run; pixels no pseudo-label decides are IGNORE. ``cfg`` is the recipe's SemiSupervisedConfig (not imported
-here: that module imports this one)."""
+on unlabelled volumes. They live in memory for one training run; pixels no pseudo-label decides are IGNORE. ``cfg`` is the
+recipe's SemiSupervisedConfig (not imported here: that module imports this one)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -146,15 +145,21 @@ def unlabelled_pseudo(unet, image: np.ndarray, image_size: int, in_channels: int
     return [(z, np.where(conf[i], lab[i], IGNORE).astype(np.uint8)) for i, z in enumerate(zs)]
 
 
-
-def carried_pseudo(vol: LabelledVolume, carry: int) -> list[tuple[int, np.ndarray]]:
-    """(slice, labels) of the volume's drawn slices carried `carry` slices each way along the image's motion
-    (active/propagate.py), for the recipe's carried pseudo-labels (none when `carry` <= 0 or nothing is drawn)."""
+def carried_window(vol: LabelledVolume, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """(carried labels (z, y, x), bool per slice: carried there) of the volume's outermost drawn slices carried `radius`
+    slices each way along the image's motion (active/propagate.py, the volume's spacing); the volume must hold a drawn slice."""
     from ..active.propagate import propagate_labels
 
     held = vol.drawn_indices
-    if carry <= 0 or held.size == 0:
-        return []
-    carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (int(held[0]) - carry, int(held[-1]) + carry + 1),
+    carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (int(held[0]) - radius, int(held[-1]) + radius + 1),
                                         spacing=vol.spacing)
+    return carried, done
+
+
+def carried_pseudo(vol: LabelledVolume, carry: int) -> list[tuple[int, np.ndarray]]:
+    """(slice, labels) of :func:`carried_window`, for the recipe's carried pseudo-labels (none when `carry` <= 0 or
+    nothing is drawn)."""
+    if carry <= 0 or vol.drawn_indices.size == 0:
+        return []
+    carried, done = carried_window(vol, carry)
     return [(int(z), carried[z]) for z in np.flatnonzero(done)]

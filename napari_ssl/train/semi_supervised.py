@@ -61,6 +61,7 @@ from ..data.labelled_slices import (
 from .consistency import WEAK, UnlabelledSlices, WithUnlabelled
 from .pseudo_labels import (  # noqa: F401 (nearest_unannotated, predict_slices: part of this module's API)
     carried_pseudo,
+    carried_window,
     fill_between_pseudo,
     model_pseudo,
     nearest_unannotated,
@@ -200,8 +201,6 @@ def _with_carried(volumes: list[LabelledVolume], radius: int, across: bool = Fal
     Why: the side planes show the structure along its length, which one axial slice cannot; on 16 validation volumes
     at k=1 the result rose from .539 to .580 Dice, better on 15 (benchmarks/RESULTS.md, "Session 21"). Across studies
     (many volumes of one slice each) only with `across` (off by default)."""
-    from ..active.propagate import propagate_labels
-
     if radius <= 0 or (len(volumes) != 1 and not across):
         return volumes
     out = []
@@ -211,7 +210,7 @@ def _with_carried(volumes: list[LabelledVolume], radius: int, across: bool = Fal
             out.append(vol)
             continue
         z = int(held[0])
-        carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (z - radius, z + radius + 1), spacing=vol.spacing)
+        carried, done = carried_window(vol, radius)
         held_carried = done & (carried > 0).reshape(len(done), -1).any(1)
         # outward, up to the first slice the structure is lost on: a carried empty slice is not a claim of background
         for side in (np.arange(z - 1, -1, -1), np.arange(z + 1, len(done))):
