@@ -481,8 +481,7 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
         from napari_ssl.train.semi_supervised import SemiSupervisedConfig, train_semi_supervised
 
         unl = unlabelled_pool(init.unlabelled_volumes, {v for v, _ in picks})
-        if init.oracle_carry:
-            _oracle_carry(truth)
+        _oracle_carry(truth if init.oracle_carry else None)
         unet, info = train_semi_supervised(unet, vols, image_size=a["image_size"], in_channels=1, steps=steps,
                                            cfg=SemiSupervisedConfig(**init.semi_options), unlabelled=[pool[v][0] for v in unl],
                                            augment=init.augment, seed=seed, **kw)
@@ -501,12 +500,16 @@ def run_finetune(init: Init, k: int, seed: int, a: dict, pre_dir: str | None) ->
             **({"pseudo_slices": info.get("pseudo_slices")} if init.semi_supervised else {})}
 
 
-def _oracle_carry(truth: dict) -> None:
-    """Probe (this worker process only): the recipe's carried slices keep their places but get the expert's labels."""
+def _oracle_carry(truth: dict | None) -> None:
+    """Probe, in this worker process: with `truth` ({id(image): expert labels}) the recipe's carried slices keep their places
+    but get the expert's labels; with None the recipe's own carrying is back (a worker runs many fine-tunings in turn)."""
     import napari_ssl.train.semi_supervised as semi
 
     real = getattr(semi, "_real_carried_pseudo", semi.carried_pseudo)
     semi._real_carried_pseudo = real
+    if truth is None:
+        semi.carried_pseudo = real
+        return
 
     def oracle(vol, *a, **kw):
         return [(z, truth[id(vol.image)][z].astype(np.uint8)) for z, _ in real(vol, *a, **kw)]
