@@ -190,6 +190,12 @@ VARIANTS = {v.name: v for v in [
          note="position-inpainting init + the default recipe (carried 6 each way across studies)"),
     Init("semi-lf0.34", semi_supervised=True, semi_options={"labelled_fraction": 0.34},
          note="the default with a third of each batch the user's slices (two thirds carried)"),
+    Init("semi-vote", semi_supervised=True, semi_options={"carry_vote": True},
+         note="session 24: the carried slices' labels voted slice by slice by image patches (active/patch_vote.py)"),
+    Init("semi-vote-prop8", semi_supervised=True, semi_options={"carry_vote": True, "propagate_pseudo": 8},
+         note="session 24: semi-vote carried 8 slices each way"),
+    Init("semi-vote-prop10", semi_supervised=True, semi_options={"carry_vote": True, "propagate_pseudo": 10},
+         note="session 24: semi-vote carried 10 slices each way"),
     Init("semi-oracle", semi_supervised=True, oracle_carry=True,
          note="probe: the default with the expert's labels on the carried slices (how much better carrying could do)"),
     # semi-fade10 (not taken; patch benchmarks/results/session22_carried_fade.diff): semi_options {"carried_full_share_until": 10}

@@ -30,7 +30,7 @@ DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 OUT = os.path.join(HERE, "results", "probe_carry_distance")
 
 
-def carried_dice(image: np.ndarray, mask: np.ndarray, z: int, radius: int, spacing) -> dict[int, float]:
+def carried_dice(image: np.ndarray, mask: np.ndarray, z: int, radius: int, spacing, vote: bool = False) -> dict[int, float]:
     """Foreground Dice of the labels of slice z carried d slices each way, mean of the two sides, for d in 1..radius."""
     from napari_ssl.active.propagate import propagate_labels
 
@@ -39,7 +39,7 @@ def carried_dice(image: np.ndarray, mask: np.ndarray, z: int, radius: int, spaci
     ann = np.zeros(mask.shape[0], bool)
     ann[z] = True
     lab = np.where(ann[:, None, None], mask, 0).astype(np.uint8)
-    carried, done, _ = propagate_labels(image, lab, ann, (z - radius, z + radius + 1), spacing=spacing)
+    carried, done, _ = propagate_labels(image, lab, ann, (z - radius, z + radius + 1), spacing=spacing, vote=vote)
     out = {}
     for d in range(1, radius + 1):
         vals = []
@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="mr,ct", help="comma-separated: mr, ct")
     p.add_argument("--radius", type=int, default=10)
+    p.add_argument("--vote", action="store_true", help="labels voted slice by slice by image patches (active/patch_vote.py)")
     p.add_argument("--out", default=OUT + ".json")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
             for z in ref.quantile_slices(mask > 0, 3):
                 if not mask[z].any():
                     continue
-                rows[kind].append({"structure": name, "slice": int(z), "dice": carried_dice(image, mask, z, args.radius, spacing)})
+                rows[kind].append({"structure": name, "slice": int(z), "dice": carried_dice(image, mask, z, args.radius, spacing, args.vote)})
             print(kind, name, "done", flush=True)
     summary = {kind: {d: float(np.mean([r["dice"].get(d, 0.0) for r in rr])) for d in range(1, args.radius + 1)} for kind, rr in rows.items()}
     worst = {kind: {d: float(np.min([r["dice"].get(d, 0.0) for r in rr])) for d in range(1, args.radius + 1)} for kind, rr in rows.items()}

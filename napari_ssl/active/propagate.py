@@ -49,19 +49,18 @@ def _full_resolution(pos: np.ndarray, grid: np.ndarray, f: int, shape: tuple) ->
 
 def propagate_labels(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray, z_limits: Optional[tuple[int, int]] = None,
                      image_is_box: bool = False, spacing: Optional[Sequence[float]] = None,
-                     split_classes: bool = True) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+                     split_classes: bool = True, vote: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """(carried labels (z, y, x) uint8, bool per slice: carried there, the in-plane box used).
 
     From the first and the last annotated slice holding labels, outward to `z_limits` ([z0, z1), default the
     volume): each slice's position map into the seed slice is the previous one composed with the flow between
     the two slices, and the seed's labels are read through it (nearest), so labels are resampled once, not once per
-    slice. Slices between annotated ones are left to the model and fill between. `image`: normalised (z, y, x), or
-    only the in-plane box of :func:`label_box` with `image_is_box` (a full-size CT need not be normalised whole).
-    With `split_classes`, a seed slice showing several classes side by side along the structure's axis has each
-    side's carried classes split by planes across that axis (:mod:`napari_ssl.active.axis_split`; `spacing` in mm)."""
-    from scipy.ndimage import map_coordinates
-    from skimage.registration import optical_flow_tvl1
-
+    slice. With `vote`, each slice's labels are instead voted from the previous slice's by image patches around the
+    flow's match (:mod:`napari_ssl.active.patch_vote`), so the mask follows the image. Slices between annotated ones are
+    left to the model and fill between. `image`: normalised (z, y, x), or only the in-plane box of :func:`label_box` with
+    `image_is_box` (a full-size CT need not be normalised whole). With `split_classes`, a seed slice showing several
+    classes side by side along the structure's axis has each side's carried classes split by planes across that axis
+    (:mod:`napari_ssl.active.axis_split`; `spacing` in mm)."""
     from .axis_split import split_along_axis
 
     lab = np.asarray(labels)
@@ -72,35 +71,53 @@ def propagate_labels(image: np.ndarray, labels: np.ndarray, annotated: np.ndarra
     held = ann_z[(lab[ann_z].reshape(ann_z.size, -1) > 0).any(1)] if ann_z.size else ann_z
     if held.size == 0:
         return out, done, (0, lab.shape[1], 0, lab.shape[2])
-    y0, y1, x0, x1 = label_box(lab, ann, lab.shape[1:])
+    box = label_box(lab, ann, lab.shape[1:])
+    y0, y1, x0, x1 = box
 
     def img(z):
         return image[z] if image_is_box else image[z, y0:y1, x0:x1]
 
-    f = max(1, int(np.ceil(max(y1 - y0, x1 - x0) / FLOW_SIDE)))
     lo_z, hi_z = (0, lab.shape[0]) if z_limits is None else (max(0, int(z_limits[0])), min(lab.shape[0], int(z_limits[1])))
     for seed_z, step, end in ((int(held[0]), -1, lo_z - 1), (int(held[-1]), 1, hi_z)):
-        seed = lab[seed_z, y0:y1, x0:x1]
-        prev = _small(img(seed_z), f)
-        h, w = prev.shape
-        pos = np.mgrid[0:h, 0:w].astype(np.float32)  # where each pixel of the current slice lies in the seed slice
-        grid = pos.copy()
-        side = []
-        for z in range(seed_z + step, end, step):
-            if ann[z]:
-                break
-            cur = _small(img(z), f)
-            v, u = optical_flow_tvl1(cur, prev)  # cur(x) ~ prev(x + (v, u))
+        side = _carry_side(img, lab[seed_z, y0:y1, x0:x1], ann, range(seed_z + step, end, step), seed_z, vote)
+        for z, carried in side:
+            out[z, y0:y1, x0:x1] = carried
+            done[z] = True
+        if split_classes:
+            split_along_axis(out, [z for z, _ in side], seed_z, lab[seed_z], spacing or (1.0, 1.0, 1.0))
+    return out, done, box
+
+
+def _carry_side(img, seed: np.ndarray, ann: np.ndarray, zs, seed_z: int, vote: bool) -> list[tuple[int, np.ndarray]]:
+    """(slice, carried labels of the box) outward over `zs` from the seed slice, up to the next annotated slice."""
+    from scipy.ndimage import map_coordinates
+    from skimage.registration import optical_flow_tvl1
+
+    from .patch_vote import patch_vote
+
+    f = max(1, int(np.ceil(max(seed.shape) / FLOW_SIDE)))
+    prev_full, prev_lab = img(seed_z), seed
+    prev = _small(prev_full, f)
+    h, w = prev.shape
+    pos = np.mgrid[0:h, 0:w].astype(np.float32)  # where each pixel of the current slice lies in the seed slice
+    grid = pos.copy()
+    side = []
+    for z in zs:
+        if ann[z]:
+            break
+        cur_full = img(z)
+        cur = _small(cur_full, f)
+        v, u = optical_flow_tvl1(cur, prev)  # cur(x) ~ prev(x + (v, u))
+        if vote:
+            coords = _full_resolution(grid + np.stack([v, u]), grid, f, seed.shape)
+            carried = patch_vote(prev_full, prev_lab, cur_full, coords, step=f)
+        else:
             pos = np.stack([map_coordinates(pos[i], [grid[0] + v, grid[1] + u], order=1, mode="nearest") for i in range(2)])
             coords = _full_resolution(pos, grid, f, seed.shape)
             carried = map_coordinates(seed, [coords[0], coords[1]], order=0, mode="constant", cval=0)
-            out[z, y0:y1, x0:x1] = carried
-            done[z] = True
-            side.append(z)
-            prev = cur
-        if split_classes:
-            split_along_axis(out, side, seed_z, lab[seed_z], spacing or (1.0, 1.0, 1.0))
-    return out, done, (y0, y1, x0, x1)
+        side.append((z, carried))
+        prev, prev_full, prev_lab = cur, cur_full, carried
+    return side
 
 
 def fuse_with_prior(probabilities: np.ndarray, carried: np.ndarray, done: np.ndarray, box: tuple[int, int, int, int],

@@ -145,21 +145,22 @@ def unlabelled_pseudo(unet, image: np.ndarray, image_size: int, in_channels: int
     return [(z, np.where(conf[i], lab[i], IGNORE).astype(np.uint8)) for i, z in enumerate(zs)]
 
 
-def carried_window(vol: LabelledVolume, radius: int) -> tuple[np.ndarray, np.ndarray]:
+def carried_window(vol: LabelledVolume, radius: int, vote: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(carried labels (z, y, x), bool per slice: carried there) of the volume's outermost drawn slices carried `radius`
-    slices each way along the image's motion (active/propagate.py, the volume's spacing); the volume must hold a drawn slice."""
+    slices each way along the image's motion (active/propagate.py, the volume's spacing; `vote`: each slice's labels voted
+    by image patches, active/patch_vote.py); the volume must hold a drawn slice."""
     from ..active.propagate import propagate_labels
 
     held = vol.drawn_indices
     carried, done, _ = propagate_labels(vol.image, vol.labels, vol.annotated, (int(held[0]) - radius, int(held[-1]) + radius + 1),
-                                        spacing=vol.spacing)
+                                        spacing=vol.spacing, vote=vote)
     return carried, done
 
 
-def carried_pseudo(vol: LabelledVolume, carry: int) -> list[tuple[int, np.ndarray]]:
+def carried_pseudo(vol: LabelledVolume, carry: int, vote: bool = False) -> list[tuple[int, np.ndarray]]:
     """(slice, labels) of :func:`carried_window`, for the recipe's carried pseudo-labels (none when `carry` <= 0 or
     nothing is drawn)."""
     if carry <= 0 or vol.drawn_indices.size == 0:
         return []
-    carried, done = carried_window(vol, carry)
+    carried, done = carried_window(vol, carry, vote)
     return [(int(z), carried[z]) for z in np.flatnonzero(done)]

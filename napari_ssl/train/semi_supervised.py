@@ -110,6 +110,8 @@ class SemiSupervisedConfig:
     # 0 = off; chosen on validation volumes, session 21). Other cases keep their side planes from the user's slices only.
     carried_planes: int = 3
     carried_planes_across: bool = False  # also for every study of several drawn on one slice each (probe, off)
+    # the carried pseudo-labels (propagate_pseudo) voted slice by slice by image patches (active/patch_vote.py)
+    carry_vote: bool = False
     # weak/strong consistency on unannotated slices (train/consistency.py): weight (0 = off) and teacher confidence
     consistency: float = 0.0
     consistency_threshold: float = 0.95
@@ -191,7 +193,7 @@ def _fill_items(volumes: list[LabelledVolume], cfg: SemiSupervisedConfig, image_
                 items.append((vol.image, z, t, cfg.fill_weight))
     if carry > 0 and cfg.fill_weight > 0:
         for vol in volumes:
-            items += [(vol.image, z, t, cfg.fill_weight) for z, t in carried_pseudo(vol, carry)]
+            items += [(vol.image, z, t, cfg.fill_weight) for z, t in carried_pseudo(vol, carry, cfg.carry_vote)]
     return items
 
 
