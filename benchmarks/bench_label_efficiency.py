@@ -190,8 +190,10 @@ VARIANTS = {v.name: v for v in [
          note="position-inpainting init + the default recipe (carried 6 each way across studies)"),
     Init("semi-lf0.34", semi_supervised=True, semi_options={"labelled_fraction": 0.34},
          note="the default with a third of each batch the user's slices (two thirds carried)"),
-    Init("semi-vote", semi_supervised=True, semi_options={"carry_vote": True},
-         note="session 24: the carried slices' labels voted slice by slice by image patches (active/patch_vote.py)"),
+    # session 24: the carried slices' labels voted by image patches (active/patch_vote.py) became the default (`semi`; it was
+    # the variant semi-vote); semi-novote is the session 22-23 default, read through the flow alone
+    Init("semi-novote", semi_supervised=True, semi_options={"carry_vote": False},
+         note="the session 22-23 default: carried labels read through the flow alone"),
     Init("semi-vote-prop8", semi_supervised=True, semi_options={"carry_vote": True, "propagate_pseudo": 8},
          note="session 24: semi-vote carried 8 slices each way"),
     Init("semi-vote-prop10", semi_supervised=True, semi_options={"carry_vote": True, "propagate_pseudo": 10},
