@@ -17,7 +17,7 @@ BETA = 25.0  # the weights' scale h^2 = BETA x the median best-match patch dista
 
 def patch_vote(prev_img: np.ndarray, prev_lab: np.ndarray, cur_img: np.ndarray, coords: np.ndarray, step: int = 1,
                search: int = SEARCH, patch: int = PATCH, beta: float = BETA) -> np.ndarray:
-    """Labels (y, x) uint8 of `cur_img` voted from `prev_lab`: `coords` (2, y, x) is where each pixel of `cur_img` lies in
+    """Labels (y, x) of `cur_img` voted from `prev_lab` (its dtype): `coords` (2, y, x) is where each pixel of `cur_img` lies in
     `prev_img` (the flow); the candidates are the pixels `step` x (-search .. search) around it, each weighted by
     exp(-(d - d_min) / h^2), d the mean squared difference of the two (2 patch + 1) step-pixel patches."""
     from scipy.ndimage import map_coordinates, uniform_filter
@@ -32,7 +32,7 @@ def patch_vote(prev_img: np.ndarray, prev_lab: np.ndarray, cur_img: np.ndarray, 
     h, w = cur.shape
     offs = [(dy * step, dx * step) for dy in range(-search, search + 1) for dx in range(-search, search + 1)]
     dist = np.empty((len(offs),) + cur.shape, np.float32)
-    labs = np.empty((len(offs),) + cur.shape, np.uint8)
+    labs = np.empty((len(offs),) + cur.shape, wlab.dtype)
     size = (2 * patch + 1) * step
     for i, (dy, dx) in enumerate(offs):
         dist[i] = uniform_filter((cur - warped[r + dy:r + dy + h, r + dx:r + dx + w]) ** 2, size, mode="nearest")
@@ -42,6 +42,6 @@ def patch_vote(prev_img: np.ndarray, prev_lab: np.ndarray, cur_img: np.ndarray, 
     w = np.exp(-(dist - best) / h2)
     classes = np.unique(labs)
     if classes.size == 1:
-        return np.full(cur.shape, classes[0], np.uint8)
+        return np.full(cur.shape, classes[0], wlab.dtype)
     votes = np.stack([(w * (labs == c)).sum(0) for c in classes])
-    return classes[votes.argmax(0)].astype(np.uint8)
+    return classes[votes.argmax(0)]

@@ -111,7 +111,8 @@ class SemiSupervisedConfig:
     carried_planes: int = 3
     carried_planes_across: bool = False  # also for every study of several drawn on one slice each (probe, off)
     # the carried pseudo-labels (propagate_pseudo) voted slice by slice by image patches (active/patch_vote.py), not only
-    # read through the flow: chosen on validation volumes, k=2/5/10 .319/.624/.655 vs .307/.604/.639 (RESULTS.md, session 24)
+    # read through the flow: chosen on validation volumes, k=2/5/10 .348/.615/.660 vs .307/.604/.639; level on test
+    # (benchmarks/RESULTS.md, "Session 24")
     carry_vote: bool = True
     # weak/strong consistency on unannotated slices (train/consistency.py): weight (0 = off) and teacher confidence
     consistency: float = 0.0
