@@ -24,7 +24,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 OUT = os.path.join(HERE, "results", "probe_flow_params")
-RADIUS = 6
 
 
 def flows() -> dict:
@@ -42,8 +41,7 @@ def flows() -> dict:
 
 def main() -> int:
     import skimage.registration as sr
-
-    from napari_ssl.active.propagate import propagate_labels
+    from probe_patch_labels import RADIUS, score
 
     import bench_label_efficiency as b
 
@@ -55,24 +53,7 @@ def main() -> int:
     try:
         for name, fn in flows().items():
             sr.optical_flow_tvl1 = fn  # propagate_labels imports it from skimage.registration at call time
-            dice = {d: [] for d in range(1, RADIUS + 1)}
-            area = {d: [0, 0] for d in range(1, RADIUS + 1)}
-            empty = {d: [] for d in range(1, RADIUS + 1)}
-            for v, z in picks:
-                img, lab = pool[v]
-                m = np.zeros(lab.shape[0], bool)
-                m[z] = True
-                carried, done, _ = propagate_labels(img, np.where(m[:, None, None], lab, 0).astype(lab.dtype), m, (z - RADIUS, z + RADIUS + 1))
-                for q in np.flatnonzero(done):
-                    d, c, t = abs(int(q) - z), carried[q] > 0, lab[q] > 0
-                    s = int(c.sum() + t.sum())
-                    dice[d].append(2 * float((c & t).sum()) / s if s else 1.0)
-                    area[d][0] += int(c.sum())
-                    area[d][1] += int(t.sum())
-                    empty[d].append(not t.any())
-            table[name] = {"dice": {d: float(np.mean(x)) for d, x in dice.items()},
-                           "area_ratio": {d: a / max(1, t) for d, (a, t) in area.items()},
-                           "share_of_slices_without_structure": {d: float(np.mean(x)) for d, x in empty.items()}}
+            table[name] = score(pool, picks, vote=False)
             print(f"{name:32s}", " ".join(f"d{d} {x:.3f}" for d, x in table[name]["dice"].items()), flush=True)
     finally:
         sr.optical_flow_tvl1 = real

@@ -39,11 +39,15 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def score(pool, picks, vote: bool) -> dict:
+    """The picks' drawn slices carried RADIUS slices each way (propagate_labels as it is when called): by distance, the
+    foreground and mean class Dice, carried / true foreground area and the share of slices the structure has left.
+    Shared with probe_flow_params.py."""
     from napari_ssl.active.propagate import propagate_labels
 
     fg = {d: [] for d in range(1, RADIUS + 1)}
     cls = {d: [] for d in range(1, RADIUS + 1)}
     area = {d: [0, 0] for d in range(1, RADIUS + 1)}
+    empty = {d: [] for d in range(1, RADIUS + 1)}
     for v, z in picks:
         img, lab = pool[v]
         m = np.zeros(lab.shape[0], bool)
@@ -56,8 +60,10 @@ def score(pool, picks, vote: bool) -> dict:
             cls[d].append(float(np.mean([_dice(c == k, t == k) for k in (1, 2)])))
             area[d][0] += int((c > 0).sum())
             area[d][1] += int((t > 0).sum())
+            empty[d].append(not t.any())
     return {"dice": {d: float(np.mean(x)) for d, x in fg.items()}, "class_dice": {d: float(np.mean(x)) for d, x in cls.items()},
-            "area_ratio": {d: a / max(1, t) for d, (a, t) in area.items()}}
+            "area_ratio": {d: a / max(1, t) for d, (a, t) in area.items()},
+            "share_of_slices_without_structure": {d: float(np.mean(x)) for d, x in empty.items()}}
 
 
 def main() -> int:
