@@ -195,9 +195,9 @@ VARIANTS = {v.name: v for v in [
     Init("semi-novote", semi_supervised=True, semi_options={"carry_vote": False},
          note="the session 22-23 default: carried labels read through the flow alone"),
     Init("semi-vote-prop8", semi_supervised=True, semi_options={"carry_vote": True, "propagate_pseudo": 8},
-         note="session 24: semi-vote carried 8 slices each way"),
+         note="session 24: the vote (the default since) carried 8 slices each way"),
     Init("semi-vote-prop10", semi_supervised=True, semi_options={"carry_vote": True, "propagate_pseudo": 10},
-         note="session 24: semi-vote carried 10 slices each way"),
+         note="session 24: the vote (the default since) carried 10 slices each way"),
     Init("semi-oracle", semi_supervised=True, oracle_carry=True,
          note="probe: the default with the expert's labels on the carried slices (how much better carrying could do)"),
     # semi-fade10 (not taken; patch benchmarks/results/session22_carried_fade.diff): semi_options {"carried_full_share_until": 10}

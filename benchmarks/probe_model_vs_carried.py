@@ -3,7 +3,8 @@
 
 Labels scattered over studies (k slices at random, validation split of bench_label_efficiency.py): the default recipe
 is trained (600 steps), then on each labelled volume's slices carried --radius slices each way from its drawn slice,
-per-slice mean class Dice against the expert of: the carried labels (what the recipe trains on), the trained model's
+per-slice mean class Dice against the expert of: the carried labels (what the recipe trains on: pseudo_labels.carried_window
+with the recipe's own ``carry_vote``), the trained model's
 answer, and the two fused (active/propagate.fuse_with_prior, as prediction does within a study), by distance.
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/probe_model_vs_carried.py --k 5 --radius 10 --seeds 3
@@ -34,16 +35,17 @@ def dice_classes(p: np.ndarray, t: np.ndarray) -> float:
 def run(k: int, radius: int, seeds: int) -> list[dict]:
     import torch
 
-    from napari_ssl.active.propagate import fuse_with_prior, propagate_labels
+    from napari_ssl.active.propagate import fuse_with_prior, label_box
     from napari_ssl.data.labelled_slices import LabelledVolume
     from napari_ssl.train.finetune import FinetuneConfig, build_initial_model
-    from napari_ssl.train.pseudo_labels import predict_slices
+    from napari_ssl.train.pseudo_labels import carried_window, predict_slices
     from napari_ssl.train.semi_supervised import SemiSupervisedConfig, train_semi_supervised
 
     import bench_label_efficiency as b
 
     torch.set_num_threads(1)
     pool, _, cand, _ = b.load_split(64, 6, "val")
+    cfg = SemiSupervisedConfig()
     rows = []
     for seed in range(seeds):
         vols, truths = [], []
@@ -56,11 +58,12 @@ def run(k: int, radius: int, seeds: int) -> list[dict]:
         torch.manual_seed(seed)
         unet, _ = build_initial_model(FinetuneConfig(images=[], labels=[], out="", encoder="mobilenetv3-small-lite"), 3)
         t0 = time.time()
-        unet, _ = train_semi_supervised(unet, vols, image_size=64, in_channels=1, steps=600, cfg=SemiSupervisedConfig(), seed=seed,
+        unet, _ = train_semi_supervised(unet, vols, image_size=64, in_channels=1, steps=600, cfg=cfg, seed=seed,
                                         batch_size=8, lr=3e-3, loss="dice-ce", devices="cpu")
         for vol, lab in zip(vols, truths):
             z = int(vol.drawn_indices[0])
-            carried, done, box = propagate_labels(vol.image, vol.labels, vol.annotated, (z - radius, z + radius + 1))
+            carried, done = carried_window(vol, radius, cfg.carry_vote)
+            box = label_box(vol.labels, vol.annotated, vol.labels.shape[1:])
             zs = [int(q) for q in np.flatnonzero(done)]
             probs = predict_slices(unet, vol.image, zs, 64, 1)
             full = np.zeros((probs.shape[1], *lab.shape), np.float32)
