@@ -78,6 +78,19 @@ def test_semi_supervised_run_keeps_pseudo_labels_in_memory_and_predict_respects_
     assert dice(fused.labels[un], lab[un]) >= dice(filled[un], lab[un]) - 0.02
 
 
+def test_semi_supervised_options_of_the_wrong_type_are_refused_before_training(study, tmp_path):
+    from napari_ssl.errors import NapariSSLError
+
+    img, _, sparse, _ = study
+    events = []
+    for bad, msg in (({"propagate_pseudo": 2.5}, "propagate_pseudo: int or None expected, got 2.5"),
+                     ({"carry_vote": 1}, "carry_vote: bool expected, got 1"), ({"confidence": "high"}, "confidence: float expected")):
+        with pytest.raises(NapariSSLError, match=msg):
+            api.finetune([img], [sparse], tmp_path / "m", steps=5, semi_options=bad, events=events.append, **FAST)
+    assert not any(e.get("type") == "progress" for e in events)
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
 def test_cli_switch_and_unlabelled(study, hippo_dir, tmp_path, capsys):
     img, lab, sparse, zs = study
     import SimpleITK as sitk

@@ -177,6 +177,10 @@ def _check_options(config: FinetuneConfig) -> None:
     if config.loss not in ("dice-ce", "jaccard"):
         raise NapariSSLError(f"unknown loss {config.loss!r}; choose dice-ce or jaccard")
     _check_image_size(config.image_size)
+    if config.semi_supervised and config.semi_options:  # before any data is read (a typo should not cost the preparation)
+        from .semi_supervised import semi_supervised_config
+
+        semi_supervised_config(config.semi_options)
 
 
 def _check_image_size(size: Optional[int]) -> None:

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import numbers
+import typing
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Callable, Optional, Sequence
@@ -126,9 +128,30 @@ def semi_supervised_config(options: Optional[dict] = None) -> SemiSupervisedConf
     from ..errors import NapariSSLError
 
     try:
-        return SemiSupervisedConfig(**(options or {}))
+        cfg = SemiSupervisedConfig(**(options or {}))
     except TypeError as exc:
         raise NapariSSLError(f"semi-supervised options: {exc}") from None
+    hints = typing.get_type_hints(SemiSupervisedConfig)
+    for name in (options or {}):
+        kinds = typing.get_args(hints[name]) if typing.get_origin(hints[name]) is typing.Union else (hints[name],)
+        if not any(_is(getattr(cfg, name), k) for k in kinds):
+            want = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+            raise NapariSSLError(f"semi-supervised option {name}: {want} expected, got {getattr(cfg, name)!r}")
+    return cfg
+
+
+def _is(value, kind) -> bool:
+    """Whether `value` fits a field of type `kind` (numpy scalars too; a whole number fits a float). A bool is an int
+    in Python, but a switch where a number is expected (or the reverse) is a typo, not a setting."""
+    if kind is bool:
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    if kind is float:
+        return isinstance(value, numbers.Real)
+    return isinstance(value, kind)
 
 
 def load_unlabelled(items: Sequence, spec_for: Callable[[str], dict]) -> list[np.ndarray]:
