@@ -87,7 +87,7 @@ def test_semi_supervised_options_of_the_wrong_type_are_refused_before_training(s
                      ({"carry_vote": 1}, "carry_vote: bool expected, got 1"), ({"confidence": "high"}, "confidence: float expected")):
         with pytest.raises(NapariSSLError, match=msg):
             api.finetune([img], [sparse], tmp_path / "m", steps=5, semi_options=bad, events=events.append, **FAST)
-    assert not any(e.get("type") == "progress" for e in events)
+    assert [e["type"] for e in events] == ["error"] * 3  # refused before any status, step or file
     assert not (tmp_path / "m" / "model.safetensors").exists()
 
 
