@@ -33,16 +33,13 @@ RADIUS = 6
 SETTINGS = [(2, 1, 25.0), (1, 1, 25.0), (3, 1, 25.0), (2, 2, 25.0), (2, 1, 10.0), (2, 1, 50.0), (2, 0, 25.0)]
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum() + b.sum())
-    return 2 * float((a & b).sum()) / s if s else 1.0
-
-
 def score(pool, picks, vote: bool) -> dict:
     """The picks' drawn slices carried RADIUS slices each way (propagate_labels as it is when called): by distance, the
     foreground and mean class Dice, carried / true foreground area and the share of slices the structure has left.
     Shared with probe_flow_params.py."""
     from napari_ssl.active.propagate import propagate_labels
+
+    from ct_reference import dice
 
     fg = {d: [] for d in range(1, RADIUS + 1)}
     cls = {d: [] for d in range(1, RADIUS + 1)}
@@ -56,8 +53,8 @@ def score(pool, picks, vote: bool) -> dict:
                                             vote=vote)
         for q in np.flatnonzero(done):
             d, c, t = abs(int(q) - z), carried[q], lab[q]
-            fg[d].append(_dice(c > 0, t > 0))
-            cls[d].append(float(np.mean([_dice(c == k, t == k) for k in (1, 2)])))
+            fg[d].append(dice(c > 0, t > 0))
+            cls[d].append(float(np.mean([dice(c == k, t == k) for k in (1, 2)])))
             area[d][0] += int((c > 0).sum())
             area[d][1] += int((t > 0).sum())
             empty[d].append(not t.any())
